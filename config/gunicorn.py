@@ -1,0 +1,44 @@
+"""Gunicorn settings for the web process: `gunicorn -c config/gunicorn.py wsgi:app`.
+
+gevent workers let one process hold many idle WebSockets and slow streams;
+psycopg2 is made cooperative so a query yields to other greenlets instead of
+blocking the whole worker.
+"""
+
+from __future__ import annotations
+
+from config.settings import get_settings
+
+_settings = get_settings()
+
+bind = f"{_settings.api_host}:{_settings.api_port}"
+worker_class = "gevent"
+workers = _settings.web_concurrency
+worker_connections = _settings.web_worker_connections
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+# Our app writes one structured access line per request; gunicorn's would duplicate it.
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": _settings.log_level.upper(), "handlers": []},
+    "loggers": {
+        "gunicorn.error": {"level": _settings.log_level.upper(), "propagate": True},
+    },
+}
+
+
+def post_fork(server: object, worker: object) -> None:
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+
+
+def on_starting(server: object) -> None:
+    from config.logging import configure_logging
+
+    configure_logging(_settings.log_level, _settings.log_format)

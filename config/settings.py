@@ -1,0 +1,153 @@
+"""Typed settings: the one place every environment variable is read.
+
+Each field maps to the upper-case environment variable of the same name
+(`database_url` <- `DATABASE_URL`); `.env.example` documents them all.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that ship in .env.example or in our development defaults. Production
+# refuses to start with any of them as a secret or password.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "",
+        "admin",
+        "change-me",
+        "changeme",
+        "dev-secret-key",
+        "dev-jwt-secret-key",
+        "password",
+        "postgres",
+        "secret",
+    }
+)
+DEV_SECRET_KEY = "dev-secret-key"  # noqa: S105  (development and tests only)
+DEV_JWT_SECRET_KEY = "dev-jwt-secret-key"  # noqa: S105
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class InsecureSettingsError(RuntimeError):
+    """Raised when production is configured with missing or default secrets."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    app_env: Environment = Environment.DEVELOPMENT
+    secret_key: str | None = None
+    jwt_secret_key: str | None = None
+
+    # PostgreSQL and the pool (seed: 25 connections at most, 5 kept idle, recycled after 5 min).
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ollamamax"
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_recycle_s: int = Field(default=300, ge=1)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    db_pool_pre_ping: bool = True
+    db_echo: bool = False
+
+    # Redis serves four roles; each can move to its own instance.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    ratelimit_storage_url: str | None = None
+    cache_redis_url: str | None = None
+
+    ollama_host: str = "http://127.0.0.1:11434"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 11400
+    # Gunicorn (config/gunicorn.py): processes, and connections each gevent worker holds.
+    web_concurrency: int = Field(default=2, ge=1)
+    web_worker_connections: int = Field(default=2000, ge=1)
+    max_content_length: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Readiness probes must answer fast even when a dependency hangs.
+    health_check_timeout_s: float = Field(default=2.0, gt=0)
+
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|console)$")
+
+    # Used by `flask create-admin` when no option or stdin gives them.
+    admin_username: str | None = None
+    admin_email: str | None = None
+    admin_password: str | None = None
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.redis_url
+
+    @property
+    def limiter_storage_url(self) -> str:
+        return self.ratelimit_storage_url or self.redis_url
+
+    @property
+    def cache_url(self) -> str:
+        return self.cache_redis_url or self.redis_url
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env is Environment.PRODUCTION
+
+    @model_validator(mode="after")
+    def _secrets_fit_environment(self) -> Self:
+        if self.is_production:
+            problems = _production_problems(self)
+            if problems:
+                raise InsecureSettingsError(
+                    "refusing to start in production: " + "; ".join(problems)
+                )
+        else:
+            self.secret_key = self.secret_key or DEV_SECRET_KEY
+            self.jwt_secret_key = self.jwt_secret_key or DEV_JWT_SECRET_KEY
+        return self
+
+
+def _production_problems(settings: Settings) -> list[str]:
+    problems = []
+    for name in ("secret_key", "jwt_secret_key"):
+        value = getattr(settings, name)
+        if value is None:
+            problems.append(f"{name.upper()} is not set")
+        elif value.lower() in KNOWN_DEFAULT_SECRETS or len(value) < 32:
+            problems.append(f"{name.upper()} is a known default or shorter than 32 characters")
+    for name in ("database_url", "redis_url", "celery_broker_url", "cache_redis_url"):
+        password = _url_password(getattr(settings, name))
+        if password is not None and password.lower() in KNOWN_DEFAULT_SECRETS:
+            problems.append(f"{name.upper()} uses a known default password")
+    if settings.admin_password and settings.admin_password.lower() in KNOWN_DEFAULT_SECRETS:
+        problems.append("ADMIN_PASSWORD is a known default")
+    return problems
+
+
+def _url_password(url: str | None) -> str | None:
+    return urlsplit(url).password if url else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
+
+
+def build_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the environment with explicit overrides on top (used by tests)."""
+    if not overrides:
+        return get_settings()
+    return Settings(**overrides)

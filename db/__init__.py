@@ -1,0 +1,1 @@
+"""Models, the unit of work, migrations and the domain operations shared by web and workers."""

@@ -1,0 +1,41 @@
+"""Every table's model, imported here so `Base.metadata` is complete for Alembic."""
+
+from db.models.fleet import (
+    EngineKind,
+    Model,
+    ModelReplica,
+    ModelStatus,
+    Node,
+    NodeStatus,
+    ReplicaStatus,
+)
+from db.models.inference import (
+    TERMINAL_STATUSES,
+    InferenceRequest,
+    ModelUsageStats,
+    RequestKind,
+    RequestStatus,
+)
+from db.models.system import AuditLogEntry, SystemConfig
+from db.models.users import ApiKey, Role, User, UserSession
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "ApiKey",
+    "AuditLogEntry",
+    "EngineKind",
+    "InferenceRequest",
+    "Model",
+    "ModelReplica",
+    "ModelStatus",
+    "ModelUsageStats",
+    "Node",
+    "NodeStatus",
+    "ReplicaStatus",
+    "RequestKind",
+    "RequestStatus",
+    "Role",
+    "SystemConfig",
+    "User",
+    "UserSession",
+]

@@ -1,0 +1,105 @@
+"""Engine, pooled connections and the unit of work.
+
+One `Database` per process. Data-access code receives a `Session` and only
+flushes; whoever opened the unit of work (a web request, a task) commits once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from config.settings import Settings
+
+
+def build_engine(settings: Settings) -> Engine:
+    return create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_recycle=settings.db_pool_recycle_s,
+        pool_timeout=settings.db_pool_timeout_s,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        echo=settings.db_echo,
+        # Keep parameter values out of exception messages and logs.
+        hide_parameters=True,
+    )
+
+
+@dataclass
+class Database:
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        engine = build_engine(settings)
+        return cls(engine, sessionmaker(engine, expire_on_commit=False))
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """A session that commits once if the block succeeds and rolls back if it raises."""
+        session = self.session_factory()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+AUDIT_CONTEXT_KEY = "audit_context"
+_AUDIT_FIELDS = ("user_id", "ip_address", "user_agent", "request_id")
+_SET_AUDIT_CONTEXT = text(
+    "SELECT set_config('ollamamax.user_id', :user_id, true),"
+    " set_config('ollamamax.ip_address', :ip_address, true),"
+    " set_config('ollamamax.user_agent', :user_agent, true),"
+    " set_config('ollamamax.request_id', :request_id, true)"
+)
+
+
+def set_audit_context(
+    session: Session,
+    *,
+    user_id: str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Tell the audit trigger who acts in this session's transactions.
+
+    The values are kept on the session and applied with `set_config(..., true)`
+    at the start of every transaction: transaction-local, so they never leak to
+    the next user of a pooled connection and they work behind PgBouncer in
+    transaction mode. Values left out keep what was set before.
+    """
+    context = session.info.setdefault(AUDIT_CONTEXT_KEY, {})
+    given = dict(zip(_AUDIT_FIELDS, (user_id, ip_address, user_agent, request_id), strict=True))
+    context.update({name: value for name, value in given.items() if value is not None})
+    if session.in_transaction():
+        _execute_audit_context(session.connection(), context)
+
+
+@event.listens_for(Session, "after_begin")
+def _apply_audit_context_on_begin(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    context = session.info.get(AUDIT_CONTEXT_KEY)
+    if context:
+        _execute_audit_context(connection, context)
+
+
+def _execute_audit_context(connection: Connection, context: dict[str, str]) -> None:
+    connection.execute(
+        _SET_AUDIT_CONTEXT,
+        {name: str(context.get(name) or "") for name in _AUDIT_FIELDS},
+    )

@@ -1,0 +1,67 @@
+"""One unit of work per request: commit once on success, roll back on any error."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from db.session import Database, set_audit_context
+from web.errors import error_response, handle_integrity_error
+
+log = logging.getLogger(__name__)
+
+
+def get_db() -> Database:
+    database: Database = current_app.extensions["db"]
+    return database
+
+
+def get_session() -> Session:
+    """The request's session, opened on first use and tagged for the audit trigger."""
+    if "db_session" not in g:
+        session = get_db().session_factory()
+        set_audit_context(
+            session,
+            ip_address=request.remote_addr,
+            user_agent=request.user_agent.string[:512] or None,
+            request_id=g.get("request_id"),
+        )
+        g.db_session = session
+    return g.db_session  # type: ignore[no-any-return]
+
+
+def commit_or_rollback(response: Response) -> Response:
+    """Runs before the response leaves, so a failed commit still changes the answer."""
+    session: Session | None = g.get("db_session")
+    if session is None:
+        return response
+    if response.status_code >= 400:
+        session.rollback()
+        return response
+    try:
+        session.commit()
+    except IntegrityError as error:
+        session.rollback()
+        return handle_integrity_error(error)
+    except SQLAlchemyError:
+        session.rollback()
+        log.exception("commit failed")
+        return error_response(
+            503, "database_unavailable", "The change could not be saved; try again."
+        )
+    return response
+
+
+def close_session(_error: BaseException | None = None) -> None:
+    session: Session | None = g.pop("db_session", None)
+    if session is not None:
+        session.close()  # rolls back whatever was not committed
+
+
+def init_database(app: Flask, database: Database) -> None:
+    app.extensions["db"] = database
+    app.after_request(commit_or_rollback)
+    app.teardown_request(close_session)

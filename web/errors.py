@@ -1,0 +1,178 @@
+"""The one JSON error contract: `{"error": {"code", "message", "details"}}`.
+
+Views raise `APIError` subclasses; everything else that can go wrong (HTTP
+errors from routing, validation failures, integrity errors, bugs) is mapped
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
+
+from config.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    status_code = 400
+    code = "bad_request"
+    message = "The request could not be processed."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.code = code or self.code
+        self.details = details
+        self.headers = headers or {}
+
+
+class BadRequest(APIError):
+    pass
+
+
+class Unauthorized(APIError):
+    status_code = 401
+    code = "unauthorized"
+    message = "Authentication is required."
+
+
+class Forbidden(APIError):
+    status_code = 403
+    code = "forbidden"
+    message = "You are not allowed to do this."
+
+
+class NotFound(APIError):
+    status_code = 404
+    code = "not_found"
+    message = "The resource was not found."
+
+
+class Conflict(APIError):
+    status_code = 409
+    code = "conflict"
+    message = "The request conflicts with the current state of the resource."
+
+
+class UnsupportedMediaType(APIError):
+    status_code = 415
+    code = "unsupported_media_type"
+    message = "Send the body as JSON with Content-Type: application/json."
+
+
+class ValidationFailed(APIError):
+    status_code = 422
+    code = "validation_error"
+    message = "The request is not valid."
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    code = "service_unavailable"
+    message = "A dependency is unavailable; try again shortly."
+
+
+# Codes for errors that Werkzeug raises itself (routing, body size, ...).
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def validation_details(error: ValidationError, prefix: str = "body") -> list[dict[str, str]]:
+    """Field errors without echoing the submitted values (they may be secrets)."""
+    return [
+        {
+            "field": ".".join(str(part) for part in (prefix, *item["loc"])),
+            "message": item["msg"],
+            "type": item["type"],
+        }
+        for item in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def handle_api_error(error: APIError) -> Response:
+    return error_response(
+        error.status_code, error.code, error.message, error.details, error.headers
+    )
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = HTTP_ERROR_CODES.get(status) or (error.name or "error").lower().replace(" ", "_")
+    details = None
+    headers = {}
+    if status == 405:
+        allowed = sorted(error.valid_methods or []) if hasattr(error, "valid_methods") else []
+        details = {"allowed_methods": allowed}
+        headers["Allow"] = ", ".join(allowed)
+    if status >= 500:
+        return handle_unexpected_error(error)
+    message = error.description or error.name
+    if status == 404:
+        message = f"No resource at {request.method} {request.path}."
+    return error_response(status, code, message, details, headers)
+
+
+def handle_validation_error(error: ValidationError) -> Response:
+    return error_response(
+        422, ValidationFailed.code, ValidationFailed.message, validation_details(error)
+    )
+
+
+def handle_integrity_error(error: IntegrityError) -> Response:
+    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    log.info("integrity error on constraint %s", constraint)
+    return error_response(409, Conflict.code, Conflict.message, {"constraint": constraint})
+
+
+def handle_unexpected_error(error: Exception) -> Response:
+    request_id = request_id_var.get()
+    log.error("unhandled error: %s", type(error).__name__, exc_info=error)
+    return error_response(
+        500,
+        "internal_error",
+        "An unexpected error occurred. Quote the request id when reporting it.",
+        {"request_id": request_id},
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(ValidationError, handle_validation_error)
+    app.register_error_handler(IntegrityError, handle_integrity_error)
+    app.register_error_handler(Exception, handle_unexpected_error)

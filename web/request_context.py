@@ -1,0 +1,75 @@
+"""Per-request plumbing: the request id, the access log line and body hygiene."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from config.logging import request_id_var
+from web.errors import UnsupportedMediaType
+
+log = logging.getLogger("ollamamax.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Accept a caller's id only if it is safe to echo into headers and logs.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _incoming_request_id() -> str:
+    candidate = request.headers.get(REQUEST_ID_HEADER, "")
+    return candidate if _VALID_REQUEST_ID.match(candidate) else uuid.uuid4().hex
+
+
+def _has_body() -> bool:
+    return (
+        bool(request.content_length)
+        or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    )
+
+
+def start_request() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = _incoming_request_id()
+    g.request_id_token = request_id_var.set(g.request_id)
+    # Every body we accept is JSON; anything else is refused before a view sees it.
+    if request.method in _MUTATING_METHODS and _has_body() and not request.is_json:
+        raise UnsupportedMediaType()
+
+
+def finish_request(response: Response) -> Response:
+    request_id = g.get("request_id")
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    started = g.get("request_started")
+    log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "route": request.url_rule.rule if request.url_rule else None,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+            "remote_addr": request.remote_addr,
+        },
+    )
+    return response
+
+
+def end_request(_error: BaseException | None = None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        request_id_var.reset(token)
+
+
+def init_request_context(app: Flask) -> None:
+    app.before_request(start_request)
+    app.after_request(finish_request)
+    app.teardown_request(end_request)

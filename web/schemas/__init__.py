@@ -1,0 +1,1 @@
+"""Pydantic request and response schemas (also the source of the OpenAPI document)."""

@@ -1,0 +1,1 @@
+"""Celery app and tasks, engine clients, event publishing, GPU discovery and heartbeats."""
