@@ -19,6 +19,8 @@ timeout = 60
 graceful_timeout = 30
 keepalive = 5
 # Our app writes one structured access line per request; gunicorn's would duplicate it.
+# One control socket path per user would be shared by every gunicorn on the host; we use none.
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()

@@ -7,7 +7,8 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from config.logging import request_id_var
 from web.errors import UnsupportedMediaType
@@ -36,6 +37,9 @@ def start_request() -> None:
     g.request_started = time.perf_counter()
     g.request_id = _incoming_request_id()
     g.request_id_token = request_id_var.set(g.request_id)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge(f"The body is larger than {limit} bytes.")
     # Every body we accept is JSON; anything else is refused before a view sees it.
     if request.method in _MUTATING_METHODS and _has_body() and not request.is_json:
         raise UnsupportedMediaType()

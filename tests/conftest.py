@@ -1,0 +1,191 @@
+"""Test harness on real services.
+
+- PostgreSQL: a `<name>_test` database next to the configured one, created and
+  migrated once per run. Each test runs inside an outer transaction that is
+  rolled back; the app's own commits become savepoints inside it.
+- Redis: logical database 15 on the configured server, flushed per test.
+- `live_server`: the real web process (gunicorn + gevent) on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import get_settings
+from db import migrate
+from db.session import Database
+from tests import factories
+from web import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_TEST_DB = 15
+
+
+def _test_database_url(suffix: str = "test") -> str:
+    url = make_url(get_settings().database_url)
+    return url.set(database=f"{url.database}_{suffix}").render_as_string(hide_password=False)
+
+
+def _test_redis_url() -> str:
+    url = get_settings().redis_url.rsplit("/", 1)[0]
+    return f"{url}/{REDIS_TEST_DB}"
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the database named in `url`, connecting to `postgres` to do it."""
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings_overrides() -> dict[str, Any]:
+    return {
+        "app_env": "test",
+        "database_url": _test_database_url(),
+        "redis_url": _test_redis_url(),
+        "log_format": "json",
+    }
+
+
+@pytest.fixture(scope="session")
+def database(settings_overrides: dict[str, Any]) -> Iterator[Database]:
+    url = settings_overrides["database_url"]
+    recreate_database(url)
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    yield Database(engine, sessionmaker(engine, expire_on_commit=False))
+    engine.dispose()
+
+
+@pytest.fixture
+def connection(database: Database) -> Iterator[Connection]:
+    """A connection in an outer transaction that is rolled back after the test."""
+    with database.engine.connect() as connection:
+        transaction = connection.begin()
+        yield connection
+        if transaction.is_active:
+            transaction.rollback()
+
+
+@pytest.fixture
+def session_factory(connection: Connection) -> sessionmaker[Session]:
+    return sessionmaker(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+
+
+@pytest.fixture
+def db_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    session = session_factory()
+    factories.bind(session)
+    yield session
+    factories.bind(None)
+    session.close()
+
+
+@pytest.fixture(scope="session")
+def base_app(settings_overrides: dict[str, Any], database: Database) -> Flask:
+    return create_app(settings_overrides)
+
+
+@pytest.fixture
+def app(
+    base_app: Flask, connection: Connection, session_factory: sessionmaker[Session]
+) -> Iterator[Flask]:
+    """The app with its unit of work bound to the test's rolled-back transaction."""
+    original = base_app.extensions["db"]
+    base_app.extensions["db"] = Database(connection.engine, session_factory)
+    yield base_app
+    base_app.extensions["db"] = original
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def redis_client(settings_overrides: dict[str, Any]) -> Iterator[Redis]:
+    client = Redis.from_url(settings_overrides["redis_url"])
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, url: str, log_path: Path, process: subprocess.Popen[bytes]) -> None:
+        self.url = url
+        self.log_path = log_path
+        self.process = process
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    settings_overrides: dict[str, Any], database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The web process as production runs it: gunicorn, gevent workers, JSON logs to stdout."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("live_server") / "web.log"
+    env = {
+        **os.environ,
+        **{key.upper(): str(value) for key, value in settings_overrides.items()},
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+    }
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", log_path, process)
+    _wait_until_serving(server)
+    yield server
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _wait_until_serving(server: LiveServer, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError("web process exited:\n" + server.log_path.read_text())
+        try:
+            if requests.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError("web process did not start:\n" + server.log_path.read_text())

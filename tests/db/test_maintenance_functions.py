@@ -1,0 +1,177 @@
+"""dashboard_stats and the maintenance functions: each is called and its answer checked."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from db.models import AuditLogEntry, InferenceRequest, RequestStatus, UserSession
+from tests.factories import (
+    InferenceRequestFactory,
+    ModelFactory,
+    NodeFactory,
+    UserFactory,
+    UserSessionFactory,
+)
+
+LONG_AGO = datetime(2020, 1, 15, tzinfo=UTC)
+
+
+@pytest.fixture
+def notices(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Server NOTICEs, which SQLAlchemy's psycopg2 dialect logs (and then clears)."""
+    caplog.set_level(logging.INFO, logger="sqlalchemy.dialects.postgresql")
+    return caplog
+
+
+def test_dashboard_stats_equal_counts_from_the_rows(db_session: Session) -> None:
+    user = UserFactory()
+    UserFactory(is_active=False)
+    ModelFactory(status="available")
+    ModelFactory()
+    NodeFactory(slots=3)
+    NodeFactory(status="offline", slots=5)
+    now = datetime.now(UTC)
+    for status in ("queued", "running", "completed", "completed", "failed"):
+        InferenceRequestFactory(
+            user_id=user.id,
+            status=status,
+            prompt_eval_count=10,
+            eval_count=20,
+            started_at=now if status != "queued" else None,
+            completed_at=now if status in ("completed", "failed") else None,
+        )
+    db_session.flush()
+
+    refreshed_at = db_session.scalar(text("SELECT refresh_dashboard_stats()"))
+    row = db_session.execute(text("SELECT * FROM dashboard_stats")).mappings().one()
+
+    assert refreshed_at == row["refreshed_at"]
+    assert (row["users_total"], row["users_active"]) == (2, 1)
+    assert (row["models_total"], row["models_available"]) == (2, 1)
+    assert (row["nodes_total"], row["nodes_online"], row["slots_total"]) == (2, 1, 3)
+    assert row["requests_total"] == 5
+    assert (row["requests_queued"], row["requests_running"]) == (1, 1)
+    assert (row["requests_completed"], row["requests_failed"]) == (2, 1)
+    assert row["requests_24h"] == 5
+    assert (row["prompt_tokens_24h"], row["completion_tokens_24h"]) == (50, 100)
+
+
+def test_dashboard_stats_has_the_unique_index_concurrent_refresh_needs(db_session: Session) -> None:
+    indexdef = db_session.scalar(
+        text("SELECT indexdef FROM pg_indexes WHERE tablename = 'dashboard_stats'")
+    )
+    assert indexdef is not None and "UNIQUE" in indexdef
+
+
+def test_database_health_check_reports_every_check(db_session: Session) -> None:
+    rows = db_session.execute(text("SELECT * FROM database_health_check()")).mappings().all()
+    by_name = {row["check_name"]: row for row in rows}
+
+    assert {
+        "connections",
+        "cache_hit_ratio",
+        "long_running_queries",
+        "idle_in_transaction",
+        "dead_tuple_ratio",
+        "transaction_id_age",
+        "audit_partitions",
+        "audit_default_partition_rows",
+        "database_size_bytes",
+    } <= by_name.keys()
+    assert {row["status"] for row in rows} <= {"ok", "warning", "critical"}
+    assert by_name["connections"]["value"] >= 1
+    assert by_name["audit_partitions"]["status"] == "ok"
+
+
+def test_health_check_warns_about_rows_in_the_default_partition(db_session: Session) -> None:
+    db_session.add(AuditLogEntry(action="test", occurred_at=datetime(2099, 1, 1, tzinfo=UTC)))
+    db_session.flush()
+
+    status = db_session.scalar(
+        text(
+            "SELECT status FROM database_health_check()"
+            " WHERE check_name = 'audit_default_partition_rows'"
+        )
+    )
+    assert status == "warning"
+
+
+def test_get_table_stats_lists_our_tables(db_session: Session) -> None:
+    rows = db_session.execute(text("SELECT * FROM get_table_stats()")).mappings().all()
+    names = {row["table_name"] for row in rows}
+
+    assert {"users", "inference_requests", "nodes", "models"} <= names
+    assert all(row["total_bytes"] >= row["table_bytes"] >= 0 for row in rows)
+
+
+def test_get_slow_queries_without_the_extension_is_empty_with_a_notice(
+    db_session: Session, notices: pytest.LogCaptureFixture
+) -> None:
+    db_session.execute(text("DROP EXTENSION IF EXISTS pg_stat_statements"))
+
+    rows = db_session.execute(text("SELECT * FROM get_slow_queries(0)")).all()
+
+    assert rows == []
+    assert "pg_stat_statements is not installed" in notices.text
+
+
+def test_get_slow_queries_with_the_extension_never_errors(
+    db_session: Session, notices: pytest.LogCaptureFixture
+) -> None:
+    db_session.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+    preloaded = "pg_stat_statements" in db_session.scalar(text("SHOW shared_preload_libraries"))
+
+    rows = db_session.execute(text("SELECT * FROM get_slow_queries(0, 5)")).mappings().all()
+
+    if preloaded:
+        assert len(rows) <= 5
+    else:  # installed but not loaded: still an answer, with the reason as a notice
+        assert rows == []
+        assert "pg_stat_statements is not usable" in notices.text
+
+
+def test_cleanup_old_data_removes_only_what_is_past_retention(db_session: Session) -> None:
+    user = UserFactory()
+    old_done = InferenceRequestFactory(
+        user_id=user.id, status=RequestStatus.COMPLETED, completed_at=LONG_AGO
+    )
+    old_running = InferenceRequestFactory(user_id=user.id, status=RequestStatus.RUNNING)
+    recent_done = InferenceRequestFactory(
+        user_id=user.id, status=RequestStatus.COMPLETED, completed_at=datetime.now(UTC)
+    )
+    expired_session = UserSessionFactory(user=user, expires_at=LONG_AGO)
+    live_session = UserSessionFactory(user=user)
+    db_session.execute(text("SELECT create_audit_partitions(0, DATE '2020-01-01')")).all()
+    db_session.add(AuditLogEntry(action="old", occurred_at=LONG_AGO))
+    db_session.add(AuditLogEntry(action="stray", occurred_at=LONG_AGO - timedelta(days=400)))
+    db_session.flush()
+    ids = [old_done.id, old_running.id, recent_done.id, expired_session.id, live_session.id]
+    db_session.expunge_all()
+
+    removed = dict(
+        db_session.execute(text("SELECT * FROM cleanup_old_data(interval '90 days')")).all()
+    )
+
+    assert removed == {
+        "inference_requests": 1,
+        "user_sessions": 1,
+        "api_keys": 0,
+        "audit_log_entries": 2,  # one in a dropped partition, one from the default
+    }
+    assert db_session.get(InferenceRequest, ids[0]) is None
+    assert db_session.get(InferenceRequest, ids[1]) is not None
+    assert db_session.get(InferenceRequest, ids[2]) is not None
+    assert db_session.get(UserSession, ids[3]) is None
+    assert db_session.get(UserSession, ids[4]) is not None
+    assert db_session.scalar(text("SELECT to_regclass('audit_log_entries_2020_01')")) is None
+
+
+def test_cleanup_refuses_a_retention_shorter_than_a_day(db_session: Session) -> None:
+    with pytest.raises(DBAPIError, match="retention must be at least 1 day"):
+        db_session.execute(text("SELECT * FROM cleanup_old_data(interval '1 hour')")).all()
