@@ -71,23 +71,41 @@ class ContextFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key not in _RECORD_ATTRS and key != "request_id":
                 setattr(record, key, mask_value(key, value))
-        if record.exc_info and not record.exc_text:
-            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+class MaskedJsonFormatter(JsonFormatter):
+    def formatException(self, ei: Any) -> str:  # type: ignore[override]
+        return mask_text(logging.Formatter.formatException(self, ei))
 
 
 class ConsoleFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s")
 
+    def formatException(self, ei: Any) -> str:
+        return mask_text(super().formatException(ei))
+
+
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stdout` is at emit time (it may be swapped after start-up)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
 
 def build_handler(log_format: str) -> logging.Handler:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler()
     if log_format == "console":
         handler.setFormatter(ConsoleFormatter())
     else:
         handler.setFormatter(
-            JsonFormatter(
+            MaskedJsonFormatter(
                 "{levelname}{name}{message}{request_id}",
                 style="{",
                 rename_fields={"levelname": "level", "name": "logger"},

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that ship in .env.example or in our development defaults. Production
@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     admin_username: str | None = None
     admin_email: str | None = None
     admin_password: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg2_driver(cls, url: str) -> str:
+        """`postgresql://` alone would pick SQLAlchemy's default driver; we ship psycopg2."""
+        scheme, _, rest = url.partition("://")
+        return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else url
 
     @property
     def broker_url(self) -> str:

@@ -184,8 +184,8 @@ def _wait_until_serving(server: LiveServer, timeout_s: float = 30.0) -> None:
         if server.process.poll() is not None:
             raise RuntimeError("web process exited:\n" + server.log_path.read_text())
         try:
-            if requests.get(f"{server.url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{server.url}/health", timeout=3).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     raise RuntimeError("web process did not start:\n" + server.log_path.read_text())

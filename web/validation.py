@@ -27,10 +27,7 @@ def load_body(schema: type[SchemaT]) -> SchemaT:
 
 def load_query(schema: type[SchemaT]) -> SchemaT:
     """The query string as `schema` (repeated keys become lists): 422 when invalid."""
-    raw = {
-        key: values if len(values) > 1 else values[0]
-        for key, values in request.args.lists()
-    }
+    raw = {key: values if len(values) > 1 else values[0] for key, values in request.args.lists()}
     try:
         return schema.model_validate(raw)
     except ValidationError as error:

@@ -66,7 +66,7 @@ def test_dashboard_stats_has_the_unique_index_concurrent_refresh_needs(db_sessio
     indexdef = db_session.scalar(
         text("SELECT indexdef FROM pg_indexes WHERE tablename = 'dashboard_stats'")
     )
-    assert indexdef is not None and "UNIQUE" in indexdef
+    assert "UNIQUE" in (indexdef or "")
 
 
 def test_database_health_check_reports_every_check(db_session: Session) -> None:

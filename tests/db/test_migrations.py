@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
@@ -34,10 +32,10 @@ FUNCTIONS = {
 
 
 @pytest.fixture(scope="module")
-def empty_database_url() -> Iterator[str]:
+def empty_database_url() -> str:
     url = _test_database_url("test_migrations")
     recreate_database(url)
-    yield url
+    return url
 
 
 def _inspect(url: str) -> dict[str, object]:

@@ -1,0 +1,39 @@
+# One task runner. `make run` serves the API locally; `make test` is what CI runs.
+SHELL := /bin/bash
+PYTHON_BIN ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install services migrate run lint test clean
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	@echo "[install] creating $(VENV) and installing pinned dependencies"
+	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+install: $(INSTALLED)
+
+services: install
+	@PYTHON=$(BIN)/python bash docker/local-services.sh
+
+migrate: services
+	$(BIN)/flask --app wsgi db upgrade
+
+run: migrate
+	@echo "[run] API on http://$${API_HOST:-127.0.0.1}:$${API_PORT:-11400} (Ctrl-C stops it)"
+	$(BIN)/gunicorn -c config/gunicorn.py wsgi:app
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: services lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

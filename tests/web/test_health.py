@@ -1,0 +1,70 @@
+"""Liveness and readiness against the real dependencies, and with one taken away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from web import create_app
+
+CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"
+
+
+def test_liveness_touches_nothing(settings_overrides: dict[str, Any]) -> None:
+    app = create_app(
+        {
+            **settings_overrides,
+            "database_url": "postgresql://nobody@127.0.0.1:1/x",
+            "redis_url": CLOSED_PORT_REDIS,
+        }
+    )
+    response = app.test_client().get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_ready_when_every_dependency_answers(client: FlaskClient) -> None:
+    response = client.get("/health/ready")
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"postgres", "redis", "broker"}
+    for check in body["checks"].values():
+        assert check["ok"] is True
+        assert check["latency_ms"] >= 0
+
+
+def test_503_names_redis_when_it_is_unreachable(settings_overrides: dict[str, Any]) -> None:
+    # The broker lives on the same Redis unless configured apart, so both fail.
+    app = create_app({**settings_overrides, "redis_url": CLOSED_PORT_REDIS})
+    response = app.test_client().get("/health/ready")
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["postgres"]["ok"] is True
+    assert body["checks"]["redis"] == {
+        "ok": False,
+        "latency_ms": body["checks"]["redis"]["latency_ms"],
+        "error": "ConnectionError",
+    }
+    assert body["error"]["code"] == "dependency_unavailable"
+    assert body["error"]["details"] == {"failed": ["broker", "redis"]}
+    assert "redis" in body["error"]["message"]
+
+
+def test_503_names_only_the_broker_when_only_it_is_down(settings_overrides: dict[str, Any]) -> None:
+    app = create_app({**settings_overrides, "celery_broker_url": CLOSED_PORT_REDIS})
+    body = app.test_client().get("/health/ready").get_json()
+    assert body["error"]["details"] == {"failed": ["broker"]}
+
+
+def test_503_names_postgres_when_it_is_unreachable(settings_overrides: dict[str, Any]) -> None:
+    app = create_app(
+        {**settings_overrides, "database_url": "postgresql+psycopg2://postgres@127.0.0.1:1/x"}
+    )
+    response = app.test_client().get("/health/ready")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["details"] == {"failed": ["postgres"]}
