@@ -21,6 +21,7 @@ services: install
 	@PYTHON=$(BIN)/python bash docker/local-services.sh
 
 migrate: services
+	$(BIN)/flask --app wsgi db create
 	$(BIN)/flask --app wsgi db upgrade
 
 run: migrate

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -32,3 +34,27 @@ def check(database_url: str) -> None:
 
 def current(database_url: str) -> None:
     command.current(alembic_config(database_url), verbose=False)
+
+
+def _server_engine(database_url: str) -> Engine:
+    """An autocommit engine on the same server's `postgres` database (CREATE DATABASE needs it)."""
+    url = make_url(database_url).set(database="postgres")
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=1)
+
+
+def create_database(database_url: str, *, drop_existing: bool = False) -> bool:
+    """Create the database `database_url` names if it is missing; True if it was created."""
+    name = make_url(database_url).database
+    engine = _server_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if drop_existing:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            exists = connection.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+            return not exists
+    finally:
+        engine.dispose()

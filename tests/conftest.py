@@ -23,7 +23,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,13 +48,7 @@ def _test_redis_url() -> str:
 
 
 def recreate_database(url: str) -> None:
-    """Drop and create the database named in `url`, connecting to `postgres` to do it."""
-    target = make_url(url)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    admin.dispose()
+    migrate.create_database(url, drop_existing=True)
 
 
 @pytest.fixture(scope="session")

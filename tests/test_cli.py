@@ -97,3 +97,10 @@ def test_db_check_reports_no_drift(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["db", "check"])
     assert result.exit_code == 0, result.output
     assert "models and migrations agree" in result.output
+
+
+def test_db_create_leaves_an_existing_database_alone(app: Flask) -> None:
+    # The creating branch runs at every session start: the harness recreates the test database.
+    result = app.test_cli_runner().invoke(args=["db", "create"])
+    assert result.exit_code == 0, result.output
+    assert "database already exists" in result.output

@@ -82,6 +82,14 @@ def db_group() -> None:
     """Database migrations (Alembic, scripts in db/migrations)."""
 
 
+@db_group.command("create")
+@with_appcontext
+def db_create() -> None:
+    """Create the database DATABASE_URL names, if it does not exist yet."""
+    created = migrate.create_database(_database_url())
+    click.echo("database created" if created else "database already exists")
+
+
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
 @with_appcontext
