@@ -6,14 +6,18 @@ Each field maps to the upper-case environment variable of the same name
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Self
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Development and tests only; as long as HS256 wants (32 bytes) so PyJWT does not warn.
+DEV_SECRET_KEY = "dev-secret-key-not-for-production-use"  # noqa: S105
+DEV_JWT_SECRET_KEY = "dev-jwt-secret-key-not-for-production"  # noqa: S105
 # Values that ship in .env.example or in our development defaults. Production
 # refuses to start with any of them as a secret or password.
 KNOWN_DEFAULT_SECRETS = frozenset(
@@ -22,15 +26,13 @@ KNOWN_DEFAULT_SECRETS = frozenset(
         "admin",
         "change-me",
         "changeme",
-        "dev-secret-key",
-        "dev-jwt-secret-key",
+        DEV_SECRET_KEY,
+        DEV_JWT_SECRET_KEY,
         "password",
         "postgres",
         "secret",
     }
 )
-DEV_SECRET_KEY = "dev-secret-key"  # noqa: S105  (development and tests only)
-DEV_JWT_SECRET_KEY = "dev-jwt-secret-key"  # noqa: S105
 
 
 class Environment(StrEnum):
@@ -77,6 +79,25 @@ class Settings(BaseSettings):
     # Readiness probes must answer fast even when a dependency hangs.
     health_check_timeout_s: float = Field(default=2.0, gt=0)
 
+    # Identity: token lifetimes, hashing cost, lockout.
+    access_token_ttl_s: int = Field(default=15 * 60, ge=30)
+    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, ge=300)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_s: int = Field(default=15 * 60, ge=1)
+
+    # Rate limits (flask-limiter syntax; ";" separates limits that all apply). Anonymous
+    # callers are keyed by IP, authenticated ones by user.
+    ratelimit_enabled: bool = True
+    ratelimit_default: str = "100/minute;10/second"
+    ratelimit_login: str = "10/minute;30/hour"
+    ratelimit_register: str = "5/minute;20/hour"
+
+    # Request hygiene. CORS is off unless origins are listed; "*" is refused with credentials.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-* headers we believe.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 
@@ -84,6 +105,21 @@ class Settings(BaseSettings):
     admin_username: str | None = None
     admin_email: str | None = None
     admin_password: str | None = None
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """Lists come from the environment as "a,b,c"."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError when malformed
+        return value
 
     @field_validator("database_url")
     @classmethod

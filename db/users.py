@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Role, User
+from db.credentials import utcnow
+from db.models import InferenceRequest, Role, User
 
 
 class UserExistsError(Exception):
@@ -14,14 +19,16 @@ class UserExistsError(Exception):
         self.field = field
 
 
-def find_conflict(*, session: Session, username: str, email: str) -> str | None:
+def find_conflict(
+    *, session: Session, username: str, email: str, exclude: uuid.UUID | None = None
+) -> str | None:
     """Which of username / email is taken (case-insensitively), if any."""
-    taken = session.execute(
-        select(func.lower(User.username), func.lower(User.email)).where(
-            (func.lower(User.username) == username.lower())
-            | (func.lower(User.email) == email.lower())
-        )
-    ).first()
+    query = select(func.lower(User.username), func.lower(User.email)).where(
+        (func.lower(User.username) == username.lower()) | (func.lower(User.email) == email.lower())
+    )
+    if exclude is not None:
+        query = query.where(User.id != exclude)
+    taken = session.execute(query).first()
     if taken is None:
         return None
     return "username" if taken[0] == username.lower() else "email"
@@ -37,3 +44,88 @@ def create_user(
     session.add(user)
     session.flush()
     return user
+
+
+def find_by_login(*, session: Session, login: str) -> User | None:
+    """The live account whose username or email is `login` (case-insensitive)."""
+    login = login.lower()
+    return session.scalar(
+        select(User).where(
+            User.deleted_at.is_(None),
+            (func.lower(User.username) == login) | (func.lower(User.email) == login),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    failures: int
+    locked_until: datetime | None
+
+
+def record_login_failure(
+    *, session: Session, user_id: uuid.UUID, max_failures: int, window: timedelta
+) -> FailureCount:
+    """Count a failed password in the current window, atomically; lock on the last allowed one.
+
+    The window restarts when the first failure in it is older than `window`. One UPDATE, so
+    concurrent guesses cannot slip past the counter.
+    """
+    now = utcnow()
+    window_expired = (User.first_failed_login_at.is_(None)) | (
+        User.first_failed_login_at < now - window
+    )
+    new_count = case((window_expired, 1), else_=User.failed_login_count + 1)
+    row = session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(
+            failed_login_count=new_count,
+            first_failed_login_at=case((window_expired, now), else_=User.first_failed_login_at),
+            locked_until=case((new_count >= max_failures, now + window), else_=User.locked_until),
+        )
+        .returning(User.failed_login_count, User.locked_until)
+    ).one()
+    return FailureCount(failures=row[0], locked_until=row[1])
+
+
+def record_login_success(*, session: Session, user: User) -> None:
+    user.failed_login_count = 0
+    user.first_failed_login_at = None
+    user.locked_until = None
+    user.last_login_at = utcnow()
+
+
+def count_active_admins(*, session: Session) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                User.role == Role.ADMIN, User.is_active, User.deleted_at.is_(None)
+            )
+        )
+        or 0
+    )
+
+
+def lock_admins(*, session: Session) -> None:
+    """Serialise changes that could remove the last admin (two demotions at once)."""
+    session.execute(select(User.id).where(User.role == Role.ADMIN).with_for_update()).all()
+
+
+def erase_personal_data(*, session: Session, user: User) -> None:
+    """Anonymise the account and scrub prompts and outputs; keep counts for usage aggregates."""
+    tag = user.id.hex[:12]
+    user.username = f"deleted-{tag}"
+    user.email = f"deleted-{tag}@invalid"
+    user.password_hash = "!"  # noqa: S105  (matches no bcrypt hash: no login possible)
+    user.is_active = False
+    user.deleted_at = utcnow()
+    user.failed_login_count = 0
+    user.first_failed_login_at = None
+    user.locked_until = None
+    session.execute(
+        update(InferenceRequest)
+        .where(InferenceRequest.user_id == user.id)
+        .values(input={}, output=None, output_message=None, idempotency_key=None)
+    )
+    session.flush()

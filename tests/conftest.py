@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,12 @@ def settings_overrides() -> dict[str, Any]:
         "database_url": _test_database_url(),
         "redis_url": _test_redis_url(),
         "log_format": "json",
+        "bcrypt_rounds": 4,  # the policy is tested; the cost of 12 rounds is not
+        # Limits stay on so every request passes through the limiter; tests of the limits
+        # themselves build an app with small ones.
+        "ratelimit_default": "10000/minute",
+        "ratelimit_login": "10000/minute",
+        "ratelimit_register": "10000/minute",
     }
 
 
@@ -104,7 +110,10 @@ def base_app(settings_overrides: dict[str, Any], database: Database) -> Flask:
 
 @pytest.fixture
 def app(
-    base_app: Flask, connection: Connection, session_factory: sessionmaker[Session]
+    base_app: Flask,
+    connection: Connection,
+    session_factory: sessionmaker[Session],
+    db_session: Session,
 ) -> Iterator[Flask]:
     """The app with its unit of work bound to the test's rolled-back transaction."""
     original = base_app.extensions["db"]
@@ -114,8 +123,26 @@ def app(
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def client(app: Flask, redis_client: Redis) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def app_factory(
+    settings_overrides: dict[str, Any],
+    connection: Connection,
+    session_factory: sessionmaker[Session],
+    redis_client: Redis,
+    db_session: Session,
+) -> Callable[..., Flask]:
+    """Build an app with extra settings, its unit of work bound to the test's transaction."""
+
+    def build(**overrides: Any) -> Flask:
+        app = create_app({**settings_overrides, **overrides})
+        app.extensions["db"] = Database(connection.engine, session_factory)
+        return app
+
+    return build
 
 
 @pytest.fixture

@@ -11,9 +11,15 @@ from config.logging import configure_logging
 from config.settings import build_settings
 from db.session import Database
 from web import cli, health
+from web.auth import views as auth_views
 from web.database import init_database
 from web.errors import register_error_handlers
 from web.request_context import init_request_context
+from web.security.hygiene import init_hygiene
+from web.security.ratelimit import init_rate_limits
+from web.security.tokens import init_jwt
+from web.users import admin as users_admin
+from web.users import views as users_views
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -41,7 +47,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     init_request_context(app)
     init_database(app, Database.from_settings(settings))
     register_error_handlers(app)
+    init_jwt(app, settings)
+    init_hygiene(app, cors_origins=settings.cors_origins, trusted_proxies=settings.trusted_proxies)
 
-    app.register_blueprint(health.bp)
+    for blueprint in (health.bp, auth_views.bp, users_views.bp, users_admin.bp):
+        app.register_blueprint(blueprint)
+    init_rate_limits(app, settings)
     cli.register(app)
     return app

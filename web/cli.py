@@ -65,7 +65,7 @@ def create_admin(
                 session=session,
                 username=account.username,
                 email=account.email,
-                password_hash=hash_password(account.password),
+                password_hash=hash_password(account.password, settings.bcrypt_rounds),
                 role=Role.ADMIN,
             )
         except UserExistsError as error:

@@ -33,12 +33,21 @@ def get_session() -> Session:
     return g.db_session  # type: ignore[no-any-return]
 
 
+def keep_changes_on_error() -> None:
+    """Commit this request's changes even though it answers with an error.
+
+    For records that must outlive a refusal: a failed login's counter and audit entry, the
+    revocation that follows a reused refresh token. Call it just before raising.
+    """
+    g.keep_changes_on_error = True
+
+
 def commit_or_rollback(response: Response) -> Response:
     """Runs before the response leaves, so a failed commit still changes the answer."""
     session: Session | None = g.get("db_session")
     if session is None:
         return response
-    if response.status_code >= 400:
+    if response.status_code >= 400 and not g.get("keep_changes_on_error"):
         session.rollback()
         return response
     try:

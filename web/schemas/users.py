@@ -1,20 +1,32 @@
-"""Schemas for accounts."""
+"""Schemas for accounts, logins, sessions and API keys."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
+from db.models import Role
+from web.schemas.common import PageQuery
 from web.security.passwords import password_problems
+from web.security.policy import Scope
 
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$"
 
 
-class UserCreate(BaseModel):
-    """A new account. There is no role field: roles are granted, never requested."""
+def _check_password(password: str, username: str | None) -> str:
+    problems = password_problems(password, username=username)
+    if problems:
+        raise ValueError("password " + "; ".join(problems))
+    return password
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+class UserCreate(BaseModel):
+    """A new account. Unknown fields are refused: a role is granted, never requested."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     username: str = Field(pattern=USERNAME_PATTERN)
     email: EmailStr = Field(max_length=320)
@@ -22,7 +34,115 @@ class UserCreate(BaseModel):
 
     @model_validator(mode="after")
     def _password_meets_policy(self) -> Self:
-        problems = password_problems(self.password, username=self.username)
-        if problems:
-            raise ValueError("password " + "; ".join(problems))
+        _check_password(self.password, self.username)
         return self
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=320, description="Username or email.")
+    password: str = Field(min_length=1, max_length=1024, repr=False)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "Bearer"  # noqa: S105
+    expires_in: int
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    username: str
+    email: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class ProfileUpdate(BaseModel):
+    """Changing the email or the password needs the current password."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    current_password: str = Field(min_length=1, repr=False)
+    email: EmailStr | None = Field(default=None, max_length=320)
+    new_password: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _something_changes(self) -> Self:
+        if self.email is None and self.new_password is None:
+            raise ValueError("give email or new_password")
+        return self
+
+
+class AccountDelete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(min_length=1, repr=False)
+
+
+class SessionRead(BaseModel):
+    id: uuid.UUID = Field(description="The session family: stable across token refreshes.")
+    created_at: datetime
+    expires_at: datetime
+    ip_address: str | None
+    user_agent: str | None
+    current: bool
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(min_length=1)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique(cls, scopes: list[Scope]) -> list[Scope]:
+        return sorted(set(scopes))
+
+
+class ApiKeyRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="The secret. It is shown once and cannot be recovered.")
+
+
+class UserAdminUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    is_active: bool | None = None
+
+    @model_validator(mode="after")
+    def _something_changes(self) -> Self:
+        if self.role is None and self.is_active is None:
+            raise ValueError("give role or is_active")
+        return self
+
+
+class UserListQuery(PageQuery):
+    role: Role | None = None
+    active: bool | None = None
+    q: str | None = Field(default=None, max_length=100, description="Part of a username or email.")
+
+
+def check_new_password(password: str, username: str) -> str:
+    return _check_password(password, username)

@@ -41,9 +41,27 @@ def password_problems(password: str, *, username: str | None = None) -> list[str
     return problems
 
 
-def hash_password(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+def hash_password(password: str, rounds: int = 12) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
 
 
 def verify_password(password: str, password_hash: str) -> bool:
-    return bcrypt.checkpw(password.encode(), password_hash.encode())
+    """False for a wrong password and for a hash that is not bcrypt (erased accounts)."""
+    try:
+        return bcrypt.checkpw(password.encode()[:MAX_PASSWORD_BYTES], password_hash.encode())
+    except ValueError:
+        return False
+
+
+def spend_verification_time(password: str, rounds: int) -> None:
+    """Do the work of one verification, so an unknown user answers as slowly as a known one."""
+    bcrypt.checkpw(password.encode()[:MAX_PASSWORD_BYTES], _dummy_hash(rounds))
+
+
+_DUMMY_HASHES: dict[int, bytes] = {}
+
+
+def _dummy_hash(rounds: int) -> bytes:
+    if rounds not in _DUMMY_HASHES:
+        _DUMMY_HASHES[rounds] = bcrypt.hashpw(b"not-a-real-password", bcrypt.gensalt(rounds))
+    return _DUMMY_HASHES[rounds]

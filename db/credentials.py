@@ -1,0 +1,139 @@
+"""Login sessions (rotating refresh tokens) and API keys. Functions flush, never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.models import ApiKey, UserSession
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- sessions ---------------------------------------------------------------------------
+# A login starts a family. Each refresh revokes the presented row ("rotated") and adds a
+# new row to the same family, so presenting a rotated token again is detectable as reuse.
+
+
+def start_session(
+    *,
+    session: Session,
+    user_id: uuid.UUID,
+    refresh_jti: str,
+    ttl: timedelta,
+    ip_address: str | None,
+    user_agent: str | None,
+    family_id: uuid.UUID | None = None,
+) -> UserSession:
+    row = UserSession(
+        user_id=user_id,
+        refresh_jti=refresh_jti,
+        family_id=family_id or uuid.uuid4(),
+        expires_at=utcnow() + ttl,
+        ip_address=ip_address,
+        user_agent=(user_agent or "")[:512] or None,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_session_by_refresh_jti(*, session: Session, refresh_jti: str) -> UserSession | None:
+    return session.scalar(
+        select(UserSession).where(UserSession.refresh_jti == refresh_jti).with_for_update()
+    )
+
+
+def revoke_families(
+    *, session: Session, family_ids: Sequence[uuid.UUID], reason: str
+) -> list[uuid.UUID]:
+    """Revoke every live row of these families; returns the families that had live rows."""
+    if not family_ids:
+        return []
+    revoked = session.scalars(
+        update(UserSession)
+        .where(UserSession.family_id.in_(family_ids), UserSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+        .returning(UserSession.family_id)
+    ).all()
+    return sorted(set(revoked))
+
+
+def live_families(
+    *, session: Session, user_id: uuid.UUID, except_family: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    query = select(UserSession.family_id).where(
+        UserSession.user_id == user_id,
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > utcnow(),
+    )
+    if except_family is not None:
+        query = query.where(UserSession.family_id != except_family)
+    return sorted(set(session.scalars(query)))
+
+
+def list_live_sessions(*, session: Session, user_id: uuid.UUID) -> list[UserSession]:
+    return list(
+        session.scalars(
+            select(UserSession)
+            .where(
+                UserSession.user_id == user_id,
+                UserSession.revoked_at.is_(None),
+                UserSession.expires_at > utcnow(),
+            )
+            .order_by(UserSession.created_at.desc())
+        )
+    )
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+
+def add_api_key(
+    *,
+    session: Session,
+    user_id: uuid.UUID,
+    name: str,
+    prefix: str,
+    key_hash: str,
+    scopes: list[str],
+    expires_at: datetime | None,
+) -> ApiKey:
+    key = ApiKey(
+        user_id=user_id,
+        name=name,
+        prefix=prefix,
+        key_hash=key_hash,
+        scopes=scopes,
+        expires_at=expires_at,
+    )
+    session.add(key)
+    session.flush()
+    return key
+
+
+def find_api_key(*, session: Session, prefix: str) -> ApiKey | None:
+    return session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+
+
+def list_api_keys(*, session: Session, user_id: uuid.UUID) -> list[ApiKey]:
+    return list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at.desc())
+        )
+    )
+
+
+def revoke_user_api_keys(*, session: Session, user_id: uuid.UUID) -> int:
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

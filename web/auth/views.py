@@ -1,0 +1,172 @@
+"""POST /api/v1/auth/register, /login and /refresh."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import timedelta
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask_jwt_extended import get_jwt, jwt_required
+
+from config.settings import Settings
+from db.credentials import find_session_by_refresh_jti, revoke_families, start_session, utcnow
+from db.models import User
+from db.users import (
+    UserExistsError,
+    create_user,
+    find_by_login,
+    record_login_failure,
+    record_login_success,
+)
+from web.audit import audit
+from web.database import get_session, keep_changes_on_error
+from web.errors import APIError, Conflict, Unauthorized
+from web.schemas.users import LoginRequest, TokenPair, UserCreate, UserRead
+from web.security.passwords import hash_password, spend_verification_time, verify_password
+from web.security.tokens import issue_tokens, revoke_families_now
+from web.validation import load_body
+
+bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
+
+INVALID_CREDENTIALS = "The username or password is incorrect."
+
+
+class AccountLocked(APIError):
+    status_code = 429
+    code = "account_locked"
+    message = "Too many failed logins: the account is locked for a while."
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["settings"]
+    return settings
+
+
+def _locked(seconds_left: float) -> AccountLocked:
+    retry_after = str(max(1, math.ceil(seconds_left)))
+    return AccountLocked(
+        details={"retry_after_s": int(retry_after)}, headers={"Retry-After": retry_after}
+    )
+
+
+def _start_login(user: User, family_id: uuid.UUID | None = None) -> tuple[TokenPair, uuid.UUID]:
+    settings = _settings()
+    family_id = family_id or uuid.uuid4()
+    body, refresh_jti = issue_tokens(user, family_id)
+    start_session(
+        session=get_session(),
+        user_id=user.id,
+        refresh_jti=refresh_jti,
+        family_id=family_id,
+        ttl=timedelta(seconds=settings.refresh_token_ttl_s),
+        ip_address=request.remote_addr,
+        user_agent=request.user_agent.string or None,
+    )
+    return TokenPair(**body), family_id
+
+
+@bp.post("/register")
+def register() -> tuple[Response, int]:
+    account = load_body(UserCreate)
+    try:
+        user = create_user(
+            session=get_session(),
+            username=account.username,
+            email=account.email,
+            password_hash=hash_password(account.password, _settings().bcrypt_rounds),
+        )
+    except UserExistsError as error:
+        raise Conflict(str(error), code=f"{error.field}_taken") from None
+    audit("auth.register", user_id=user.id, resource_type="users", resource_id=user.id)
+    return jsonify(UserRead.model_validate(user).model_dump(mode="json")), 201
+
+
+@bp.post("/login")
+def login() -> Response:
+    credentials = load_body(LoginRequest)
+    settings = _settings()
+    user = find_by_login(session=get_session(), login=credentials.username)
+
+    # Every refusal below is recorded: its audit entry (and the failure counter) are kept
+    # although the request answers with an error.
+    if user is None or not user.is_active:
+        spend_verification_time(credentials.password, settings.bcrypt_rounds)
+        audit("auth.login_failed", details={"reason": "unknown_or_inactive"})
+        keep_changes_on_error()
+        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+
+    now = utcnow()
+    if user.locked_until is not None and user.locked_until > now:
+        audit("auth.login_locked", user_id=user.id, resource_type="users", resource_id=user.id)
+        keep_changes_on_error()
+        raise _locked((user.locked_until - now).total_seconds())
+
+    if not verify_password(credentials.password, user.password_hash):
+        count = record_login_failure(
+            session=get_session(),
+            user_id=user.id,
+            max_failures=settings.login_max_failures,
+            window=timedelta(seconds=settings.login_lockout_s),
+        )
+        audit(
+            "auth.login_failed",
+            user_id=user.id,
+            resource_type="users",
+            resource_id=user.id,
+            details={"failures": count.failures},
+        )
+        keep_changes_on_error()
+        if count.locked_until is not None and count.locked_until > now:
+            audit(
+                "auth.lockout",
+                user_id=user.id,
+                resource_type="users",
+                resource_id=user.id,
+                details={"until": count.locked_until.isoformat()},
+            )
+            raise _locked((count.locked_until - now).total_seconds())
+        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+
+    record_login_success(session=get_session(), user=user)
+    tokens, family_id = _start_login(user)
+    audit("auth.login", user_id=user.id, resource_type="user_sessions", resource_id=family_id)
+    return jsonify(tokens.model_dump())
+
+
+@bp.post("/refresh")
+@jwt_required(refresh=True)
+def refresh() -> Response:
+    """Rotate: the presented refresh token is spent and a new pair issued in the same family."""
+    claims = get_jwt()
+    session = get_session()
+    row = find_session_by_refresh_jti(session=session, refresh_jti=str(claims["jti"]))
+    if row is None:
+        raise Unauthorized("The refresh token is not known.", code="invalid_token")
+
+    if row.revoked_at is not None:
+        if row.revoked_reason != "rotated":
+            raise Unauthorized("The session has been revoked.", code="token_revoked")
+        # A spent token came back: someone kept a copy. End the whole login, and keep that
+        # although this request answers 401.
+        revoke_families(session=session, family_ids=[row.family_id], reason="refresh_reuse")
+        revoke_families_now([row.family_id])
+        audit(
+            "auth.refresh_reuse",
+            user_id=row.user_id,
+            resource_type="user_sessions",
+            resource_id=row.family_id,
+        )
+        keep_changes_on_error()
+        raise Unauthorized(
+            "The refresh token was already used; the session is revoked.", code="token_reused"
+        )
+
+    user = session.get(User, row.user_id)
+    if row.expires_at <= utcnow() or user is None or not user.is_active:
+        raise Unauthorized("The session has ended.", code="token_expired")
+
+    row.revoked_at = utcnow()
+    row.revoked_reason = "rotated"
+    tokens, _ = _start_login(user, family_id=row.family_id)
+    return jsonify(tokens.model_dump())

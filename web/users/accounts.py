@@ -1,0 +1,40 @@
+"""Account operations that reach both the database and the token blocklist."""
+
+from __future__ import annotations
+
+import uuid
+
+from db.credentials import live_families, revoke_families, revoke_user_api_keys
+from db.models import Role, User
+from db.users import count_active_admins, erase_personal_data, lock_admins
+from web.database import get_session
+from web.errors import Conflict
+from web.security.tokens import revoke_families_now
+
+
+def end_sessions(
+    user_id: uuid.UUID, *, reason: str, except_family: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    """Revoke the user's logins (all, or all but one): refresh tokens in the database,
+    access tokens at once through the blocklist."""
+    session = get_session()
+    families = live_families(session=session, user_id=user_id, except_family=except_family)
+    revoked = revoke_families(session=session, family_ids=families, reason=reason)
+    revoke_families_now(revoked)
+    return revoked
+
+
+def erase_account(user: User) -> None:
+    """Every credential revoked, personal data anonymised, aggregate usage kept."""
+    end_sessions(user.id, reason="account_deleted")
+    revoke_user_api_keys(session=get_session(), user_id=user.id)
+    erase_personal_data(session=get_session(), user=user)
+
+
+def refuse_removing_last_admin(user: User) -> None:
+    """409 if `user` is the only active admin (call before demoting, disabling or deleting)."""
+    if user.role != Role.ADMIN or not user.is_active:
+        return
+    lock_admins(session=get_session())
+    if count_active_admins(session=get_session()) <= 1:
+        raise Conflict("The last admin cannot be demoted, disabled or deleted.", code="last_admin")

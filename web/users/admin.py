@@ -1,0 +1,105 @@
+"""Admins manage accounts: GET /api/v1/users, PUT and DELETE /api/v1/users/<id>."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import ColumnElement, func, or_, select
+
+from db.models import Role, User
+from web.audit import audit
+from web.database import get_session
+from web.errors import NotFound
+from web.schemas.common import Page
+from web.schemas.users import UserAdminUpdate, UserListQuery, UserRead
+from web.security.policy import Permission
+from web.security.principal import authenticated, require
+from web.users.accounts import end_sessions, erase_account, refuse_removing_last_admin
+from web.validation import load_body, load_query
+
+bp = Blueprint("users_admin", __name__, url_prefix="/api/v1/users")
+
+
+def _live_user(user_id: uuid.UUID) -> User:
+    user = get_session().get(User, user_id)
+    if user is None or user.deleted_at is not None:
+        raise NotFound("No such user.")
+    return user
+
+
+@bp.get("")
+@require(Permission.USERS_MANAGE)
+def list_users() -> Response:
+    query = load_query(UserListQuery)
+    conditions: list[ColumnElement[bool]] = [User.deleted_at.is_(None)]
+    if query.role is not None:
+        conditions.append(User.role == query.role)
+    if query.active is not None:
+        conditions.append(User.is_active.is_(query.active))
+    if query.q:
+        escaped = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        conditions.append(
+            or_(func.lower(User.username).like(pattern), func.lower(User.email).like(pattern))
+        )
+    session = get_session()
+    total = session.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
+    users = session.scalars(
+        select(User)
+        .where(*conditions)
+        .order_by(User.created_at, User.id)
+        .offset(query.offset)
+        .limit(query.per_page)
+    )
+    page = Page[UserRead](
+        items=[UserRead.model_validate(user) for user in users],
+        total=total,
+        page=query.page,
+        per_page=query.per_page,
+    )
+    return jsonify(page.model_dump(mode="json"))
+
+
+@bp.put("/<uuid:user_id>")
+@require(Permission.USERS_MANAGE)
+def update_user(user_id: uuid.UUID) -> Response:
+    change = load_body(UserAdminUpdate)
+    user = _live_user(user_id)
+    demoted = change.role is not None and change.role != Role.ADMIN
+    disabled = change.is_active is False
+    if demoted or disabled:
+        refuse_removing_last_admin(user)
+    before = {"role": user.role, "is_active": user.is_active}
+    if change.role is not None:
+        user.role = change.role
+    if change.is_active is not None:
+        user.is_active = change.is_active
+    if disabled:
+        end_sessions(user.id, reason="account_disabled")
+    after = {"role": user.role, "is_active": user.is_active}
+    if before != after:
+        audit(
+            "user.role_changed" if before["role"] != after["role"] else "user.updated",
+            user_id=authenticated().user_id,
+            resource_type="users",
+            resource_id=user.id,
+            details={"before": before, "after": after},
+        )
+    return jsonify(UserRead.model_validate(user).model_dump(mode="json"))
+
+
+@bp.delete("/<uuid:user_id>")
+@require(Permission.USERS_MANAGE)
+def delete_user(user_id: uuid.UUID) -> tuple[str, int]:
+    user = _live_user(user_id)
+    refuse_removing_last_admin(user)
+    audit(
+        "user.deleted",
+        user_id=authenticated().user_id,
+        resource_type="users",
+        resource_id=user.id,
+        details={"by": "admin"},
+    )
+    erase_account(user)
+    return "", 204

@@ -1,0 +1,284 @@
+"""The caller's own account: logout, sessions, profile, API keys, export, deletion."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import select
+
+from db.credentials import (
+    add_api_key,
+    list_api_keys,
+    list_live_sessions,
+    revoke_families,
+    utcnow,
+)
+from db.models import ApiKey, AuditLogEntry, InferenceRequest, UserSession
+from db.users import find_conflict
+from web.audit import audit
+from web.database import get_session
+from web.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
+from web.schemas.users import (
+    AccountDelete,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    ProfileUpdate,
+    SessionRead,
+    UserRead,
+    check_new_password,
+)
+from web.security import api_keys
+from web.security.passwords import hash_password, verify_password
+from web.security.policy import Permission
+from web.security.principal import authenticated, require
+from web.security.tokens import revoke_families_now
+from web.users.accounts import end_sessions, erase_account, refuse_removing_last_admin
+from web.validation import load_body
+
+bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
+
+MAX_LIVE_API_KEYS = 50
+
+
+def _no_content() -> tuple[str, int]:
+    return "", 204
+
+
+def _confirm_password(password: str) -> None:
+    if not verify_password(password, authenticated().user.password_hash):
+        raise Unauthorized("The current password is incorrect.", code="invalid_credentials")
+
+
+@bp.post("/logout")
+@require(Permission.PROFILE)
+def logout() -> tuple[str, int]:
+    principal = authenticated()
+    if principal.family_id is None:
+        raise BadRequest(
+            "API keys have no session to end; revoke the key instead.", code="not_a_session"
+        )
+    revoke_families(session=get_session(), family_ids=[principal.family_id], reason="logout")
+    revoke_families_now([principal.family_id])
+    audit(
+        "auth.logout",
+        user_id=principal.user_id,
+        resource_type="user_sessions",
+        resource_id=principal.family_id,
+    )
+    return _no_content()
+
+
+@bp.get("/sessions")
+@require(Permission.PROFILE)
+def sessions() -> Response:
+    principal = authenticated()
+    rows = list_live_sessions(session=get_session(), user_id=principal.user_id)
+    items = [
+        SessionRead(
+            id=row.family_id,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            ip_address=str(row.ip_address) if row.ip_address else None,
+            user_agent=row.user_agent,
+            current=row.family_id == principal.family_id,
+        ).model_dump(mode="json")
+        for row in rows
+    ]
+    return jsonify({"items": items})
+
+
+@bp.delete("/sessions/<uuid:session_id>")
+@require(Permission.PROFILE)
+def end_session(session_id: uuid.UUID) -> tuple[str, int]:
+    principal = authenticated()
+    owned = get_session().scalar(
+        select(UserSession.id).where(
+            UserSession.family_id == session_id, UserSession.user_id == principal.user_id
+        )
+    )
+    if owned is None:
+        raise NotFound("No such session.")
+    revoked = revoke_families(session=get_session(), family_ids=[session_id], reason="ended")
+    revoke_families_now(revoked)
+    audit(
+        "auth.session_revoked",
+        user_id=principal.user_id,
+        resource_type="user_sessions",
+        resource_id=session_id,
+    )
+    return _no_content()
+
+
+@bp.get("/profile")
+@require(Permission.PROFILE)
+def profile() -> Response:
+    return jsonify(UserRead.model_validate(authenticated().user).model_dump(mode="json"))
+
+
+@bp.put("/profile")
+@require(Permission.PROFILE)
+def update_profile() -> Response:
+    change = load_body(ProfileUpdate)
+    principal = authenticated()
+    user = principal.user
+    _confirm_password(change.current_password)
+    changed = []
+    if change.email is not None and change.email.lower() != user.email.lower():
+        if find_conflict(
+            session=get_session(), username=user.username, email=change.email, exclude=user.id
+        ):
+            raise Conflict("A user with this email already exists.", code="email_taken")
+        user.email = change.email
+        changed.append("email")
+    if change.new_password is not None:
+        try:
+            check_new_password(change.new_password, user.username)
+        except ValueError as error:
+            raise ValidationFailed(
+                details=[{"field": "body.new_password", "message": str(error), "type": "policy"}]
+            ) from None
+        user.password_hash = hash_password(
+            change.new_password, current_app.extensions["settings"].bcrypt_rounds
+        )
+        # Whoever else holds a login must prove they know the new password.
+        end_sessions(user.id, reason="password_changed", except_family=principal.family_id)
+        changed.append("password")
+    audit(
+        "user.profile_updated",
+        user_id=user.id,
+        resource_type="users",
+        resource_id=user.id,
+        details={"changed": changed},
+    )
+    return jsonify(UserRead.model_validate(user).model_dump(mode="json"))
+
+
+@bp.post("/api-keys")
+@require(Permission.PROFILE)
+def create_api_key() -> tuple[Response, int]:
+    request_body = load_body(ApiKeyCreate)
+    principal = authenticated()
+    session = get_session()
+    live = [
+        key
+        for key in list_api_keys(session=session, user_id=principal.user_id)
+        if key.revoked_at is None
+    ]
+    if len(live) >= MAX_LIVE_API_KEYS:
+        raise Conflict(
+            f"At most {MAX_LIVE_API_KEYS} live API keys per user.", code="too_many_api_keys"
+        )
+    key, prefix = api_keys.generate()
+    expires_at = (
+        utcnow() + timedelta(days=request_body.expires_in_days)
+        if request_body.expires_in_days
+        else None
+    )
+    row = add_api_key(
+        session=session,
+        user_id=principal.user_id,
+        name=request_body.name,
+        prefix=prefix,
+        key_hash=api_keys.hash_key(key),
+        scopes=[str(scope) for scope in request_body.scopes],
+        expires_at=expires_at,
+    )
+    audit(
+        "api_key.created",
+        user_id=principal.user_id,
+        resource_type="api_keys",
+        resource_id=row.id,
+        details={"name": row.name, "scopes": row.scopes},
+    )
+    created = ApiKeyCreated(**ApiKeyRead.model_validate(row).model_dump(), key=key)
+    return jsonify(created.model_dump(mode="json")), 201
+
+
+@bp.get("/api-keys")
+@require(Permission.PROFILE)
+def api_key_list() -> Response:
+    rows = list_api_keys(session=get_session(), user_id=authenticated().user_id)
+    return jsonify({"items": [ApiKeyRead.model_validate(r).model_dump(mode="json") for r in rows]})
+
+
+@bp.delete("/api-keys/<uuid:key_id>")
+@require(Permission.PROFILE)
+def revoke_api_key(key_id: uuid.UUID) -> tuple[str, int]:
+    principal = authenticated()
+    row = get_session().get(ApiKey, key_id)
+    if row is None or row.user_id != principal.user_id:
+        raise NotFound("No such API key.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit(
+            "api_key.revoked",
+            user_id=principal.user_id,
+            resource_type="api_keys",
+            resource_id=row.id,
+        )
+    return _no_content()
+
+
+def _rows(model: Any, *conditions: Any) -> list[dict[str, Any]]:
+    """Every column of every matching row, as JSON-ready values."""
+    table = model.__table__
+    result = get_session().execute(select(table).where(*conditions)).mappings()
+    return [
+        {
+            key: value
+            if isinstance(value, str | int | float | bool | dict | list | None)
+            else str(value)
+            for key, value in row.items()
+        }
+        for row in result
+    ]
+
+
+@bp.get("/me/export")
+@require(Permission.PROFILE)
+def export_me() -> Response:
+    """Everything we hold about the caller, in one document."""
+    user = authenticated().user
+    [account] = _rows(type(user), type(user).id == user.id)
+    account.pop("password_hash")
+    keys = _rows(ApiKey, ApiKey.user_id == user.id)
+    for key in keys:
+        key.pop("key_hash")
+    sessions_ = _rows(UserSession, UserSession.user_id == user.id)
+    for row in sessions_:
+        row.pop("refresh_jti")
+        row.pop("access_jti")
+    document = {
+        "exported_at": utcnow().isoformat(),
+        "account": account,
+        "sessions": sessions_,
+        "api_keys": keys,
+        "inference_requests": _rows(InferenceRequest, InferenceRequest.user_id == user.id),
+        "audit_log": _rows(AuditLogEntry, AuditLogEntry.user_id == user.id),
+    }
+    audit("user.exported", user_id=user.id, resource_type="users", resource_id=user.id)
+    response = jsonify(document)
+    response.headers["Content-Disposition"] = 'attachment; filename="ollamamax-export.json"'
+    return response
+
+
+@bp.delete("/me")
+@require(Permission.PROFILE)
+def delete_me() -> tuple[str, int]:
+    confirmation = load_body(AccountDelete)
+    _confirm_password(confirmation.password)
+    user = authenticated().user
+    refuse_removing_last_admin(user)
+    audit(
+        "user.deleted",
+        user_id=user.id,
+        resource_type="users",
+        resource_id=user.id,
+        details={"by": "self"},
+    )
+    erase_account(user)
+    return _no_content()
