@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     db_pool_recycle_s: int = Field(default=300, ge=1)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_pre_ping: bool = True
+    # A server that accepts the TCP connection but never answers must not hang a request.
+    db_connect_timeout_s: int = Field(default=5, ge=1)
     db_echo: bool = False
 
     # Redis serves four roles; each can move to its own instance.
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
     celery_result_backend: str | None = None
     ratelimit_storage_url: str | None = None
     cache_redis_url: str | None = None
+    # Socket timeouts of the app's Redis client (cache, blocklist, rate limits).
+    redis_timeout_s: float = Field(default=5.0, gt=0)
 
     ollama_host: str = "http://127.0.0.1:11434"
 
@@ -98,7 +102,7 @@ class Settings(BaseSettings):
     # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-* headers we believe.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 
     # Used by `flask create-admin` when no option or stdin gives them.
@@ -170,7 +174,16 @@ def _production_problems(settings: Settings) -> list[str]:
             problems.append(f"{name.upper()} is not set")
         elif value.lower() in KNOWN_DEFAULT_SECRETS or len(value) < 32:
             problems.append(f"{name.upper()} is a known default or shorter than 32 characters")
-    for name in ("database_url", "redis_url", "celery_broker_url", "cache_redis_url"):
+    if settings.secret_key and settings.secret_key == settings.jwt_secret_key:
+        problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")
+    for name in (
+        "database_url",
+        "redis_url",
+        "celery_broker_url",
+        "celery_result_backend",
+        "ratelimit_storage_url",
+        "cache_redis_url",
+    ):
         password = _url_password(getattr(settings, name))
         if password is not None and password.lower() in KNOWN_DEFAULT_SECRETS:
             problems.append(f"{name.upper()} uses a known default password")

@@ -25,6 +25,7 @@ def build_engine(settings: Settings) -> Engine:
         pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
+        connect_args={"connect_timeout": settings.db_connect_timeout_s},
         # Keep parameter values out of exception messages and logs.
         hide_parameters=True,
     )

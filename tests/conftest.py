@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -43,8 +44,9 @@ def _test_database_url(suffix: str = "test") -> str:
 
 
 def _test_redis_url() -> str:
-    url = get_settings().redis_url.rsplit("/", 1)[0]
-    return f"{url}/{REDIS_TEST_DB}"
+    """The configured Redis server, logical database 15 (whatever database it names)."""
+    parts = urlsplit(get_settings().redis_url)
+    return urlunsplit(parts._replace(path=f"/{REDIS_TEST_DB}"))
 
 
 def recreate_database(url: str) -> None:

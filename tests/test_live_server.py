@@ -28,7 +28,7 @@ def test_unknown_route_is_json_404_with_request_id(live_server: LiveServer) -> N
 
 
 def test_form_post_is_json_415(live_server: LiveServer) -> None:
-    response = requests.post(f"{live_server.url}/health", data={"a": "b"}, timeout=5)
+    response = requests.post(f"{live_server.url}/api/v1/auth/login", data={"a": "b"}, timeout=5)
     assert response.status_code == 415
     assert response.json()["error"]["code"] == "unsupported_media_type"
 
@@ -37,7 +37,7 @@ def test_oversized_body_is_refused_before_it_is_read(live_server: LiveServer) ->
     address = urlsplit(live_server.url)
     with socket.create_connection((address.hostname, address.port), timeout=5) as connection:
         connection.sendall(
-            b"POST /health HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: 40000000\r\nConnection: close\r\n\r\n{"
         )
         received = b""

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from config.logging import build_handler, mask_text, mask_value, request_id_var
+from config.logging import build_handler, configure_logging, mask_text, mask_value, request_id_var
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,7 @@ def test_mask_value_walks_structures() -> None:
 def test_handler_writes_json_with_request_id_and_masked_extras(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    configure_logging()  # installs the record factory that stamps request ids
     logger = logging.getLogger("tests.logging")
     logger.propagate = False
     logger.addHandler(build_handler("json"))
@@ -75,3 +76,48 @@ def test_tracebacks_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
     line = json.loads(capsys.readouterr().out.strip())
     assert "topsecret" not in json.dumps(line)
     assert "ValueError" in line["exc_info"]
+
+
+@pytest.mark.parametrize(
+    "key", ["prompt_tokens", "max_tokens", "token_count", "bypass_cache", "eval_count", "passed"]
+)
+def test_ordinary_keys_that_contain_secret_words_stay_readable(key: str) -> None:
+    assert mask_value(key, 42) == 42
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "new_password",
+        "api_key",
+        "X-Api-Key",
+        "access_token",
+        "Authorization",
+        "password_hash",
+        "secret",
+    ],
+)
+def test_secret_keys_are_masked(key: str) -> None:
+    assert mask_value(key, "value") == "***"
+
+
+def test_a_bad_format_call_logs_instead_of_raising(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("tests.logging.bad")
+    logger.propagate = False
+    logger.addHandler(build_handler("json"))
+    try:
+        logger.warning("%s and %s", "only-one")
+    finally:
+        logger.handlers.clear()
+    line = json.loads(capsys.readouterr().out.strip())
+    assert "only-one" in line["message"]
+
+
+def test_other_handlers_see_the_unmasked_template(caplog: pytest.LogCaptureFixture) -> None:
+    configure_logging()
+    caplog.set_level(logging.INFO, logger="tests.logging.template")
+    logging.getLogger("tests.logging.template").info("user %s logged in", "ann")
+    [record] = caplog.records
+    assert record.msg == "user %s logged in"
+    assert record.args == ("ann",)

@@ -46,6 +46,21 @@ def test_production_refuses_a_default_database_password() -> None:
         )
 
 
+def test_production_refuses_one_key_for_both_purposes() -> None:
+    with pytest.raises(InsecureSettingsError, match="must differ"):
+        production(secret_key=STRONG, jwt_secret_key=STRONG)
+
+
+@pytest.mark.parametrize("field", ["celery_result_backend", "ratelimit_storage_url"])
+def test_production_checks_every_redis_url(field: str) -> None:
+    with pytest.raises(InsecureSettingsError, match=field.upper()):
+        production(
+            secret_key=STRONG,
+            jwt_secret_key=STRONG[::-1],
+            **{field: "redis://:changeme@redis:6379/0"},
+        )
+
+
 def test_production_accepts_real_secrets() -> None:
     settings = production(
         secret_key=STRONG,

@@ -38,8 +38,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.extensions["settings"] = settings
     app.extensions["redis"] = Redis.from_url(
         settings.cache_url,
-        socket_connect_timeout=settings.health_check_timeout_s,
-        socket_timeout=settings.health_check_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
         health_check_interval=30,
     )
 
@@ -50,7 +50,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     init_jwt(app, settings)
     init_hygiene(app, cors_origins=settings.cors_origins, trusted_proxies=settings.trusted_proxies)
 
-    for blueprint in (health.bp, auth_views.bp, users_views.bp, users_admin.bp):
+    health.init_health(app, settings)
+    for blueprint in (auth_views.bp, users_views.bp, users_admin.bp):
         app.register_blueprint(blueprint)
     init_rate_limits(app, settings)
     cli.register(app)

@@ -10,9 +10,9 @@ from flask.cli import with_appcontext
 from pydantic import ValidationError
 
 from db import migrate
-from db.models import Role, User
+from db.models import Role
 from db.session import set_audit_context
-from db.users import UserExistsError, create_user
+from db.users import UserExistsError, create_user, find_by_login
 from web.database import get_db
 from web.errors import validation_details
 from web.schemas.users import UserCreate
@@ -69,7 +69,7 @@ def create_admin(
                 role=Role.ADMIN,
             )
         except UserExistsError as error:
-            existing = session.query(User).filter(User.username == account.username).first()
+            existing = find_by_login(session=session, login=account.username)
             if exists_ok and existing is not None and existing.role == Role.ADMIN:
                 click.echo(f"admin {account.username} already exists")
                 return

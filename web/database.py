@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from config.logging import request_id_var
 from db.session import Database, set_audit_context
-from web.errors import error_response, handle_integrity_error
+from web.errors import error_response, handle_integrity_error, handle_unexpected_error
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,18 @@ def commit_or_rollback(response: Response) -> Response:
     except IntegrityError as error:
         session.rollback()
         return handle_integrity_error(error)
-    except SQLAlchemyError:
+    except (OperationalError, InterfaceError):
         session.rollback()
-        log.exception("commit failed")
+        log.exception("commit failed: database unreachable")
         return error_response(
-            503, "database_unavailable", "The change could not be saved; try again."
+            503,
+            "database_unavailable",
+            "The change could not be saved; try again.",
+            {"request_id": request_id_var.get()},
         )
+    except SQLAlchemyError as error:
+        session.rollback()
+        return handle_unexpected_error(error)
     return response
 
 

@@ -153,10 +153,19 @@ def handle_validation_error(error: ValidationError) -> Response:
     )
 
 
+UNIQUE_VIOLATION = "23505"
+FOREIGN_KEY_VIOLATION = "23503"
+
+
 def handle_integrity_error(error: IntegrityError) -> Response:
-    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-    log.info("integrity error on constraint %s", constraint)
-    return error_response(409, Conflict.code, Conflict.message, {"constraint": constraint})
+    """A duplicate, or a reference to a row that went away meanwhile, is a 409. Any other
+    violation (NOT NULL, CHECK) means validation let bad data through: a bug, so a 500."""
+    pgcode = getattr(error.orig, "pgcode", None)
+    if pgcode == UNIQUE_VIOLATION:
+        return error_response(409, Conflict.code, "This already exists.")
+    if pgcode == FOREIGN_KEY_VIOLATION:
+        return error_response(409, Conflict.code, "A resource this refers to no longer exists.")
+    return handle_unexpected_error(error)
 
 
 def handle_unexpected_error(error: Exception) -> Response:

@@ -1,7 +1,9 @@
 """Liveness and readiness probes.
 
 `/health` touches nothing: it answers while the process can serve. `/health/ready`
-checks each dependency with a short timeout and names the ones that failed.
+checks each dependency at once, each within `HEALTH_CHECK_TIMEOUT_S`, and names the
+ones that failed. A dependency that hangs makes its check time out; it never makes the
+probe hang.
 """
 
 from __future__ import annotations
@@ -9,31 +11,37 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from kombu import Connection
 from redis import Redis
 from sqlalchemy import text
 
 from config.settings import Settings
-from web.database import get_db
+from db.session import Database
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
+# Under gevent these threads are greenlets; a stuck check costs one of them, not a worker.
+_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="readiness")
 
-def check_postgres() -> None:
-    with get_db().engine.connect() as connection:
+
+def check_postgres(app: Flask) -> None:
+    database: Database = app.extensions["db"]
+    with database.engine.connect() as connection:
         connection.execute(text("SELECT 1"))
 
 
-def check_redis() -> None:
-    client: Redis = current_app.extensions["redis"]
-    client.ping()
+def check_redis(app: Flask) -> None:
+    probe: Redis = app.extensions["redis_probe"]
+    probe.ping()
 
 
-def check_broker() -> None:
-    settings: Settings = current_app.extensions["settings"]
+def check_broker(app: Flask) -> None:
+    settings: Settings = app.extensions["settings"]
     timeout = settings.health_check_timeout_s
     with Connection(
         settings.broker_url,
@@ -43,25 +51,35 @@ def check_broker() -> None:
         connection.ensure_connection(max_retries=0, timeout=timeout)
 
 
-CHECKS: dict[str, Callable[[], None]] = {
+CHECKS: dict[str, Callable[[Flask], None]] = {
     "postgres": check_postgres,
     "redis": check_redis,
     "broker": check_broker,
 }
 
 
-def _run(check: Callable[[], None]) -> dict[str, object]:
+def _timed(check: Callable[[Flask], None], app: Flask) -> float:
     started = time.perf_counter()
-    try:
-        check()
-    except Exception as error:  # a probe reports failures, it never raises them
-        log.warning("readiness check failed: %s: %s", type(error).__name__, error)
-        return {
-            "ok": False,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-            "error": type(error).__name__,
-        }
-    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    check(app)
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def run_checks(app: Flask, timeout_s: float) -> dict[str, dict[str, object]]:
+    started = time.perf_counter()
+    futures = {name: _executor.submit(_timed, check, app) for name, check in CHECKS.items()}
+    results: dict[str, dict[str, object]] = {}
+    for name, future in futures.items():
+        remaining = max(0.0, timeout_s - (time.perf_counter() - started))
+        try:
+            results[name] = {"ok": True, "latency_ms": future.result(timeout=remaining)}
+        except FutureTimeout:
+            log.warning("readiness check %s timed out after %.1fs", name, timeout_s)
+            results[name] = {"ok": False, "latency_ms": timeout_s * 1000, "error": "Timeout"}
+        except Exception as error:  # a probe reports failures, it never raises them
+            log.warning("readiness check %s failed: %s: %s", name, type(error).__name__, error)
+            elapsed = round((time.perf_counter() - started) * 1000, 2)
+            results[name] = {"ok": False, "latency_ms": elapsed, "error": type(error).__name__}
+    return results
 
 
 @bp.get("/health")
@@ -71,7 +89,9 @@ def liveness() -> Response:
 
 @bp.get("/health/ready")
 def readiness() -> tuple[Response, int]:
-    results = {name: _run(check) for name, check in CHECKS.items()}
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    settings: Settings = app.extensions["settings"]
+    results = run_checks(app, settings.health_check_timeout_s)
     failed = sorted(name for name, result in results.items() if not result["ok"])
     if not failed:
         return jsonify({"status": "ready", "checks": results}), 200
@@ -85,3 +105,13 @@ def readiness() -> tuple[Response, int]:
         },
     }
     return jsonify(body), 503
+
+
+def init_health(app: Flask, settings: Settings) -> None:
+    # Its own client with short timeouts: the app's shared client must not inherit them.
+    app.extensions["redis_probe"] = Redis.from_url(
+        settings.cache_url,
+        socket_connect_timeout=settings.health_check_timeout_s,
+        socket_timeout=settings.health_check_timeout_s,
+    )
+    app.register_blueprint(bp)

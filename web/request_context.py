@@ -40,8 +40,14 @@ def start_request() -> None:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge(f"The body is larger than {limit} bytes.")
-    # Every body we accept is JSON; anything else is refused before a view sees it.
-    if request.method in _MUTATING_METHODS and _has_body() and not request.is_json:
+    # Every body we accept is JSON; anything else is refused before a view sees it. An
+    # unknown route or method answers 404/405 instead, whatever the body.
+    if (
+        request.url_rule is not None
+        and request.method in _MUTATING_METHODS
+        and _has_body()
+        and not request.is_json
+    ):
         raise UnsupportedMediaType()
 
 

@@ -77,5 +77,6 @@ def test_creating_a_partition_moves_rows_out_of_the_default(db_session: Session)
 
 
 def test_creating_partitions_is_idempotent(db_session: Session) -> None:
-    db_session.execute(text("SELECT create_audit_partitions(2)")).all()
-    assert db_session.execute(text("SELECT * FROM create_audit_partitions(2)")).all() == []
+    create = text("SELECT * FROM create_audit_partitions(2, DATE '2098-01-01')")
+    assert len(db_session.execute(create).all()) == 3
+    assert db_session.execute(create).all() == []

@@ -114,3 +114,31 @@ def test_actor_ip_and_request_id_come_from_the_audit_context(db_session: Session
     assert str(entry.ip_address) == "203.0.113.7"
     assert entry.user_agent == "pytest"
     assert entry.request_id == "req-42"
+
+
+def test_secrets_nested_in_json_values_are_masked(db_session: Session) -> None:
+    db_session.add(
+        SystemConfig(
+            key="smtp",
+            value={
+                "host": "mail",
+                "password": "hunter2",
+                "relays": [{"api_key": "k-1", "port": 25}],
+            },
+        )
+    )
+    db_session.flush()
+
+    [entry] = _entries(db_session, "system_config", "smtp")
+
+    assert entry.details["new"]["value"] == {
+        "host": "mail",
+        "password": "***",
+        "relays": [{"api_key": "***", "port": 25}],
+    }
+
+
+def test_ordinary_keys_with_secret_words_inside_stay_readable(db_session: Session) -> None:
+    model = ModelFactory(parameters={"max_tokens": 512, "num_ctx": 4096})
+    [entry] = _entries(db_session, "models", model.id)
+    assert entry.details["new"]["parameters"] == {"max_tokens": 512, "num_ctx": 4096}

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db.models import AuditLogEntry, InferenceRequest, RequestStatus, UserSession
+from db.models import (
+    AuditLogEntry,
+    InferenceRequest,
+    ModelUsageStats,
+    RequestStatus,
+    UserSession,
+)
 from tests.factories import (
     InferenceRequestFactory,
     ModelFactory,
@@ -46,6 +52,28 @@ def test_dashboard_stats_equal_counts_from_the_rows(db_session: Session) -> None
             started_at=now if status != "queued" else None,
             completed_at=now if status in ("completed", "failed") else None,
         )
+    InferenceRequestFactory(status="completed", created_at=now - timedelta(days=3))
+    db_session.add_all(
+        [
+            ModelUsageStats(
+                model_name="a:latest",
+                day=date(2026, 1, 1),
+                requests=7,
+                completed=6,
+                errors=1,
+                prompt_tokens=70,
+                completion_tokens=140,
+            ),
+            ModelUsageStats(
+                model_name="b:latest",
+                day=date(2026, 1, 2),
+                requests=3,
+                completed=3,
+                prompt_tokens=30,
+                completion_tokens=60,
+            ),
+        ]
+    )
     db_session.flush()
 
     refreshed_at = db_session.scalar(text("SELECT refresh_dashboard_stats()"))
@@ -55,11 +83,13 @@ def test_dashboard_stats_equal_counts_from_the_rows(db_session: Session) -> None
     assert (row["users_total"], row["users_active"]) == (2, 1)
     assert (row["models_total"], row["models_available"]) == (2, 1)
     assert (row["nodes_total"], row["nodes_online"], row["slots_total"]) == (2, 1, 3)
-    assert row["requests_total"] == 5
     assert (row["requests_queued"], row["requests_running"]) == (1, 1)
-    assert (row["requests_completed"], row["requests_failed"]) == (2, 1)
+    # The request from three days ago counts in no 24-hour figure.
     assert row["requests_24h"] == 5
+    assert (row["completed_24h"], row["failed_24h"], row["cancelled_24h"]) == (2, 1, 0)
     assert (row["prompt_tokens_24h"], row["completion_tokens_24h"]) == (50, 100)
+    assert (row["requests_total"], row["completed_total"], row["errors_total"]) == (10, 9, 1)
+    assert (row["prompt_tokens_total"], row["completion_tokens_total"]) == (100, 200)
 
 
 def test_dashboard_stats_has_the_unique_index_concurrent_refresh_needs(db_session: Session) -> None:
@@ -136,7 +166,11 @@ def test_get_slow_queries_with_the_extension_never_errors(
         assert "pg_stat_statements is not usable" in notices.text
 
 
-def test_cleanup_old_data_removes_only_what_is_past_retention(db_session: Session) -> None:
+@pytest.mark.parametrize("time_zone", ["UTC", "Asia/Tokyo", "America/New_York"])
+def test_cleanup_old_data_removes_only_what_is_past_retention(
+    db_session: Session, time_zone: str
+) -> None:
+    db_session.execute(text(f"SET LOCAL TIME ZONE '{time_zone}'"))
     user = UserFactory()
     old_done = InferenceRequestFactory(
         user_id=user.id, status=RequestStatus.COMPLETED, completed_at=LONG_AGO
@@ -175,3 +209,23 @@ def test_cleanup_old_data_removes_only_what_is_past_retention(db_session: Sessio
 def test_cleanup_refuses_a_retention_shorter_than_a_day(db_session: Session) -> None:
     with pytest.raises(DBAPIError, match="retention must be at least 1 day"):
         db_session.execute(text("SELECT * FROM cleanup_old_data(interval '1 hour')")).all()
+
+
+@pytest.mark.parametrize("time_zone", ["Asia/Tokyo", "America/New_York", "Pacific/Kiritimati"])
+def test_cleanup_keeps_a_partition_that_ends_inside_the_retention(
+    db_session: Session, time_zone: str
+) -> None:
+    """Its last hours are still inside the window: whatever the session's time zone."""
+    db_session.execute(text(f"SET LOCAL TIME ZONE '{time_zone}'"))
+    db_session.execute(text("SELECT create_audit_partitions(0, DATE '2020-03-01')")).all()
+    db_session.add(
+        AuditLogEntry(action="late-march", occurred_at=datetime(2020, 3, 31, 23, tzinfo=UTC))
+    )
+    db_session.flush()
+    # A retention that reaches back to 2020-03-31 20:00 UTC, inside March's partition.
+    cutoff_age = datetime.now(UTC) - datetime(2020, 3, 31, 20, tzinfo=UTC)
+    db_session.execute(
+        text("SELECT * FROM cleanup_old_data(make_interval(secs => :secs))"),
+        {"secs": cutoff_age.total_seconds()},
+    ).all()
+    assert db_session.scalar(text("SELECT to_regclass('audit_log_entries_2020_03')")) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,8 @@ from flask.testing import FlaskClient
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from db.models import User
+from config.logging import build_formatter
+from db.models import AuditLogEntry, Node, User
 from tests.factories import TEST_PASSWORD_HASH
 from web import create_app
 from web.database import get_session
@@ -36,7 +38,19 @@ def _probe_routes() -> Blueprint:
 
     @bp.get("/probe/boom")
     def boom() -> Any:
-        raise RuntimeError("database password is hunter2 at 10.0.0.5")
+        raise RuntimeError("cannot reach postgresql://app:hunter2@10.0.0.5/db")
+
+    @bp.post("/probe/nodes/bad")
+    def bad_node() -> Any:
+        # Slips past validation to the database: a CHECK violation, i.e. a bug.
+        get_session().add(Node(name="n", hostname="h", engine_url="u", slots=-1))
+        return jsonify({"ok": True}), 201
+
+    @bp.post("/probe/users/<name>/audited")
+    def audited_user(name: str) -> Any:
+        user = User(username=name, email=f"{name}@example.com", password_hash="x")
+        get_session().add(user)
+        return jsonify({"ok": True}), 201
 
     @bp.post("/probe/users/<name>")
     def add_user(name: str) -> Any:
@@ -142,12 +156,16 @@ def test_unexpected_error_is_500_that_reveals_nothing_and_is_logged(
     [record] = [r for r in caplog.records if r.name == "web.errors"]
     assert record.request_id == "trace-500"  # type: ignore[attr-defined]
     assert record.exc_info is not None
+    line = json.loads(build_formatter("json").format(record))
+    assert line["request_id"] == "trace-500"
+    assert "RuntimeError" in line["exc_info"]
+    assert "hunter2" not in json.dumps(line)
 
 
 def test_unique_violation_at_commit_is_409(probe: FlaskClient, db_session: Any) -> None:
     assert probe.post("/probe/users/dupe", json={}).status_code == 201
     error = _assert_error(probe.post("/probe/users/dupe", json={}), 409, "conflict")
-    assert error["details"]["constraint"] in {"uq_users_username_lower", "uq_users_email_lower"}
+    assert error["details"] is None  # no schema names leak
 
 
 def test_an_error_rolls_back_the_unit_of_work(probe: FlaskClient, db_session: Any) -> None:
@@ -160,3 +178,38 @@ def test_success_commits_once(probe: FlaskClient, db_session: Any) -> None:
     assert probe.post("/probe/users/kept", json={}).status_code == 201
     count = db_session.scalar(select(func.count()).where(User.username == "kept"))
     assert count == 1
+
+
+def test_other_integrity_errors_are_bugs_not_conflicts(probe: FlaskClient) -> None:
+    _assert_error(probe.post("/probe/nodes/bad", json={}), 500, "internal_error")
+
+
+def test_a_database_outage_at_commit_is_503_with_the_request_id(
+    probe: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    def lost_connection(self: Session) -> None:
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(Session, "commit", lost_connection)
+    response = probe.post("/probe/users/late", json={}, headers={"X-Request-ID": "outage-1"})
+
+    error = _assert_error(response, 503, "database_unavailable")
+    assert error["details"] == {"request_id": "outage-1"}
+
+
+def test_web_writes_carry_ip_user_agent_and_request_id_into_the_audit_trail(
+    probe: FlaskClient, db_session: Any
+) -> None:
+    probe.post(
+        "/probe/users/traced/audited",
+        json={},
+        headers={"X-Request-ID": "audit-me", "User-Agent": "probe/1.0"},
+        environ_base={"REMOTE_ADDR": "198.51.100.4"},
+    )
+    entry = db_session.scalar(select(AuditLogEntry).where(AuditLogEntry.action == "users.insert"))
+    assert entry.request_id == "audit-me"
+    assert entry.user_agent == "probe/1.0"
+    assert str(entry.ip_address) == "198.51.100.4"

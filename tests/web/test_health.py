@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -68,3 +70,28 @@ def test_503_names_postgres_when_it_is_unreachable(settings_overrides: dict[str,
     response = app.test_client().get("/health/ready")
     assert response.status_code == 503
     assert response.get_json()["error"]["details"] == {"failed": ["postgres"]}
+
+
+def test_a_hanging_dependency_times_out_instead_of_hanging_the_probe(
+    settings_overrides: dict[str, Any],
+) -> None:
+    # A socket that completes the TCP handshake (the kernel does) but never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        app = create_app(
+            {
+                **settings_overrides,
+                "database_url": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/x",
+                "health_check_timeout_s": 0.5,
+            }
+        )
+        started = time.monotonic()
+        response = app.test_client().get("/health/ready")
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["postgres"]["error"] == "Timeout"
+    assert response.get_json()["checks"]["redis"]["ok"] is True
+    assert elapsed < 3  # generous: the point is "not the 5 s connect timeout, not forever"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
 from flask.testing import FlaskClient
+
+from config.logging import build_formatter
 
 
 def test_generated_when_absent(client: FlaskClient) -> None:
@@ -33,11 +36,13 @@ def test_errors_carry_the_id_too(client: FlaskClient) -> None:
 
 
 def test_access_log_line_is_structured_with_the_id(
-    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="ollamamax.access")
     client.get("/health", headers={"X-Request-ID": "log-me"})
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
-    [access] = [line for line in lines if line.get("request_id") == "log-me"]
-    assert access["logger"] == "ollamamax.access"
-    assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)
-    assert access["duration_ms"] >= 0
+
+    [record] = [r for r in caplog.records if r.name == "ollamamax.access"]
+    line = json.loads(build_formatter("json").format(record))
+    assert line["request_id"] == "log-me"
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/health", 200)
+    assert line["duration_ms"] >= 0

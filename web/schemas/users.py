@@ -26,7 +26,7 @@ def _check_password(password: str, username: str | None) -> str:
 class UserCreate(BaseModel):
     """A new account. Unknown fields are refused: a role is granted, never requested."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")  # no stripping: spaces in passwords count
 
     username: str = Field(pattern=USERNAME_PATTERN)
     email: EmailStr = Field(max_length=320)
@@ -67,7 +67,7 @@ class UserRead(BaseModel):
 class ProfileUpdate(BaseModel):
     """Changing the email or the password needs the current password."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     current_password: str = Field(min_length=1, repr=False)
     email: EmailStr | None = Field(default=None, max_length=320)

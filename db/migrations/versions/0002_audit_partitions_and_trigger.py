@@ -26,7 +26,13 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-SECRET_COLUMN_PATTERN = "(pass(word|wd)?|secret|token|api_?key|_hash)"  # noqa: S105
+# Key names whose values are secrets (after lower-casing and '-' -> '_'); anchored, so
+# `max_tokens` stays readable. Kept in step with config.logging.SECRET_KEY_PATTERN.
+SECRET_KEY_PATTERN = (
+    "(^|_)(password|passwd|pwd|secret|secret_key|api_key|apikey|token|access_token|"
+    "refresh_token|id_token|authorization|cookie|set_cookie|credentials?|"
+    "password_hash|key_hash)$"
+)
 
 CREATE_PARTITION_FUNCTION = """
 CREATE FUNCTION create_audit_partitions(
@@ -80,18 +86,30 @@ $$;
 CREATE_MASK_FUNCTIONS = f"""
 CREATE FUNCTION audit_is_secret(name text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT name ~* '{SECRET_COLUMN_PATTERN}'
+    SELECT replace(lower(name), '-', '_') ~ '{SECRET_KEY_PATTERN}'
 $$;
 
+-- `value` with every secret-named key masked, at any depth of objects and arrays.
 CREATE FUNCTION audit_mask_value(column_name text, value jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN audit_is_secret(column_name) AND value <> 'null'::jsonb THEN '"***"'::jsonb
-        ELSE value
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value IS NULL OR value = 'null'::jsonb THEN
+        RETURN value;
+    ELSIF audit_is_secret(column_name) THEN
+        RETURN '"***"'::jsonb;
+    ELSIF jsonb_typeof(value) = 'object' THEN
+        RETURN (SELECT coalesce(jsonb_object_agg(k, audit_mask_value(k, v)), '{{}}'::jsonb)
+                  FROM jsonb_each(value) AS e(k, v));
+    ELSIF jsonb_typeof(value) = 'array' THEN
+        RETURN (SELECT coalesce(jsonb_agg(audit_mask_value(column_name, v) ORDER BY i),
+                                '[]'::jsonb)
+                  FROM jsonb_array_elements(value) WITH ORDINALITY AS e(v, i));
+    END IF;
+    RETURN value;
+END;
 $$;
 
--- system_config rows: a setting whose key names a secret hides its value too.
+-- A whole row; for system_config, a setting whose key names a secret hides its value.
 CREATE FUNCTION audit_mask_row(row_data jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(jsonb_object_agg(
@@ -128,7 +146,8 @@ BEGIN
         IF changes IS NULL THEN
             RETURN NULL;
         END IF;
-        IF changes ? 'value' AND audit_is_secret(row_data ->> 'key') THEN
+        IF changes ? 'value'
+           AND (audit_is_secret(old_row ->> 'key') OR audit_is_secret(new_row ->> 'key')) THEN
             changes := jsonb_set(changes, '{value}', '{"old": "***", "new": "***"}');
         END IF;
         details := jsonb_build_object('changes', changes);

@@ -14,7 +14,8 @@ Create Date: 2026-11-26
   loaded; otherwise an empty result and a NOTICE, never an error.
 - cleanup_old_data(retention): deletes finished requests, dead sessions and
   keys, and drops whole audit partitions older than the retention. Aggregates
-  in model_usage_stats are kept.
+  in model_usage_stats are kept. It runs as one transaction (a function cannot
+  commit between steps): beat calls it at a quiet hour.
 """
 
 from collections.abc import Sequence
@@ -26,6 +27,10 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Every part reads through an index or a small table, so a refresh stays cheap however
+# many requests are kept: live counts use the partial index on queued/running requests,
+# the last 24 hours use the created_at index, and all-time totals come from the daily
+# aggregates in model_usage_stats (which also outlive retention cleanup).
 CREATE_DASHBOARD_STATS = """
 CREATE MATERIALIZED VIEW dashboard_stats AS
 SELECT
@@ -33,10 +38,12 @@ SELECT
     u.users_total, u.users_active,
     m.models_total, m.models_available,
     n.nodes_total, n.nodes_online, n.slots_total,
-    r.requests_total, r.requests_queued, r.requests_running,
-    r.requests_completed, r.requests_failed, r.requests_cancelled,
-    r.requests_24h, r.prompt_tokens_24h, r.completion_tokens_24h,
-    r.avg_queue_wait_ms_24h, r.avg_latency_ms_24h,
+    live.requests_queued, live.requests_running,
+    recent.requests_24h, recent.completed_24h, recent.failed_24h, recent.cancelled_24h,
+    recent.prompt_tokens_24h, recent.completion_tokens_24h,
+    recent.avg_queue_wait_ms_24h, recent.avg_latency_ms_24h,
+    usage.requests_total, usage.completed_total, usage.errors_total,
+    usage.prompt_tokens_total, usage.completion_tokens_total,
     now() AS refreshed_at
 FROM
     (SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS users_total,
@@ -50,27 +57,28 @@ FROM
             coalesce(sum(slots) FILTER (WHERE status = 'online' AND NOT drained), 0)::bigint
                 AS slots_total
        FROM nodes) AS n,
-    (SELECT count(*) AS requests_total,
-            count(*) FILTER (WHERE status = 'queued') AS requests_queued,
-            count(*) FILTER (WHERE status = 'running') AS requests_running,
-            count(*) FILTER (WHERE status = 'completed') AS requests_completed,
-            count(*) FILTER (WHERE status = 'failed') AS requests_failed,
-            count(*) FILTER (WHERE status = 'cancelled') AS requests_cancelled,
-            count(*) FILTER (WHERE created_at >= now() - interval '24 hours') AS requests_24h,
-            coalesce(sum(prompt_eval_count)
-                FILTER (WHERE created_at >= now() - interval '24 hours'), 0)::bigint
-                AS prompt_tokens_24h,
-            coalesce(sum(eval_count)
-                FILTER (WHERE created_at >= now() - interval '24 hours'), 0)::bigint
-                AS completion_tokens_24h,
-            round((avg(extract(epoch FROM started_at - queued_at) * 1000)
-                FILTER (WHERE started_at >= now() - interval '24 hours'))::numeric, 1)
+    (SELECT count(*) FILTER (WHERE status = 'queued') AS requests_queued,
+            count(*) FILTER (WHERE status = 'running') AS requests_running
+       FROM inference_requests
+      WHERE status IN ('queued', 'running')) AS live,
+    (SELECT count(*) AS requests_24h,
+            count(*) FILTER (WHERE status = 'completed') AS completed_24h,
+            count(*) FILTER (WHERE status = 'failed') AS failed_24h,
+            count(*) FILTER (WHERE status = 'cancelled') AS cancelled_24h,
+            coalesce(sum(prompt_eval_count), 0)::bigint AS prompt_tokens_24h,
+            coalesce(sum(eval_count), 0)::bigint AS completion_tokens_24h,
+            round((avg(extract(epoch FROM started_at - queued_at) * 1000))::numeric, 1)
                 AS avg_queue_wait_ms_24h,
             round((avg(extract(epoch FROM completed_at - queued_at) * 1000)
-                FILTER (WHERE status = 'completed'
-                        AND completed_at >= now() - interval '24 hours'))::numeric, 1)
-                AS avg_latency_ms_24h
-       FROM inference_requests) AS r
+                FILTER (WHERE status = 'completed'))::numeric, 1) AS avg_latency_ms_24h
+       FROM inference_requests
+      WHERE created_at >= now() - interval '24 hours') AS recent,
+    (SELECT coalesce(sum(requests), 0)::bigint AS requests_total,
+            coalesce(sum(completed), 0)::bigint AS completed_total,
+            coalesce(sum(errors), 0)::bigint AS errors_total,
+            coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens_total,
+            coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens_total
+       FROM model_usage_stats) AS usage
 WITH DATA;
 
 CREATE UNIQUE INDEX uq_dashboard_stats_id ON dashboard_stats (id);
@@ -95,7 +103,7 @@ DECLARE
     next_month text := 'audit_log_entries_'
         || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month', 'YYYY_MM');
 BEGIN
-    SELECT count(*) INTO used_conn FROM pg_stat_activity;
+    SELECT count(*) INTO used_conn FROM pg_stat_activity WHERE backend_type = 'client backend';
     RETURN QUERY SELECT 'connections'::text,
         CASE WHEN used_conn >= max_conn * 0.95 THEN 'critical'
              WHEN used_conn >= max_conn * 0.80 THEN 'warning' ELSE 'ok' END,
@@ -220,6 +228,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     cutoff timestamptz := now() - retention;
     part record;
+    part_year int;
+    part_month int;
     partition_end timestamptz;
     partition_rows bigint;
     dropped_rows bigint := 0;
@@ -230,7 +240,8 @@ BEGIN
     END IF;
 
     DELETE FROM inference_requests
-     WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < cutoff;
+     WHERE status IN ('completed', 'failed', 'cancelled')
+       AND coalesce(completed_at, updated_at) < cutoff;
     GET DIAGNOSTICS n = ROW_COUNT;
     item := 'inference_requests'; removed := n; RETURN NEXT;
 
@@ -249,8 +260,12 @@ BEGIN
          WHERE i.inhparent = 'audit_log_entries'::regclass
            AND c.relname ~ '^audit_log_entries_[0-9]{4}_[0-9]{2}$'
     LOOP
-        partition_end := (to_date(right(part.name, 7), 'YYYY_MM') + interval '1 month')::date
-                         AT TIME ZONE 'UTC';
+        -- The partition ends at the next UTC month start, computed in integers: interval
+        -- arithmetic on timestamptz would follow the session's TimeZone (and its DST).
+        part_year := split_part(right(part.name, 7), '_', 1)::int;
+        part_month := split_part(right(part.name, 7), '_', 2)::int;
+        partition_end := make_timestamptz(
+            part_year + part_month / 12, part_month % 12 + 1, 1, 0, 0, 0, 'UTC');
         CONTINUE WHEN partition_end > cutoff;
         EXECUTE format('SELECT count(*) FROM %I', part.name) INTO partition_rows;
         EXECUTE format('DROP TABLE %I', part.name);
