@@ -24,9 +24,10 @@ def _check_password(password: str, username: str | None) -> str:
 
 
 class UserCreate(BaseModel):
-    """A new account. Unknown fields are refused: a role is granted, never requested."""
+    """A new account. The schema has no role: a `role` (or any other extra field) in the
+    body is dropped, so every registration makes a plain user; roles are granted by admins."""
 
-    model_config = ConfigDict(extra="forbid")  # no stripping: spaces in passwords count
+    model_config = ConfigDict(extra="ignore")  # no stripping: spaces in passwords count
 
     username: str = Field(pattern=USERNAME_PATTERN)
     email: EmailStr = Field(max_length=320)

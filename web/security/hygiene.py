@@ -72,6 +72,7 @@ def init_hygiene(app: Flask, *, cors_origins: list[str], trusted_proxies: list[s
             origins=cors_origins,
             # Credentials with a wildcard origin would let any site act as the user.
             supports_credentials="*" not in cors_origins,
+            send_wildcard="*" in cors_origins,
             allow_headers=ALLOWED_HEADERS,
             expose_headers=EXPOSED_HEADERS,
             max_age=600,

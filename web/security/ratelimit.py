@@ -73,7 +73,11 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         on_breach=_log_breach,
     )
     for endpoint, setting in STRICT_LIMITS.items():
-        limiter.limit(configured_limit(setting), key_func=ip_key)(app.view_functions[endpoint])
+        # The decorator's wrapper does the checking, so the view must be replaced by it.
+        view = app.view_functions[endpoint]
+        app.view_functions[endpoint] = limiter.limit(configured_limit(setting), key_func=ip_key)(
+            view
+        )
     for endpoint in EXEMPT_ENDPOINTS:
         limiter.exempt(app.view_functions[endpoint])
     app.extensions["ratelimit_limiter"] = limiter

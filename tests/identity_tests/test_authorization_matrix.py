@@ -1,0 +1,104 @@
+"""Every route of the app x every kind of caller, with the answer each must get.
+
+The table is checked against the app's URL map: a new route that is not listed here fails
+the suite until someone decides who may call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from db.models import Role
+from tests.support.identity import bearer, login, make_user
+
+CALLERS = ("anonymous", "owner", "other", "operator", "admin")
+OK = "ok"  # allowed: any 2xx, or 422/400 for the body these probes send
+# Shorthands for the common rows.
+PUBLIC = dict.fromkeys(CALLERS, OK)
+SIGNED_IN = {"anonymous": 401, "owner": OK, "other": OK, "operator": OK, "admin": OK}
+OWNER_ONLY = {"anonymous": 401, "owner": OK, "other": 404, "operator": 404, "admin": 404}
+ADMIN_ONLY = {"anonymous": 401, "owner": 403, "other": 403, "operator": 403, "admin": OK}
+
+MATRIX: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/health/ready"): PUBLIC,
+    ("POST", "/api/v1/auth/register"): PUBLIC,
+    ("POST", "/api/v1/auth/login"): PUBLIC,
+    # Only a refresh token opens it; these callers present access tokens (or nothing).
+    ("POST", "/api/v1/auth/refresh"): dict.fromkeys(CALLERS, 401),
+    ("POST", "/api/v1/users/logout"): SIGNED_IN,
+    ("GET", "/api/v1/users/sessions"): SIGNED_IN,
+    ("DELETE", "/api/v1/users/sessions/<uuid:session_id>"): OWNER_ONLY,
+    ("GET", "/api/v1/users/profile"): SIGNED_IN,
+    ("PUT", "/api/v1/users/profile"): SIGNED_IN,
+    ("POST", "/api/v1/users/api-keys"): SIGNED_IN,
+    ("GET", "/api/v1/users/api-keys"): SIGNED_IN,
+    ("DELETE", "/api/v1/users/api-keys/<uuid:key_id>"): OWNER_ONLY,
+    ("GET", "/api/v1/users/me/export"): SIGNED_IN,
+    ("DELETE", "/api/v1/users/me"): SIGNED_IN,
+    ("GET", "/api/v1/users"): ADMIN_ONLY,
+    ("PUT", "/api/v1/users/<uuid:user_id>"): ADMIN_ONLY,
+    ("DELETE", "/api/v1/users/<uuid:user_id>"): ADMIN_ONLY,
+}
+
+
+def _routes(app: Flask) -> set[tuple[str, str]]:
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+
+
+def test_every_route_is_in_the_matrix(base_app: Flask) -> None:
+    assert _routes(base_app) == set(MATRIX)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(("method", "rule"), sorted(MATRIX))
+def test_route_answers_each_caller_as_the_policy_says(
+    client: FlaskClient, method: str, rule: str, caller: str
+) -> None:
+    owner = make_user()
+    owner_tokens = login(client, owner)
+    owner_headers = bearer(owner_tokens["access_token"])
+    key = client.post(
+        "/api/v1/users/api-keys", headers=owner_headers, json={"name": "k", "scopes": ["read"]}
+    ).get_json()
+    family = client.get("/api/v1/users/sessions", headers=owner_headers).get_json()["items"][0]
+    url = (
+        rule.replace("<uuid:session_id>", family["id"])
+        .replace("<uuid:key_id>", key["id"])
+        .replace("<uuid:user_id>", str(owner.id))
+    )
+    callers = {
+        "owner": owner_headers,
+        "other": lambda: bearer(login(client, make_user())["access_token"]),
+        "operator": lambda: bearer(login(client, make_user(Role.OPERATOR))["access_token"]),
+        # A second admin, so "last admin" protections do not decide the answer.
+        "admin": lambda: (
+            make_user(Role.ADMIN),
+            bearer(login(client, make_user(Role.ADMIN))["access_token"]),
+        )[1],
+    }
+    headers: dict[str, str] = {}
+    if caller != "anonymous":
+        chosen = callers[caller]
+        headers = chosen() if callable(chosen) else chosen
+
+    body = {} if method in ("POST", "PUT", "DELETE") else None
+    response = client.open(url, method=method, headers=headers, json=body)
+
+    expected = MATRIX[(method, rule)][caller]
+    if expected == OK:
+        assert response.status_code < 300 or response.status_code in (400, 422), (
+            response.status_code,
+            response.get_json(),
+        )
+    else:
+        assert response.status_code == expected, response.get_json()
