@@ -75,9 +75,8 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     for endpoint, setting in STRICT_LIMITS.items():
         # The decorator's wrapper does the checking, so the view must be replaced by it.
         view = app.view_functions[endpoint]
-        app.view_functions[endpoint] = limiter.limit(configured_limit(setting), key_func=ip_key)(
-            view
-        )
+        limited = limiter.limit(configured_limit(setting), key_func=ip_key)(view)
+        app.view_functions[endpoint] = limited  # type: ignore[assignment]
     for endpoint in EXEMPT_ENDPOINTS:
         limiter.exempt(app.view_functions[endpoint])
     app.extensions["ratelimit_limiter"] = limiter
