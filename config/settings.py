@@ -102,6 +102,21 @@ class Settings(BaseSettings):
     # Addresses or CIDR ranges of reverse proxies whose X-Forwarded-* headers we believe.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Inference pipeline: workers, leases, retries, events.
+    max_generation_s: int = Field(default=600, ge=1)  # a job running longer fails
+    lease_ttl_s: int = Field(default=30, ge=2)  # a running job's claim, renewed while it streams
+    engine_max_attempts: int = Field(default=3, ge=1)  # tries per job on engine faults
+    engine_retry_backoff_s: float = Field(default=0.5, ge=0)  # doubled per try, with jitter
+    engine_stall_timeout_s: float = Field(default=60.0, gt=0)  # no byte for this long = fault
+    event_ttl_s: int = Field(default=3600, ge=60)  # how long a request's events can be replayed
+    token_coalesce_ms: int = Field(default=20, ge=0)  # tokens within this window share an event
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    node_stale_after_s: int = Field(default=30, ge=1)  # no heartbeat for this long = offline
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    undispatched_grace_s: float = Field(default=10.0, ge=0)  # then the outbox sweeper re-publishes
+    # Accept jobs for a model no online node serves (they wait) instead of answering 409.
+    queue_while_unavailable: bool = False
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

@@ -14,12 +14,16 @@ from web import cli, health
 from web.auth import views as auth_views
 from web.database import init_database
 from web.errors import register_error_handlers
+from web.inference import views as inference_views
 from web.request_context import init_request_context
 from web.security.hygiene import init_hygiene
 from web.security.ratelimit import init_rate_limits
 from web.security.tokens import init_jwt
 from web.users import admin as users_admin
 from web.users import views as users_views
+from workers.celery_app import celery_app
+from workers.celery_app import configure as configure_celery
+from workers.events import EventLog
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -51,7 +55,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     init_hygiene(app, cors_origins=settings.cors_origins, trusted_proxies=settings.trusted_proxies)
 
     health.init_health(app, settings)
-    for blueprint in (auth_views.bp, users_views.bp, users_admin.bp):
+    configure_celery(celery_app, settings)  # publish to this app's broker
+    app.extensions["events"] = EventLog(app.extensions["redis"], ttl_s=settings.event_ttl_s)
+    for blueprint in (auth_views.bp, users_views.bp, users_admin.bp, inference_views.bp):
         app.register_blueprint(blueprint)
     init_rate_limits(app, settings)
     cli.register(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
@@ -32,6 +33,23 @@ def get_session() -> Session:
         )
         g.db_session = session
     return g.db_session  # type: ignore[no-any-return]
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once this request's changes are committed (never if they are not).
+
+    For side effects that must not happen for data that was rolled back, such as handing
+    a new request to the broker. A failing callback is logged; the answer stands.
+    """
+    g.setdefault("after_commit", []).append(callback)
+
+
+def _run_after_commit() -> None:
+    for callback in g.pop("after_commit", []):
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit step failed")
 
 
 def keep_changes_on_error() -> None:
@@ -68,6 +86,7 @@ def commit_or_rollback(response: Response) -> Response:
     except SQLAlchemyError as error:
         session.rollback()
         return handle_unexpected_error(error)
+    _run_after_commit()
     return response
 
 

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from db.models import Role
+from tests.factories import InferenceRequestFactory
 from tests.support.identity import bearer, login, make_user
 
 CALLERS = ("anonymous", "owner", "other", "operator", "admin")
@@ -22,6 +23,7 @@ PUBLIC = dict.fromkeys(CALLERS, OK)
 SIGNED_IN = {"anonymous": 401, "owner": OK, "other": OK, "operator": OK, "admin": OK}
 OWNER_ONLY = {"anonymous": 401, "owner": OK, "other": 404, "operator": 404, "admin": 404}
 ADMIN_ONLY = {"anonymous": 401, "owner": 403, "other": 403, "operator": 403, "admin": OK}
+OWNER_OR_STAFF = {"anonymous": 401, "owner": OK, "other": 404, "operator": OK, "admin": OK}
 
 MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): PUBLIC,
@@ -43,6 +45,11 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/users"): ADMIN_ONLY,
     ("PUT", "/api/v1/users/<uuid:user_id>"): ADMIN_ONLY,
     ("DELETE", "/api/v1/users/<uuid:user_id>"): ADMIN_ONLY,
+    ("POST", "/api/v1/inference/generate"): SIGNED_IN,
+    ("POST", "/api/v1/inference/chat"): SIGNED_IN,
+    ("GET", "/api/v1/inference/requests"): SIGNED_IN,
+    ("GET", "/api/v1/inference/requests/<uuid:request_id>"): OWNER_OR_STAFF,
+    ("POST", "/api/v1/inference/requests/<uuid:request_id>/cancel"): OWNER_OR_STAFF,
 }
 
 
@@ -71,8 +78,10 @@ def test_route_answers_each_caller_as_the_policy_says(
         "/api/v1/users/api-keys", headers=owner_headers, json={"name": "k", "scopes": ["read"]}
     ).get_json()
     family = client.get("/api/v1/users/sessions", headers=owner_headers).get_json()["items"][0]
+    job = InferenceRequestFactory(user_id=owner.id)
     url = (
         rule.replace("<uuid:session_id>", family["id"])
+        .replace("<uuid:request_id>", str(job.id))
         .replace("<uuid:key_id>", key["id"])
         .replace("<uuid:user_id>", str(owner.id))
     )

@@ -1,0 +1,218 @@
+"""The fleet in the database: nodes registering and beating, the models they hold, and
+whether anyone serves a model right now."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, ReplicaStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def canonical_model_name(name: str) -> str:
+    """Ollama's rule: a name without a tag means `:latest`."""
+    name = name.strip()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a worker knows about itself and its engine."""
+
+    name: str
+    hostname: str
+    gpu_index: int | None
+    engine_kind: str
+    engine_url: str
+    slots: int
+    worker_name: str
+    gpu_name: str | None = None
+    gpu_memory_total_bytes: int | None = None
+    gpu_memory_free_bytes: int | None = None
+    gpu_utilization_pct: float | None = None
+    engine_version: str | None = None
+
+
+def register_node(*, session: Session, report: NodeReport) -> uuid.UUID:
+    """Insert or refresh the node row for (hostname, gpu_index); it comes online."""
+    values = {
+        "name": report.name,
+        "hostname": report.hostname,
+        "gpu_index": report.gpu_index,
+        "gpu_name": report.gpu_name,
+        "gpu_memory_total_bytes": report.gpu_memory_total_bytes,
+        "gpu_memory_free_bytes": report.gpu_memory_free_bytes,
+        "gpu_utilization_pct": report.gpu_utilization_pct,
+        "engine_kind": report.engine_kind,
+        "engine_url": report.engine_url,
+        "engine_version": report.engine_version,
+        "worker_name": report.worker_name,
+        "slots": report.slots,
+        "status": NodeStatus.ONLINE,
+        "status_reason": None,
+        "last_heartbeat_at": utcnow(),
+    }
+    existing = session.scalar(select(Node).where(Node.name == report.name))
+    if existing is None:
+        node = Node(**values)
+        session.add(node)
+        session.flush()
+        return node.id
+    for key, value in values.items():
+        setattr(existing, key, value)
+    session.flush()
+    return existing.id
+
+
+def heartbeat(
+    *, session: Session, node_id: uuid.UUID, slots_busy: int, gpu: dict[str, Any] | None = None
+) -> None:
+    session.execute(
+        update(Node)
+        .where(Node.id == node_id)
+        .values(
+            last_heartbeat_at=utcnow(),
+            slots_busy=slots_busy,
+            status=NodeStatus.ONLINE,
+            status_reason=None,
+            **(gpu or {}),
+        )
+    )
+
+
+def mark_offline(*, session: Session, node_id: uuid.UUID, reason: str) -> None:
+    session.execute(
+        update(Node)
+        .where(Node.id == node_id)
+        .values(status=NodeStatus.OFFLINE, status_reason=reason, slots_busy=0)
+    )
+
+
+def sync_replicas(
+    *,
+    session: Session,
+    node_id: uuid.UUID,
+    present: dict[str, dict[str, Any]],
+    loaded: set[str],
+) -> tuple[set[str], set[str]]:
+    """Make the node's replicas match what its engine lists. `present` maps canonical model
+    names to the engine's record (size, digest). Models seen for the first time are
+    registered as discovered. Returns (added, removed) model names."""
+    now = utcnow()
+    for name, record in present.items():
+        session.execute(
+            insert(Model)
+            .values(
+                name=name,
+                size_bytes=record.get("size"),
+                digest=_digest(record),
+                status=ModelStatus.AVAILABLE,
+                discovered=True,
+                family=(record.get("details") or {}).get("family"),
+            )
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+    models = dict(
+        session.execute(select(Model.name, Model.id).where(Model.name.in_(present))).tuples()
+    )
+    before = set(
+        session.scalars(
+            select(Model.name)
+            .join(ModelReplica, ModelReplica.model_id == Model.id)
+            .where(ModelReplica.node_id == node_id)
+        )
+    )
+    for name, model_id in models.items():
+        statement = insert(ModelReplica).values(
+            model_id=model_id,
+            node_id=node_id,
+            status=ReplicaStatus.AVAILABLE,
+            loaded=name in loaded,
+            last_seen_at=now,
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["model_id", "node_id"],
+                set_={
+                    "status": ReplicaStatus.AVAILABLE,
+                    "loaded": name in loaded,
+                    "last_seen_at": now,
+                    "updated_at": now,
+                },
+            )
+        )
+    gone = before - set(present)
+    if gone:
+        session.execute(
+            delete(ModelReplica).where(
+                ModelReplica.node_id == node_id,
+                ModelReplica.model_id.in_(select(Model.id).where(Model.name.in_(gone))),
+            )
+        )
+    _refresh_model_status(session=session)
+    return set(present) - before, gone
+
+
+def _digest(record: dict[str, Any]) -> str | None:
+    digest = str(record.get("digest") or "")
+    return f"sha256:{digest}" if len(digest) == 64 else None
+
+
+def _refresh_model_status(*, session: Session) -> None:
+    """available <-> unavailable by whether any replica exists; disabled stays disabled."""
+    has_replica = exists().where(
+        ModelReplica.model_id == Model.id, ModelReplica.status == ReplicaStatus.AVAILABLE
+    )
+    session.execute(
+        update(Model)
+        .where(Model.status == ModelStatus.UNAVAILABLE, has_replica)
+        .values(status=ModelStatus.AVAILABLE)
+    )
+    session.execute(
+        update(Model)
+        .where(Model.status == ModelStatus.AVAILABLE, ~has_replica)
+        .values(status=ModelStatus.UNAVAILABLE)
+    )
+
+
+@dataclass(frozen=True)
+class Availability:
+    known: bool
+    disabled: bool
+    serving_nodes: int
+
+
+def availability(*, session: Session, model_name: str, stale_after: timedelta) -> Availability:
+    """Whether an online, undrained node with a fresh heartbeat holds `model_name`."""
+    model = session.execute(select(Model.id, Model.status).where(Model.name == model_name)).first()
+    if model is None:
+        return Availability(known=False, disabled=False, serving_nodes=0)
+    serving = session.scalar(
+        select(ModelReplica.id)
+        .join(Node, Node.id == ModelReplica.node_id)
+        .where(
+            ModelReplica.model_id == model.id,
+            ModelReplica.status == ReplicaStatus.AVAILABLE,
+            Node.status == NodeStatus.ONLINE,
+            Node.drained.is_(False),
+            Node.last_heartbeat_at > utcnow() - stale_after,
+        )
+        .limit(1)
+    )
+    return Availability(
+        known=True, disabled=model.status == ModelStatus.DISABLED, serving_nodes=1 if serving else 0
+    )
+
+
+def model_id_for(*, session: Session, model_name: str) -> uuid.UUID | None:
+    return session.scalar(select(Model.id).where(Model.name == model_name))

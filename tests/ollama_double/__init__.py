@@ -1,0 +1,1 @@
+"""A protocol-faithful Ollama double for tests and benchmarks (see ../../../shared/reference)."""

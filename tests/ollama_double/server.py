@@ -1,0 +1,334 @@
+"""The double's HTTP side: Ollama's framing, status codes and wording, over a real socket.
+
+NDJSON lines go out one chunk each with TCP_NODELAY (as Ollama's Go server does), so
+latency measured against the double is not Nagle's 40 ms. A write that fails means the
+client hung up: generation stops there and the prompt is recorded in `disconnects`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.ollama_double.behaviour import State, canonical, model_record, rfc3339, tokens_for
+
+VERSION = "0.13.0"
+BUSY = "server busy, please try again.  maximum pending requests exceeded"  # sic: two spaces
+
+
+class ClientGone(Exception):
+    pass
+
+
+class OllamaHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: OllamaDouble
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests read /_double/stats instead
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _json_body(self) -> dict[str, Any] | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            self._reply(400, {"error": "missing request body"})
+            return None
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as error:
+            self._reply(400, {"error": f"invalid character: {error.msg}"})
+            return None
+        return body if isinstance(body, dict) else {}
+
+    def _reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+        data = (
+            body.encode()
+            if isinstance(body, str)
+            else json.dumps(body, separators=(",", ":")).encode()
+        )
+        self.send_response(status)
+        self.send_header("Content-Type", f"{content_type}; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError) as error:
+            raise ClientGone from error
+
+    def _end_stream(self) -> None:
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    # --- routes -----------------------------------------------------------------------
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        if self.path == "/":
+            self._reply(200, "Ollama is running", "text/plain")
+        elif self.path == "/api/version":
+            self._reply(200, {"version": VERSION})
+        elif self.path == "/api/tags":
+            self._reply(200, {"models": list(state.models.values())})
+        elif self.path == "/api/ps":
+            self._reply(200, {"models": self._loaded()})
+        elif self.path == "/_double/stats":
+            self._reply(200, state.stats())
+        else:
+            self._reply(404, "404 page not found", "text/plain")
+
+    def do_DELETE(self) -> None:
+        body = self._json_body()
+        if body is None:
+            return
+        name = canonical(str(body.get("model") or body.get("name") or ""))
+        if self.server.state.models.pop(name, None) is None:
+            self._reply(404, {"error": f"model '{body.get('model')}' not found"})
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    def do_POST(self) -> None:
+        routes = {
+            "/api/generate": self._generate,
+            "/api/chat": self._chat,
+            "/api/show": self._show,
+            "/api/pull": self._pull,
+            "/_double/config": self._configure,
+        }
+        handler = routes.get(self.path)
+        if handler is None:
+            self._reply(404, "404 page not found", "text/plain")
+            return
+        body = self._json_body()
+        if body is not None:
+            handler(body)
+
+    def _configure(self, body: dict[str, Any]) -> None:
+        try:
+            self.server.state.configure(body)
+        except ValueError as error:
+            self._reply(400, {"error": str(error)})
+            return
+        self._reply(200, {"ok": True})
+
+    def _loaded(self) -> list[dict[str, Any]]:
+        state = self.server.state
+        return [
+            {
+                **state.models[name],
+                "expires_at": rfc3339(until),
+                "size_vram": 3340000000,
+                "context_length": 4096,
+            }
+            for name, until in state.loaded.items()
+            if name in state.models
+        ]
+
+    def _show(self, body: dict[str, Any]) -> None:
+        name = str(body.get("model") or body.get("name") or "")
+        record = self.server.state.models.get(canonical(name)) if name else None
+        if not name:
+            self._reply(400, {"error": "model is required"})
+        elif record is None:
+            self._reply(404, {"error": f"model '{name}' not found"})
+        else:
+            self._reply(
+                200,
+                {
+                    "modelfile": f"FROM {name}\n",
+                    "parameters": "",
+                    "template": "",
+                    "details": record["details"],
+                    "model_info": {},
+                    "capabilities": ["completion"],
+                    "modified_at": record["modified_at"],
+                },
+            )
+
+    def _pull(self, body: dict[str, Any]) -> None:
+        name = canonical(str(body.get("model") or body.get("name") or ""))
+        record = model_record(name)
+        total = 4 * 1024 * 1024
+        steps = [{"status": "pulling manifest"}]
+        for done in (0, total // 2, total):
+            step: dict[str, Any] = {
+                "status": f"pulling {record['digest'][:12]}",
+                "digest": f"sha256:{record['digest']}",
+                "total": total,
+            }
+            if done:
+                step["completed"] = done
+            steps.append(step)
+        steps += [
+            {"status": "verifying sha256 digest"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
+        self.server.state.models[name] = record
+        if body.get("stream") is False:
+            self._reply(200, steps[-1])
+            return
+        self._start_stream()
+        try:
+            for step in steps:
+                self._line(step)
+                time.sleep(self.server.state.knobs.token_delay_s)
+        except ClientGone:
+            return
+        self._end_stream()
+
+    def _generate(self, body: dict[str, Any]) -> None:
+        self._inference(body, prompt=str(body.get("prompt") or ""), chat=False)
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        messages = body.get("messages") or []
+        prompt = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        self._inference(body, prompt=prompt, chat=True)
+
+    # --- inference --------------------------------------------------------------------
+
+    def _inference(self, body: dict[str, Any], *, prompt: str, chat: bool) -> None:
+        state = self.server.state
+        requested = str(body.get("model") or "")
+        name = canonical(requested) if requested else ""
+        if not requested and chat:
+            self._reply(400, {"error": "model is required"})
+            return
+        if name not in state.models:
+            self._reply(404, {"error": f"model '{requested}' not found"})
+            return
+        if (chat and not body.get("messages")) or (
+            not chat and not prompt and not body.get("images")
+        ):
+            # Load (or, with keep_alive 0, unload) the model: one object even when streaming.
+            unload = body.get("keep_alive") in (0, 0.0, "0", "0s")
+            reply = {"model": requested, "created_at": rfc3339()}
+            reply.update(
+                {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+            )
+            reply.update({"done": True, "done_reason": "unload" if unload else "load"})
+            if unload:
+                state.loaded.pop(name, None)
+            else:
+                state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
+            self._reply(200, reply)
+            return
+        fault = state.take_fault()
+        if fault == "503":
+            self._reply(
+                503, {"error": "server busy, please try again.  maximum pending requests exceeded"}
+            )
+            return
+        if fault == "500":
+            self._reply(500, {"error": "model runner has unexpectedly stopped"})
+            return
+
+        started = time.monotonic_ns()
+        state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
+        options = body.get("options") or {}
+        limit = int(options.get("num_predict") or 0)
+        count = limit if limit > 0 else state.knobs.default_tokens
+        tokens = tokens_for(prompt, count)
+        done_reason = "length" if limit > 0 else "stop"
+
+        def chunk(text: str, done: bool) -> dict[str, Any]:
+            base: dict[str, Any] = {"model": requested, "created_at": rfc3339()}
+            if chat:
+                base["message"] = {"role": "assistant", "content": text}
+            else:
+                base["response"] = text
+            base["done"] = done
+            return base
+
+        if body.get("stream") is False:
+            time.sleep(state.knobs.first_token_delay_s + state.knobs.token_delay_s * count)
+            final = chunk("".join(tokens), True)
+            final.update(self._metrics(prompt, count, started, done_reason))
+            self._reply(200, final)
+            with state.lock:
+                state.completed.append(prompt)
+            return
+
+        self._start_stream()
+        try:
+            time.sleep(state.knobs.first_token_delay_s)
+            eval_started = time.monotonic_ns()
+            for index, token in enumerate(tokens):
+                if (
+                    fault in ("midstream_error", "stall")
+                    and index == state.knobs.fault_after_tokens
+                ):
+                    if fault == "stall":
+                        time.sleep(state.knobs.stall_s)
+                    self._line(
+                        {
+                            "error": "model runner has unexpectedly stopped, this may be due "
+                            "to resource limitations or an internal error"
+                        }
+                    )
+                    self._end_stream()
+                    return
+                if index:
+                    time.sleep(state.knobs.token_delay_s)
+                self._line(chunk(token, False))
+            final = chunk("", True)
+            final.update(self._metrics(prompt, count, started, done_reason, eval_started))
+            self._line(final)
+        except ClientGone:
+            with state.lock:
+                state.disconnects.append(prompt)
+            return
+        self._end_stream()
+        with state.lock:
+            state.completed.append(prompt)
+
+    @staticmethod
+    def _metrics(
+        prompt: str, count: int, started: int, done_reason: str, eval_started: int | None = None
+    ) -> dict[str, Any]:
+        now = time.monotonic_ns()
+        eval_started = eval_started or started
+        return {
+            "done_reason": done_reason,
+            "total_duration": now - started,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": max(1, len(prompt.split())),
+            "prompt_eval_duration": max(1, eval_started - started),
+            "eval_count": count,
+            "eval_duration": max(1, now - eval_started),
+        }
+
+
+class OllamaDouble(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], models: list[str]) -> None:
+        super().__init__(address, OllamaHandler)
+        self.state = State()
+        self.state.configure({"models": models})

@@ -1,0 +1,1 @@
+"""The inference API: submit jobs, follow them, cancel them."""

@@ -1,0 +1,174 @@
+"""Accepting a job: validate, check the model, persist, then (after commit) publish.
+
+The row is the source of truth: it is committed before anything reaches the broker, so
+a job is never lost when the broker is down (the outbox sweeper publishes it later), and
+a publish never points at a row that was rolled back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import timedelta
+
+from flask import Response, current_app, jsonify, request, url_for
+from sqlalchemy.exc import IntegrityError
+
+from config.settings import Settings
+from db.fleet import availability, canonical_model_name, model_id_for
+from db.inference import cancel_queued, find_by_idempotency_key, mark_dispatched, request_cancel
+from db.models import InferenceRequest, RequestKind, RequestStatus
+from web.database import after_commit, get_db, get_session
+from web.errors import BadRequest, Conflict
+from web.schemas.inference import ChatRequest, GenerateRequest, Links, Submitted
+from web.security.principal import authenticated
+from workers.celery_app import celery_app
+from workers.dispatch import dispatch
+from workers.events import EventLog
+from workers.runtime import cancel_key
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["settings"]
+    return settings
+
+
+def _events() -> EventLog:
+    events: EventLog = current_app.extensions["events"]
+    return events
+
+
+def _answer(row: InferenceRequest, status_code: int) -> tuple[Response, int]:
+    body = Submitted(
+        id=row.id,
+        status=row.status,
+        links=Links(
+            self=url_for("inference.read_request", request_id=row.id), ws=f"/ws/inference/{row.id}"
+        ),
+    )
+    return jsonify(body.model_dump(mode="json")), status_code
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise BadRequest(
+            "Idempotency-Key must be 1-255 visible ASCII characters.",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def _replay(existing: InferenceRequest, request_hash: str) -> tuple[Response, int]:
+    if existing.request_hash != request_hash:
+        raise Conflict(
+            "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
+        )
+    return _answer(existing, 200)
+
+
+def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Response, int]:
+    principal = authenticated()
+    settings = _settings()
+    session = get_session()
+    model_name = canonical_model_name(body.model)
+    fields = body.model_dump(
+        mode="json", exclude_none=True, exclude={"model", "options", "priority"}
+    )
+    request_hash = hashlib.sha256(
+        json.dumps(
+            {
+                "kind": kind,
+                "model": model_name,
+                "priority": body.priority,
+                "options": body.options,
+                **fields,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+
+    key = _idempotency_key()
+    if key is not None:
+        existing = find_by_idempotency_key(session=session, user_id=principal.user_id, key=key)
+        if existing is not None:
+            return _replay(existing, request_hash)
+
+    served = availability(
+        session=session, model_name=model_name, stale_after=_stale_after(settings)
+    )
+    if served.disabled:
+        raise Conflict(f"Model {model_name} is disabled.", code="model_disabled")
+    if not served.serving_nodes and not settings.queue_while_unavailable:
+        raise Conflict(
+            f"No online node serves {model_name}.",
+            code="model_unavailable",
+            details={"model": model_name},
+        )
+
+    row = InferenceRequest(
+        id=uuid.uuid4(),
+        user_id=principal.user_id,
+        model_name=model_name,
+        model_id=model_id_for(session=session, model_name=model_name),
+        kind=kind,
+        input=fields,
+        options=body.options or {},
+        priority=body.priority,
+        idempotency_key=key,
+        request_hash=request_hash,
+        status=RequestStatus.QUEUED,
+        attempt=1,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        # The same key arrived twice at once and the other one won: answer as a replay.
+        session.rollback()
+        existing = find_by_idempotency_key(
+            session=session, user_id=principal.user_id, key=key or ""
+        )
+        if existing is None:
+            raise
+        return _replay(existing, request_hash)
+
+    request_id, priority = row.id, row.priority
+    after_commit(lambda: _announce_and_dispatch(request_id, model_name, priority))
+    return _answer(row, 202)
+
+
+def _stale_after(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.node_stale_after_s)
+
+
+def _announce_and_dispatch(request_id: uuid.UUID, model_name: str, priority: int) -> None:
+    _events().publish(request_id, "status", status="queued", attempt=1)
+    if dispatch(request_id, model_name, priority):
+        with get_db().unit_of_work() as session:
+            mark_dispatched(session=session, request_ids=[request_id])
+
+
+def cancel(row: InferenceRequest) -> str:
+    """Cancel a queued job outright, or ask the worker running it to stop. Returns the
+    status the caller will see: `cancelled` now, or `cancelling` until the worker acts."""
+    session = get_session()
+    request_id = row.id
+    if cancel_queued(session=session, request_id=request_id):
+
+        def announce() -> None:
+            _events().publish(request_id, "status", status="cancelled", attempt=row.attempt)
+            celery_app.control.revoke(str(request_id))  # the claim would refuse it anyway
+
+        after_commit(announce)
+        return "cancelled"
+    if request_cancel(session=session, request_id=request_id):
+        redis = current_app.extensions["redis"]
+        after_commit(lambda: redis.set(cancel_key(request_id), 1, ex=_settings().event_ttl_s))
+        return "cancelling"
+    session.refresh(row)
+    raise Conflict(f"The request has already ended ({row.status}).", code="request_ended")

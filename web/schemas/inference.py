@@ -1,0 +1,117 @@
+"""Schemas for inference requests. Field types follow Ollama's API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from web.schemas.common import PageQuery
+
+ModelName = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+Format = Literal["json"] | dict[str, Any] | None
+KeepAlive = float | str | None
+
+
+class SubmitBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = ModelName
+    options: dict[str, Any] | None = None
+    format: Format = None
+    keep_alive: KeepAlive = None
+    think: bool | Literal["low", "medium", "high"] | None = None
+    priority: int = Field(default=5, ge=0, le=9, description="9 runs first.")
+
+
+class GenerateRequest(SubmitBase):
+    prompt: str = Field(max_length=1_000_000)
+    system: str | None = None
+    images: list[str] | None = Field(default=None, max_length=16)
+    suffix: str | None = None
+    raw: bool | None = None
+
+
+class ToolFunction(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    function: ToolFunction
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = Field(default=None, max_length=16)
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+class ChatRequest(SubmitBase):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    tools: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _tools_are_functions(self) -> ChatRequest:
+        for tool in self.tools or []:
+            if tool.get("type") != "function" or "function" not in tool:
+                raise ValueError('each tool is {"type": "function", "function": {...}}')
+        return self
+
+
+class Links(BaseModel):
+    self: str
+    ws: str
+
+
+class Submitted(BaseModel):
+    id: uuid.UUID
+    status: str
+    links: Links
+
+
+class RequestRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    model: str = Field(validation_alias="model_name")
+    kind: str
+    source: str
+    priority: int
+    status: str
+    attempt: int
+    node_id: uuid.UUID | None
+    worker: str | None = Field(validation_alias="worker_name")
+    output: str | None
+    output_message: dict[str, Any] | None
+    done_reason: str | None
+    prompt_eval_count: int | None
+    eval_count: int | None
+    total_duration: int | None
+    load_duration: int | None
+    prompt_eval_duration: int | None
+    eval_duration: int | None
+    error: str | None
+    error_code: str | None
+    queued_at: datetime
+    started_at: datetime | None
+    first_token_at: datetime | None
+    completed_at: datetime | None
+
+
+class RequestListQuery(PageQuery):
+    status: Literal["queued", "running", "completed", "failed", "cancelled"] | None = None
+    model: str | None = Field(default=None, max_length=255)
+    since: datetime | None = None
+    until: datetime | None = None

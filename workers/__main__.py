@@ -1,0 +1,114 @@
+"""One GPU-pinned worker in one command:
+
+    python -m workers run --gpu 0 --engine-url http://127.0.0.1:11434 --slots 4
+
+It pins CUDA_VISIBLE_DEVICES, registers its node (host, GPU from NVML, engine, slots) and
+the engine's models, then runs a Celery worker with a pool of `--slots` threads named
+`gpu<N>@<host>` that consumes `model.<name>` for every model the engine has, its own
+`node.<name>` queue and `default` (sweeps). `--slots` should equal the engine's
+OLLAMA_NUM_PARALLEL. Without --gpu it is a CPU node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+
+from redis import Redis
+
+from config.logging import configure_logging
+from config.settings import get_settings
+from db.fleet import NodeReport
+from db.models import EngineKind
+from db.session import Database
+from workers import runtime
+from workers.celery_app import celery_app, queue_for_node
+from workers.engines.ollama import OllamaEngine
+from workers.events import EventLog
+from workers.node import Heartbeat, go_offline, register
+
+log = logging.getLogger("workers")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a worker for one engine (one GPU)")
+    run.add_argument("--gpu", type=int, default=None, help="GPU index (NVML); none = CPU node")
+    run.add_argument("--engine-url", default=None, help="default: OLLAMA_HOST")
+    run.add_argument("--engine", choices=[EngineKind.OLLAMA], default=EngineKind.OLLAMA)
+    run.add_argument("--slots", type=int, default=1, help="concurrent jobs (OLLAMA_NUM_PARALLEL)")
+    run.add_argument("--name", default=None, help="node name; default gpu<N>@<host> or cpu@<host>")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if args.gpu is not None:
+        # For anything this process runs itself; the engine is pinned by its own environment.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    hostname = socket.gethostname()
+    name = args.name or (f"gpu{args.gpu}@{hostname}" if args.gpu is not None else f"cpu@{hostname}")
+    engine_url = args.engine_url or settings.ollama_host
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    rt = runtime.Runtime(
+        settings=settings,
+        database=Database.from_settings(settings),
+        redis=redis,
+        events=EventLog(redis, ttl_s=settings.event_ttl_s),
+        engine=OllamaEngine(engine_url, stall_timeout_s=settings.engine_stall_timeout_s),
+        worker_name=name,
+        node_name=name,
+        engine_url=engine_url,
+        gpu_index=args.gpu,
+    )
+    model_queues = register(
+        rt,
+        NodeReport(
+            name=name,
+            hostname=hostname,
+            gpu_index=args.gpu,
+            engine_kind=args.engine,
+            engine_url=engine_url,
+            slots=args.slots,
+            worker_name=name,
+        ),
+    )
+    runtime.install(rt)
+    queues = ["default", queue_for_node(name), *sorted(model_queues)]
+    log.info("node %s consumes %s", name, ", ".join(queues))
+    heartbeat = Heartbeat(rt, celery_app, set(model_queues))
+    heartbeat.start()
+    try:
+        celery_app.worker_main(
+            [
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(args.slots),
+                "--queues",
+                ",".join(queues),
+                "--hostname",
+                name,
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                settings.log_level,
+            ]
+        )
+    finally:
+        heartbeat.stop.set()
+        go_offline(rt, reason="worker stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The Celery app: built from settings alone, so task modules and workers never need Flask.
+
+`celery -A workers.celery_app worker|beat|flower` and `python -m workers run` both use it;
+the web app calls `configure()` with its own settings so it publishes to the same broker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config.settings import Settings, get_settings
+
+# Kombu's Redis transport serves priority 0 first; our API says 9 is most urgent.
+PRIORITY_STEPS = list(range(10))
+
+
+def queue_for_model(model_name: str) -> str:
+    return f"model.{model_name}"
+
+
+def queue_for_node(node_name: str) -> str:
+    return f"node.{node_name}"
+
+
+def broker_priority(api_priority: int) -> int:
+    return 9 - api_priority
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    # The broker must not hand a job to a second worker while the first may still be
+    # generating it (celery#5935): wait longer than the longest generation allowed.
+    visibility_timeout = settings.max_generation_s + 2 * settings.lease_ttl_s + 60
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="default",
+        task_soft_time_limit=settings.max_generation_s,
+        task_time_limit=settings.max_generation_s + 30,
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout,
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        timezone="UTC",
+        beat_schedule={
+            "sweep-expired-leases": {
+                "task": "sweep.expired_leases",
+                "schedule": settings.sweep_interval_s,
+            },
+            "sweep-undispatched": {
+                "task": "sweep.undispatched",
+                "schedule": settings.sweep_interval_s,
+            },
+        },
+    )
+    pool = app._pool  # a publisher pool built for an older broker URL must go
+    if pool is not None:
+        pool.force_close_all()
+        app._pool = None
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    app = Celery("ollamamax", include=["workers.tasks.inference", "workers.tasks.sweepers"])
+    configure(app, settings or get_settings())
+    app.set_default()
+    return app
+
+
+celery_app = create_celery_app()
+app = celery_app  # `celery -A workers.celery_app` looks for `app` or `celery`

@@ -1,0 +1,1 @@
+"""Clients for the inference engines a worker can front."""

@@ -1,0 +1,48 @@
+"""What every engine client yields, and the faults it raises."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of output, or (done=True) the end with the engine's metrics."""
+
+    text: str = ""
+    done: bool = False
+    done_reason: str | None = None
+    metrics: dict[str, int | None] = field(default_factory=dict)
+    # Chat extras the engine returned (tool calls, thinking), kept whole.
+    message_extras: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineError(Exception):
+    """A fault talking to the engine. `retryable` faults are tried again with backoff."""
+
+    def __init__(self, message: str, *, code: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    name: str  # canonical name:tag
+    record: dict[str, Any]
+
+
+class Engine(Protocol):
+    kind: str
+
+    def version(self) -> str | None: ...
+
+    def models(self) -> list[EngineModel]: ...
+
+    def loaded(self) -> set[str]: ...
+
+    def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
+        """Start a generation; closing the iterator closes the engine stream."""
+        ...

@@ -1,0 +1,60 @@
+"""Per-request events: a sequence number, Redis pub/sub for live readers, and a Redis
+Stream per request to replay from, so a reader that subscribes first and then replays
+after its last `seq` sees every event exactly once.
+
+One Lua script numbers, stores and publishes each event, so numbering and publication
+never diverge (two workers for one request still get distinct, increasing numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from redis import Redis
+
+SEQ_KEY = "omx:req:{}:seq"
+STREAM_KEY = "omx:req:{}:events"
+CHANNEL = "omx:req:{}"
+STATUS_CHANNEL = "omx:inference:status"  # every request's status changes, for topic sockets
+
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'event', event)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[3], event)
+if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[4], event) end
+return seq
+"""
+
+
+class EventLog:
+    def __init__(self, redis: Redis, ttl_s: int, max_events: int = 100_000) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.max_events = max_events
+        self._script = redis.register_script(_PUBLISH)
+
+    def publish(self, request_id: uuid.UUID | str, event_type: str, **fields: Any) -> int:
+        """Append one event; returns its sequence number."""
+        body = json.dumps(
+            {"type": event_type, "request_id": str(request_id), **fields},
+            separators=(",", ":"),
+            default=str,
+        )
+        keys = [
+            SEQ_KEY.format(request_id),
+            STREAM_KEY.format(request_id),
+            CHANNEL.format(request_id),
+            STATUS_CHANNEL,
+        ]
+        also_status = "1" if event_type == "status" else "0"
+        return int(self._script(keys=keys, args=[body, self.ttl_s, self.max_events, also_status]))
+
+    def replay(self, request_id: uuid.UUID | str, after: int = 0) -> list[dict[str, Any]]:
+        """Stored events with seq > after, in order."""
+        entries: Any = self.redis.xrange(STREAM_KEY.format(request_id), min=f"({after}-1", max="+")
+        return [json.loads(fields[b"event"]) for _, fields in entries or []]

@@ -1,0 +1,101 @@
+"""A worker's node: register it, keep its heartbeat and model list fresh, and consume a
+queue for every model its engine has (late binding: a free slot pulls the next job)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+
+from celery import Celery
+
+from db.fleet import NodeReport, heartbeat, mark_offline, register_node, sync_replicas
+from workers.celery_app import queue_for_model
+from workers.engines.base import EngineError
+from workers.gpu import GpuInfo, find
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def gpu_columns(gpu: GpuInfo | None) -> dict[str, object]:
+    if gpu is None:
+        return {}
+    return {
+        "gpu_name": gpu.name,
+        "gpu_memory_total_bytes": gpu.memory_total_bytes,
+        "gpu_memory_free_bytes": gpu.memory_free_bytes,
+        "gpu_utilization_pct": gpu.utilization_pct,
+    }
+
+
+def register(rt: Runtime, report: NodeReport) -> set[str]:
+    """Insert or refresh the node and its replicas; returns the model queues to consume."""
+    gpu = find(report.gpu_index)
+    report = NodeReport(
+        **{**asdict(report), **gpu_columns(gpu), "engine_version": rt.engine.version()}
+    )
+    with rt.database.unit_of_work() as session:
+        rt.node_id = register_node(session=session, report=report)
+    return _sync_models(rt)
+
+
+def _sync_models(rt: Runtime) -> set[str]:
+    try:
+        present = {model.name: model.record for model in rt.engine.models()}
+        loaded = rt.engine.loaded()
+    except EngineError as error:
+        log.warning("engine at %s does not answer: %s", rt.engine_url, error)
+        return set()
+    assert rt.node_id is not None
+    with rt.database.unit_of_work() as session:
+        added, removed = sync_replicas(
+            session=session, node_id=rt.node_id, present=present, loaded=loaded
+        )
+    for name in sorted(added):
+        log.info("model %s is on this node's engine", name)
+    for name in sorted(removed):
+        log.info("model %s left this node's engine", name)
+    return {queue_for_model(name) for name in present}
+
+
+class Heartbeat(threading.Thread):
+    """Every HEARTBEAT_INTERVAL_S: beat, refresh models, follow new and removed models."""
+
+    def __init__(self, rt: Runtime, app: Celery, consumed: set[str]) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.rt, self.app, self.consumed = rt, app, set(consumed)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.rt.settings.heartbeat_interval_s):
+            try:
+                self.beat()
+            except Exception:  # a missed beat is retried next time; never kill the thread
+                log.exception("heartbeat failed")
+
+    def beat(self) -> None:
+        rt = self.rt
+        assert rt.node_id is not None
+        with rt.database.unit_of_work() as session:
+            heartbeat(
+                session=session,
+                node_id=rt.node_id,
+                slots_busy=rt.busy,
+                gpu=gpu_columns(find(rt.gpu_index)),
+            )
+        wanted = _sync_models(rt)
+        if not wanted:
+            return
+        for queue in sorted(wanted - self.consumed):
+            self.app.control.add_consumer(queue, destination=[rt.worker_name], reply=False)
+        for queue in sorted(self.consumed - wanted):
+            self.app.control.cancel_consumer(queue, destination=[rt.worker_name], reply=False)
+        self.consumed = wanted
+
+
+def go_offline(rt: Runtime, reason: str) -> None:
+    if rt.node_id is None:
+        return
+    with rt.database.unit_of_work() as session:
+        mark_offline(session=session, node_id=rt.node_id, reason=reason)

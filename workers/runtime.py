@@ -1,0 +1,57 @@
+"""What a worker process holds for its tasks: the database, Redis, the event log, its
+engine and its node. Built once by `python -m workers run` before Celery starts."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from redis import Redis
+
+from config.settings import Settings
+from db.session import Database
+from workers.engines.base import Engine
+from workers.events import EventLog
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    redis: Redis
+    events: EventLog
+    engine: Engine
+    worker_name: str
+    node_name: str
+    engine_url: str
+    gpu_index: int | None
+    node_id: uuid.UUID | None = None
+    busy: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def job_started(self) -> None:
+        with self.lock:
+            self.busy += 1
+
+    def job_ended(self) -> None:
+        with self.lock:
+            self.busy -= 1
+
+
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("no worker runtime: start workers with `python -m workers run`")
+    return _runtime
+
+
+def cancel_key(request_id: uuid.UUID | str) -> str:
+    return f"omx:req:{request_id}:cancel"

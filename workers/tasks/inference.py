@@ -1,0 +1,252 @@
+"""`inference.run(request_id)`: claim a queued job, stream it from the engine, publish its
+events, write its result once.
+
+The claim is a compare-and-set, so a duplicate delivery is a no-op. While the job runs a
+watcher thread renews its lease and looks for a cancel request; the streaming loop acts on
+both between chunks. Engine faults are retried with backoff and jitter; output already
+streamed is then announced as restarted, so readers never see text twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import shared_task
+
+from db.inference import ClaimedJob, Outcome, claim, finish, renew_lease
+from db.models import RequestStatus
+from workers import runtime
+from workers.engines.base import EngineError
+from workers.runtime import Runtime, cancel_key
+
+log = logging.getLogger(__name__)
+
+# Fields of a stored request that the engine call takes as they are.
+ENGINE_FIELDS = {
+    "generate": ("prompt", "system", "format", "images", "keep_alive", "suffix", "raw", "think"),
+    "chat": ("messages", "tools", "format", "keep_alive", "think"),
+}
+
+
+class Cancelled(Exception):
+    pass
+
+
+class LostLease(Exception):
+    pass
+
+
+class JobWatch(threading.Thread):
+    """Renews the lease every third of its life and polls for a cancel request."""
+
+    POLL_S = 0.2
+
+    def __init__(self, rt: Runtime, job: ClaimedJob) -> None:
+        super().__init__(name=f"watch-{job.id}", daemon=True)
+        self.rt, self.job = rt, job
+        self.stop = threading.Event()
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        lease = timedelta(seconds=self.rt.settings.lease_ttl_s)
+        next_renewal = time.monotonic() + lease.total_seconds() / 3
+        while not self.stop.wait(self.POLL_S):
+            try:
+                if self.rt.redis.exists(cancel_key(self.job.id)):
+                    self.cancelled.set()
+                if time.monotonic() >= next_renewal:
+                    with self.rt.database.unit_of_work() as session:
+                        if not renew_lease(
+                            session=session,
+                            request_id=self.job.id,
+                            worker_name=self.rt.worker_name,
+                            attempt=self.job.attempt,
+                            lease=lease,
+                        ):
+                            self.lost.set()
+                            return
+                    next_renewal = time.monotonic() + lease.total_seconds() / 3
+            except Exception:  # keep watching: one failed poll must not end the job
+                log.exception("watching request %s failed once", self.job.id)
+
+
+class JobRunner:
+    def __init__(self, rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
+        self.rt, self.job, self.watch = rt, job, watch
+        self.settings = rt.settings
+        self.deadline = time.monotonic() + self.settings.max_generation_s
+        self.parts: list[str] = []
+        self.first_token_at: datetime | None = None
+
+    def run(self) -> Outcome:
+        attempts = self.settings.engine_max_attempts
+        for try_number in range(1, attempts + 1):
+            try:
+                return self._stream_once()
+            except Cancelled:
+                return Outcome(
+                    RequestStatus.CANCELLED, output="".join(self.parts), done_reason="cancelled"
+                )
+            except EngineError as error:
+                if not error.retryable or try_number == attempts:
+                    return Outcome(
+                        RequestStatus.FAILED,
+                        output="".join(self.parts),
+                        error=str(error),
+                        error_code=error.code,
+                    )
+                log.warning(
+                    "request %s: engine fault %s (try %d of %d): %s",
+                    self.job.id,
+                    error.code,
+                    try_number,
+                    attempts,
+                    error,
+                )
+                if self.parts:
+                    self.parts = []
+                    self.rt.events.publish(
+                        self.job.id,
+                        "status",
+                        status="restarted",
+                        attempt=self.job.attempt,
+                        reason=error.code,
+                    )
+                backoff = self.settings.engine_retry_backoff_s * 2 ** (try_number - 1)
+                self._pause(backoff * (0.5 + random.random()))  # noqa: S311  (jitter)
+        raise AssertionError("unreachable")
+
+    def _pause(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._check()
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+    def _check(self) -> None:
+        if self.watch.lost.is_set():
+            raise LostLease()
+        if self.watch.cancelled.is_set():
+            raise Cancelled()
+        if time.monotonic() > self.deadline:
+            raise EngineError(
+                f"generation exceeded {self.settings.max_generation_s} s",
+                code="timeout",
+                retryable=False,
+            )
+
+    def _engine_body(self) -> dict[str, Any]:
+        body = {k: self.job.input[k] for k in ENGINE_FIELDS[self.job.kind] if k in self.job.input}
+        body["model"] = self.job.model_name
+        if self.job.options:
+            body["options"] = self.job.options
+        return body
+
+    def _stream_once(self) -> Outcome:
+        coalesce_s = self.settings.token_coalesce_ms / 1000
+        pending: list[str] = []
+        pending_since = 0.0
+        extras: dict[str, Any] = {}
+        stream = self.rt.engine.stream(self.job.kind, self._engine_body())
+        try:
+            for chunk in stream:
+                self._check()
+                extras.update(chunk.message_extras)
+                if chunk.text:
+                    if self.first_token_at is None:
+                        self.first_token_at = datetime.now(UTC)
+                    if not pending:
+                        pending_since = time.monotonic()
+                    self.parts.append(chunk.text)
+                    pending.append(chunk.text)
+                if pending and (chunk.done or time.monotonic() - pending_since >= coalesce_s):
+                    self.rt.events.publish(self.job.id, "token", text="".join(pending))
+                    pending = []
+                if chunk.done:
+                    message = (
+                        {"role": "assistant", "content": "".join(self.parts), **extras}
+                        if self.job.kind == "chat"
+                        else None
+                    )
+                    return Outcome(
+                        RequestStatus.COMPLETED,
+                        output="".join(self.parts),
+                        done_reason=chunk.done_reason,
+                        metrics=chunk.metrics,
+                        output_message=message,
+                    )
+            raise EngineError(
+                "the engine ended the stream without a final chunk",
+                code="engine_truncated",
+                retryable=True,
+            )
+        finally:
+            stream.close()  # tells the engine to stop if we are leaving early
+
+
+def _announce(rt: Runtime, job: ClaimedJob, outcome: Outcome) -> None:
+    if outcome.status == RequestStatus.COMPLETED:
+        rt.events.publish(
+            job.id,
+            "done",
+            done_reason=outcome.done_reason,
+            **{k: v for k, v in (outcome.metrics or {}).items() if v is not None},
+        )
+    rt.events.publish(
+        job.id,
+        "status",
+        status=str(outcome.status),
+        attempt=job.attempt,
+        error=outcome.error,
+        error_code=outcome.error_code,
+    )
+
+
+@shared_task(name="inference.run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run(request_id: str) -> None:
+    rt = runtime.current()
+    job_id = uuid.UUID(request_id)
+    with rt.database.unit_of_work() as session:
+        job = claim(
+            session=session,
+            request_id=job_id,
+            worker_name=rt.worker_name,
+            node_id=rt.node_id,
+            lease=timedelta(seconds=rt.settings.lease_ttl_s),
+        )
+    if job is None:
+        log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
+        return
+    rt.job_started()
+    watch = JobWatch(rt, job)
+    watch.start()
+    try:
+        rt.events.publish(
+            job.id, "status", status="running", attempt=job.attempt, worker=rt.worker_name
+        )
+        runner = JobRunner(rt, job, watch)
+        try:
+            outcome = runner.run()
+        except LostLease:
+            log.warning("request %s: lease lost; another attempt owns it now", job.id)
+            return
+        with rt.database.unit_of_work() as session:
+            won = finish(
+                session=session,
+                job=job,
+                worker_name=rt.worker_name,
+                outcome=outcome,
+                first_token_at=runner.first_token_at,
+            )
+        if won:
+            _announce(rt, job, outcome)
+            rt.redis.delete(cancel_key(job.id))
+    finally:
+        watch.stop.set()
+        rt.job_ended()
