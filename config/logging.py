@@ -152,3 +152,5 @@ def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
     # Werkzeug's own access log duplicates ours and is not structured.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # One line per engine HTTP call (every heartbeat) is noise; failures surface as errors.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

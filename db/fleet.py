@@ -122,9 +122,8 @@ def sync_replicas(
             )
             .on_conflict_do_nothing(index_elements=["name"])
         )
-    models = dict(
-        session.execute(select(Model.name, Model.id).where(Model.name.in_(present))).tuples()
-    )
+    rows = session.execute(select(Model.name, Model.id).where(Model.name.in_(present)))
+    models = {name: model_id for name, model_id in rows}
     before = set(
         session.scalars(
             select(Model.name)

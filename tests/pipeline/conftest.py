@@ -1,0 +1,275 @@
+"""Real processes for pipeline tests: the Ollama double, Celery workers (`python -m workers
+run`), beat. They share the test database and Redis with the test, so these tests commit
+for real; the rows they make are truncated after each test (the fleet's rows stay: running
+workers own them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
+
+from db.models import Node, NodeStatus, Role, User
+from db.session import Database
+from tests.conftest import ROOT, free_port
+from tests.factories import TEST_PASSWORD, TEST_PASSWORD_HASH
+from tests.support.identity import bearer
+
+MODELS = ("llama3.2:latest", "qwen3:8b")
+REQUEST_TABLES = (
+    "inference_requests",
+    "user_sessions",
+    "api_keys",
+    "audit_log_entries",
+    "model_usage_stats",
+    "users",
+)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+class Double:
+    """The Ollama double in its own process."""
+
+    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = process
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def configure(self, **knobs: Any) -> None:
+        self._post("/_double/config", knobs)
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_double/stats", timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self.configure(
+            token_delay_s=0.0,
+            first_token_delay_s=0.0,
+            default_tokens=8,
+            fault=None,
+            fault_count=1,
+            fault_after_tokens=2,
+            stall_s=30.0,
+            models=list(MODELS),
+        )
+
+
+def start_double(models: tuple[str, ...] = MODELS) -> Double:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.ollama_double",
+            "--port",
+            str(port),
+            "--models",
+            ",".join(models),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    double = Double(port, process)
+    wait_for(lambda: _answers(double.url), timeout=10)
+    return double
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def double() -> Iterator[Double]:
+    server = start_double()
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pipeline_env(settings_overrides: dict[str, Any]) -> dict[str, str]:
+    """Environment for worker and beat processes: the test's database and Redis, and short
+    intervals so that leases, sweeps and heartbeats happen within a test."""
+    env = {key.upper(): str(value) for key, value in settings_overrides.items()}
+    env.update(
+        LEASE_TTL_S="3",
+        SWEEP_INTERVAL_S="0.5",
+        UNDISPATCHED_GRACE_S="1",
+        HEARTBEAT_INTERVAL_S="1",
+        ENGINE_RETRY_BACKOFF_S="0.05",
+        ENGINE_STALL_TIMEOUT_S="2",
+        TOKEN_COALESCE_MS="0",
+        LOG_LEVEL="INFO",
+    )
+    return {**os.environ, **env}
+
+
+class Worker:
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name, self.process, self.log_path = name, process, log_path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no cleanup, no acks, no goodbye
+        self.process.wait(timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def start_worker(
+    pipeline_env: dict[str, str],
+    database: Database,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(
+        engine_url: str, *, name: str, slots: int = 2, env: dict[str, str] | None = None
+    ) -> Worker:
+        log_path = tmp_path_factory.mktemp("worker") / f"{name}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "workers",
+                    "run",
+                    "--engine-url",
+                    engine_url,
+                    "--slots",
+                    str(slots),
+                    "--name",
+                    name,
+                ],
+                cwd=ROOT,
+                env={**pipeline_env, **(env or {})},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        worker = Worker(name, process, log_path)
+        started.append(worker)
+        try:
+            wait_for(lambda: "ready." in worker.log() or process.poll() is not None, timeout=30)
+        except TimeoutError:
+            raise RuntimeError(f"worker {name} did not start:\n{worker.log()}") from None
+        if process.poll() is not None:
+            raise RuntimeError(f"worker {name} exited:\n{worker.log()}")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def beat(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    folder = tmp_path_factory.mktemp("beat")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "beat",
+            "--schedule",
+            str(folder / "schedule"),
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=pipeline_env,
+        stdout=(folder / "beat.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    yield
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def fresh_double(double: Double) -> None:
+    double.reset()
+
+
+@pytest.fixture
+def committed(database: Database) -> Iterator[Database]:
+    """The real database: what the test writes is committed, and truncated afterwards."""
+    yield database
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(REQUEST_TABLES)} CASCADE"))
+
+
+@pytest.fixture
+def api(base_app: Flask, committed: Database, redis_client: Any) -> FlaskClient:
+    return base_app.test_client()
+
+
+def make_committed_user(database: Database, role: Role = Role.USER) -> User:
+    with database.unit_of_work() as session:
+        name = f"u{time.monotonic_ns()}"
+        user = User(
+            username=name, email=f"{name}@example.com", password_hash=TEST_PASSWORD_HASH, role=role
+        )
+        session.add(user)
+    return user
+
+
+@pytest.fixture
+def user_headers(api: FlaskClient, committed: Database) -> dict[str, str]:
+    user = make_committed_user(committed)
+    response = api.post(
+        "/api/v1/auth/login", json={"username": user.username, "password": TEST_PASSWORD}
+    )
+    return bearer(response.get_json()["access_token"])
+
+
+def node_online(database: Database, name: str) -> bool:
+    with database.unit_of_work() as session:
+        status = session.scalar(select(Node.status).where(Node.name == name))
+    return status == NodeStatus.ONLINE
