@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import ApiKey, UserSession
@@ -44,18 +44,42 @@ def start_session(
     return row
 
 
-def find_session_by_refresh_jti(*, session: Session, refresh_jti: str) -> UserSession | None:
+def lock_families(*, session: Session, family_ids: Sequence[uuid.UUID]) -> None:
+    """Serialise refresh and revocation within each family until this transaction ends.
+
+    Without it, a refresh that inserts the family's next row while a revocation runs leaves
+    that row live: the revoking UPDATE's snapshot predates it. Transaction-scoped advisory
+    locks work behind PgBouncer in transaction mode; sorted order avoids deadlocks.
+    """
+    for family_id in sorted(set(family_ids)):
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:family, 0))"),
+            {"family": str(family_id)},
+        )
+
+
+def find_session_for_refresh(
+    *, session: Session, refresh_jti: str, family_id: uuid.UUID
+) -> UserSession | None:
+    """The row of a presented refresh token, with its family locked (see lock_families)."""
+    lock_families(session=session, family_ids=[family_id])
     return session.scalar(
-        select(UserSession).where(UserSession.refresh_jti == refresh_jti).with_for_update()
+        select(UserSession).where(
+            UserSession.refresh_jti == refresh_jti, UserSession.family_id == family_id
+        )
     )
 
 
 def revoke_families(
     *, session: Session, family_ids: Sequence[uuid.UUID], reason: str
 ) -> list[uuid.UUID]:
-    """Revoke every live row of these families; returns the families that had live rows."""
+    """Revoke every live row of these families; returns the families that had live rows.
+
+    Callers blocklist every family they asked for, whatever this returns.
+    """
     if not family_ids:
         return []
+    lock_families(session=session, family_ids=family_ids)
     revoked = session.scalars(
         update(UserSession)
         .where(UserSession.family_id.in_(family_ids), UserSession.revoked_at.is_(None))

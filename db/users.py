@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from db.credentials import utcnow
-from db.models import InferenceRequest, Role, User
+from db.models import AuditLogEntry, InferenceRequest, Role, User
+
+
+def normalise_email(email: str | None) -> str | None:
+    """One form for storing and comparing emails: NFKC, lower case by Python's rules (the
+    database's lower() differs for some letters, so stored values are compared exactly)."""
+    return unicodedata.normalize("NFKC", email).lower() if email is not None else None
 
 
 class UserExistsError(Exception):
@@ -23,8 +31,11 @@ def find_conflict(
     *, session: Session, username: str, email: str, exclude: uuid.UUID | None = None
 ) -> str | None:
     """Which of username / email is taken (case-insensitively), if any."""
-    query = select(func.lower(User.username), func.lower(User.email)).where(
-        (func.lower(User.username) == username.lower()) | (func.lower(User.email) == email.lower())
+    email = normalise_email(email) or ""
+    query = select(func.lower(User.username), User.email).where(
+        (func.lower(User.username) == username.lower())
+        | (User.email == email)
+        | (func.lower(User.email) == email)
     )
     if exclude is not None:
         query = query.where(User.id != exclude)
@@ -46,15 +57,17 @@ def create_user(
     return user
 
 
-def find_by_login(*, session: Session, login: str) -> User | None:
-    """The live account whose username or email is `login` (case-insensitive)."""
-    login = login.lower()
-    return session.scalar(
-        select(User).where(
-            User.deleted_at.is_(None),
-            (func.lower(User.username) == login) | (func.lower(User.email) == login),
-        )
+def find_by_login(*, session: Session, login: str, for_update: bool = False) -> User | None:
+    """The live account whose username or email is `login` (case-insensitive).
+
+    `for_update` locks the row: concurrent logins to one account then take turns, so the
+    lockout check and the failure count cannot be raced past.
+    """
+    query = select(User).where(
+        User.deleted_at.is_(None),
+        (func.lower(User.username) == login.lower()) | (User.email == normalise_email(login)),
     )
+    return session.scalar(query.with_for_update() if for_update else query)
 
 
 @dataclass(frozen=True)
@@ -128,4 +141,29 @@ def erase_personal_data(*, session: Session, user: User) -> None:
         .where(InferenceRequest.user_id == user.id)
         .values(input={}, output=None, output_message=None, idempotency_key=None)
     )
+    session.flush()  # the audit trigger records this update; scrub that entry too
+    _scrub_audit_trail(session=session, user_id=user.id)
+
+
+PERSONAL_FIELDS = frozenset({"username", "email"})
+ERASED = "[erased]"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ERASED if k in PERSONAL_FIELDS else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def _scrub_audit_trail(*, session: Session, user_id: uuid.UUID) -> None:
+    """Replace the erased user's name and email wherever the trail recorded their row."""
+    entries = session.scalars(
+        select(AuditLogEntry).where(
+            AuditLogEntry.resource_type == "users", AuditLogEntry.resource_id == str(user_id)
+        )
+    )
+    for entry in entries:
+        entry.details = _scrub(entry.details)
     session.flush()

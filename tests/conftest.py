@@ -24,14 +24,16 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import get_settings
 from db import migrate
+from db.models import Role, User
 from db.session import Database
 from tests import factories
+from tests.factories import TEST_PASSWORD_HASH
 from web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +156,36 @@ def redis_client(settings_overrides: dict[str, Any]) -> Iterator[Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+# What tests that commit for real may leave behind; the fleet's rows stay, because running
+# workers own them.
+REQUEST_TABLES = (
+    "inference_requests",
+    "user_sessions",
+    "api_keys",
+    "audit_log_entries",
+    "model_usage_stats",
+    "users",
+)
+
+
+@pytest.fixture
+def committed(database: Database) -> Iterator[Database]:
+    """The real database: what the test writes is committed, and truncated afterwards."""
+    yield database
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(REQUEST_TABLES)} CASCADE"))
+
+
+def make_committed_user(database: Database, role: Role = Role.USER) -> User:
+    with database.unit_of_work() as session:
+        name = f"u{time.monotonic_ns()}"
+        user = User(
+            username=name, email=f"{name}@example.com", password_hash=TEST_PASSWORD_HASH, role=role
+        )
+        session.add(user)
+    return user
 
 
 def free_port() -> int:

@@ -33,8 +33,17 @@ def _has_body() -> bool:
     )
 
 
+def _normalise_bearer_scheme() -> None:
+    """Auth schemes are case-insensitive (RFC 9110); flask-jwt-extended wants "Bearer"."""
+    header = request.environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and scheme != "Bearer":
+        request.environ["HTTP_AUTHORIZATION"] = f"Bearer {credentials.strip()}"
+
+
 def start_request() -> None:
     g.request_started = time.perf_counter()
+    _normalise_bearer_scheme()
     g.request_id = _incoming_request_id()
     g.request_id_token = request_id_var.set(g.request_id)
     limit = current_app.config["MAX_CONTENT_LENGTH"]

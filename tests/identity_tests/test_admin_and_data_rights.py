@@ -93,7 +93,11 @@ def test_export_holds_everything_about_the_caller_and_no_secrets(
 ) -> None:
     user = make_user()
     headers = auth_headers(client, user)
-    client.post(f"{USERS}/api-keys", headers=headers, json={"name": "k", "scopes": ["read"]})
+    client.post(
+        f"{USERS}/api-keys",
+        headers=headers,
+        json={"name": "k", "scopes": ["read"], "current_password": TEST_PASSWORD},
+    )
     InferenceRequestFactory(user_id=user.id, input={"prompt": "my secret plans"})
     InferenceRequestFactory(user_id=make_user().id, input={"prompt": "someone else's"})
 
@@ -119,7 +123,9 @@ def test_deleting_oneself_erases_personal_data_and_keeps_aggregates(
     tokens = login(client, user)
     headers = bearer(tokens["access_token"])
     key = client.post(
-        f"{USERS}/api-keys", headers=headers, json={"name": "k", "scopes": ["admin"]}
+        f"{USERS}/api-keys",
+        headers=headers,
+        json={"name": "k", "scopes": ["admin"], "current_password": TEST_PASSWORD},
     ).get_json()["key"]
     job = InferenceRequestFactory(
         user_id=user.id,

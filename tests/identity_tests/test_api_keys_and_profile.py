@@ -17,7 +17,11 @@ PROFILE = "/api/v1/users/profile"
 
 
 def _create_key(client: FlaskClient, headers: dict[str, str], **body: object) -> dict[str, object]:
-    response = client.post(KEYS, headers=headers, json={"name": "ci", "scopes": ["admin"], **body})
+    response = client.post(
+        KEYS,
+        headers=headers,
+        json={"name": "ci", "scopes": ["admin"], "current_password": TEST_PASSWORD, **body},
+    )
     assert response.status_code == 201, response.get_json()
     return response.get_json()  # type: ignore[no-any-return]
 
@@ -111,10 +115,10 @@ def test_another_users_key_cannot_be_revoked(client: FlaskClient) -> None:
 def test_key_requests_are_validated(client: FlaskClient) -> None:
     headers = auth_headers(client, make_user())
     for body in (
-        {"name": "x", "scopes": []},
-        {"name": "x", "scopes": ["root"]},
-        {"name": "", "scopes": ["read"]},
-        {"name": "x", "scopes": ["read"], "expires_in_days": 0},
+        {"name": "x", "scopes": [], "current_password": TEST_PASSWORD},
+        {"name": "x", "scopes": ["root"], "current_password": TEST_PASSWORD},
+        {"name": "", "scopes": ["read"], "current_password": TEST_PASSWORD},
+        {"name": "x", "scopes": ["read"], "expires_in_days": 0, "current_password": TEST_PASSWORD},
     ):
         assert client.post(KEYS, headers=headers, json=body).status_code == 422
 

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from db.models import Role
-from tests.factories import InferenceRequestFactory
+from tests.factories import TEST_PASSWORD, InferenceRequestFactory
 from tests.support.identity import bearer, login, make_user
 
 CALLERS = ("anonymous", "owner", "other", "operator", "admin")
@@ -75,7 +75,9 @@ def test_route_answers_each_caller_as_the_policy_says(
     owner_tokens = login(client, owner)
     owner_headers = bearer(owner_tokens["access_token"])
     key = client.post(
-        "/api/v1/users/api-keys", headers=owner_headers, json={"name": "k", "scopes": ["read"]}
+        "/api/v1/users/api-keys",
+        headers=owner_headers,
+        json={"name": "k", "scopes": ["read"], "current_password": TEST_PASSWORD},
     ).get_json()
     family = client.get("/api/v1/users/sessions", headers=owner_headers).get_json()["items"][0]
     job = InferenceRequestFactory(user_id=owner.id)

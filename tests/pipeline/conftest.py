@@ -19,23 +19,15 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, text
+from sqlalchemy import select
 
-from db.models import Node, NodeStatus, Role, User
+from db.models import Node, NodeStatus
 from db.session import Database
-from tests.conftest import ROOT, free_port
-from tests.factories import TEST_PASSWORD, TEST_PASSWORD_HASH
+from tests.conftest import ROOT, free_port, make_committed_user
+from tests.factories import TEST_PASSWORD
 from tests.support.identity import bearer
 
 MODELS = ("llama3.2:latest", "qwen3:8b")
-REQUEST_TABLES = (
-    "inference_requests",
-    "user_sessions",
-    "api_keys",
-    "audit_log_entries",
-    "model_usage_stats",
-    "users",
-)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -238,26 +230,8 @@ def fresh_double(double: Double) -> None:
 
 
 @pytest.fixture
-def committed(database: Database) -> Iterator[Database]:
-    """The real database: what the test writes is committed, and truncated afterwards."""
-    yield database
-    with database.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(REQUEST_TABLES)} CASCADE"))
-
-
-@pytest.fixture
 def api(base_app: Flask, committed: Database, redis_client: Any) -> FlaskClient:
     return base_app.test_client()
-
-
-def make_committed_user(database: Database, role: Role = Role.USER) -> User:
-    with database.unit_of_work() as session:
-        name = f"u{time.monotonic_ns()}"
-        user = User(
-            username=name, email=f"{name}@example.com", password_hash=TEST_PASSWORD_HASH, role=role
-        )
-        session.add(user)
-    return user
 
 
 @pytest.fixture

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, jwt_required
+from redis.exceptions import RedisError
 
 from config.settings import Settings
-from db.credentials import find_session_by_refresh_jti, revoke_families, start_session, utcnow
+from db.credentials import find_session_for_refresh, revoke_families, start_session, utcnow
 from db.models import User
 from db.users import (
     UserExistsError,
@@ -66,6 +68,22 @@ def _start_login(user: User, family_id: uuid.UUID | None = None) -> tuple[TokenP
     return TokenPair(**body), family_id
 
 
+def _count_phantom_failure(login: str, settings: Settings) -> int:
+    """Count a failure for a login that matches no active account, in Redis; returns the
+    seconds left of a lock once the count reaches the limit, else 0."""
+    redis = current_app.extensions["redis"]
+    key = "omx:login-failures:" + hashlib.sha256(login.lower().encode()).hexdigest()
+    try:
+        with redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, settings.login_lockout_s, nx=True)
+            pipe.ttl(key)
+            failures, _, ttl = pipe.execute()
+    except RedisError:
+        return 0  # the answer is a 401 either way; only the lock imitation is lost
+    return int(ttl) if failures >= settings.login_max_failures else 0
+
+
 @bp.post("/register")
 def register() -> tuple[Response, int]:
     account = load_body(UserCreate)
@@ -86,7 +104,7 @@ def register() -> tuple[Response, int]:
 def login() -> Response:
     credentials = load_body(LoginRequest)
     settings = _settings()
-    user = find_by_login(session=get_session(), login=credentials.username)
+    user = find_by_login(session=get_session(), login=credentials.username, for_update=True)
 
     # Every refusal below is recorded: its audit entry (and the failure counter) are kept
     # although the request answers with an error.
@@ -94,6 +112,10 @@ def login() -> Response:
         spend_verification_time(credentials.password, settings.bcrypt_rounds)
         audit("auth.login_failed", details={"reason": "unknown_or_inactive"})
         keep_changes_on_error()
+        # Locks like a real account would, so a lockout does not tell who exists.
+        seconds_locked = _count_phantom_failure(credentials.username, settings)
+        if seconds_locked:
+            raise _locked(seconds_locked)
         raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
 
     now = utcnow()
@@ -140,7 +162,13 @@ def refresh() -> Response:
     """Rotate: the presented refresh token is spent and a new pair issued in the same family."""
     claims = get_jwt()
     session = get_session()
-    row = find_session_by_refresh_jti(session=session, refresh_jti=str(claims["jti"]))
+    try:
+        family_id = uuid.UUID(str(claims.get("fam")))
+    except ValueError:
+        raise Unauthorized("The refresh token is not known.", code="invalid_token") from None
+    row = find_session_for_refresh(
+        session=session, refresh_jti=str(claims["jti"]), family_id=family_id
+    )
     if row is None:
         raise Unauthorized("The refresh token is not known.", code="invalid_token")
 

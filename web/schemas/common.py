@@ -12,7 +12,7 @@ ItemT = TypeVar("ItemT")
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    page: int = Field(default=1, ge=1)
+    page: int = Field(default=1, ge=1, le=100_000)
     per_page: int = Field(default=20, ge=1, le=100)
 
     @property

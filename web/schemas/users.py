@@ -9,6 +9,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from db.models import Role
+from db.users import normalise_email
 from web.schemas.common import PageQuery
 from web.security.passwords import password_problems
 from web.security.policy import Scope
@@ -32,6 +33,8 @@ class UserCreate(BaseModel):
     username: str = Field(pattern=USERNAME_PATTERN)
     email: EmailStr = Field(max_length=320)
     password: str = Field(min_length=1, repr=False)
+
+    _normalise = field_validator("email", mode="after")(normalise_email)
 
     @model_validator(mode="after")
     def _password_meets_policy(self) -> Self:
@@ -74,6 +77,8 @@ class ProfileUpdate(BaseModel):
     email: EmailStr | None = Field(default=None, max_length=320)
     new_password: str | None = Field(default=None, repr=False)
 
+    _normalise = field_validator("email", mode="after")(normalise_email)
+
     @model_validator(mode="after")
     def _something_changes(self) -> Self:
         if self.email is None and self.new_password is None:
@@ -97,8 +102,11 @@ class SessionRead(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """A key outlives the login that made it, so making one needs the password."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, repr=False)
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(min_length=1)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
@@ -131,11 +139,12 @@ class UserAdminUpdate(BaseModel):
 
     role: Role | None = None
     is_active: bool | None = None
+    unlock: bool | None = Field(default=None, description="Clear a login lockout.")
 
     @model_validator(mode="after")
     def _something_changes(self) -> Self:
-        if self.role is None and self.is_active is None:
-            raise ValueError("give role or is_active")
+        if self.role is None and self.is_active is None and not self.unlock:
+            raise ValueError("give role, is_active or unlock")
         return self
 
 

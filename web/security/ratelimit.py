@@ -69,7 +69,8 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         key_func=caller_key,
         app=app,
-        default_limits=[configured_limit("ratelimit_default")],
+        # One budget per caller across every route (default limits would count per route).
+        application_limits=[configured_limit("ratelimit_default")],
         on_breach=_log_breach,
     )
     for endpoint, setting in STRICT_LIMITS.items():

@@ -19,9 +19,9 @@ def end_sessions(
     access tokens at once through the blocklist."""
     session = get_session()
     families = live_families(session=session, user_id=user_id, except_family=except_family)
-    revoked = revoke_families(session=session, family_ids=families, reason=reason)
-    revoke_families_now(revoked)
-    return revoked
+    revoke_families(session=session, family_ids=families, reason=reason)
+    revoke_families_now(families)
+    return families
 
 
 def erase_account(user: User) -> None:

@@ -7,6 +7,7 @@ import uuid
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import ColumnElement, func, or_, select
 
+from db.credentials import revoke_user_api_keys
 from db.models import Role, User
 from web.audit import audit
 from web.database import get_session
@@ -77,6 +78,17 @@ def update_user(user_id: uuid.UUID) -> Response:
         user.is_active = change.is_active
     if disabled:
         end_sessions(user.id, reason="account_disabled")
+        revoke_user_api_keys(session=get_session(), user_id=user.id)
+    if change.unlock:
+        user.failed_login_count = 0
+        user.first_failed_login_at = None
+        user.locked_until = None
+        audit(
+            "user.unlocked",
+            user_id=authenticated().user_id,
+            resource_type="users",
+            resource_id=user.id,
+        )
     after = {"role": user.role, "is_active": user.is_active}
     if before != after:
         audit(

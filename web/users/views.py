@@ -14,6 +14,7 @@ from db.credentials import (
     list_api_keys,
     list_live_sessions,
     revoke_families,
+    revoke_user_api_keys,
     utcnow,
 )
 from db.models import ApiKey, AuditLogEntry, InferenceRequest, UserSession
@@ -102,8 +103,8 @@ def end_session(session_id: uuid.UUID) -> tuple[str, int]:
     )
     if owned is None:
         raise NotFound("No such session.")
-    revoked = revoke_families(session=get_session(), family_ids=[session_id], reason="ended")
-    revoke_families_now(revoked)
+    revoke_families(session=get_session(), family_ids=[session_id], reason="ended")
+    revoke_families_now([session_id])
     audit(
         "auth.session_revoked",
         user_id=principal.user_id,
@@ -144,8 +145,9 @@ def update_profile() -> Response:
         user.password_hash = hash_password(
             change.new_password, current_app.extensions["settings"].bcrypt_rounds
         )
-        # Whoever else holds a login must prove they know the new password.
+        # Whoever else holds a login or a key must prove they know the new password.
         end_sessions(user.id, reason="password_changed", except_family=principal.family_id)
+        revoke_user_api_keys(session=get_session(), user_id=user.id)
         changed.append("password")
     audit(
         "user.profile_updated",
@@ -162,6 +164,7 @@ def update_profile() -> Response:
 def create_api_key() -> tuple[Response, int]:
     request_body = load_body(ApiKeyCreate)
     principal = authenticated()
+    _confirm_password(request_body.current_password)
     session = get_session()
     live = [
         key
