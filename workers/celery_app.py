@@ -43,7 +43,8 @@ def configure(app: Celery, settings: Settings) -> None:
         broker_transport_options={
             "visibility_timeout": visibility_timeout,
             "priority_steps": PRIORITY_STEPS,
-            "sep": ":",
+            # Kombu's default separator between queue name and priority: ":" would clash
+            # with model tags ("model.llama3.2:latest") and misroute priority-0 messages.
             "queue_order_strategy": "priority",
             "socket_connect_timeout": 2,
             "socket_timeout": 10,

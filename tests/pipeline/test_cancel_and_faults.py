@@ -1,0 +1,128 @@
+"""Cancellation and engine faults, through a real worker against the double."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.ollama_double.behaviour import tokens_for
+from tests.pipeline.conftest import Double, Worker, wait_for
+from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
+
+pytestmark = pytest.mark.usefixtures("beat", "fresh_double")
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Any, double: Double) -> Worker:
+    return start_worker(double.url, name="w-faults@test", slots=1)
+
+
+def cancel(api: FlaskClient, headers: dict[str, str], request_id: str) -> dict[str, Any]:
+    response = api.post(f"/api/v1/inference/requests/{request_id}/cancel", headers=headers)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def test_cancel_running_closes_the_engine_stream_and_keeps_partial_output(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    double.configure(token_delay_s=0.1, default_tokens=200)
+    job = submit(api, user_headers, prompt="a long story")
+    wait_for(lambda: len(tokens_seen(api, job["id"])) > 10, timeout=15)
+
+    assert cancel(api, user_headers, job["id"])["status"] == "cancelling"
+    # The engine sees its client go away (how fast is measured in bench/, not asserted here).
+    wait_for(lambda: "a long story" in double.stats()["disconnects"], timeout=5)
+    result = finished(api, user_headers, job["id"])
+
+    assert result["status"] == "cancelled"
+    assert result["output"]  # what was generated before the cancel is kept
+    assert "".join(tokens_for("a long story", 200)).startswith(result["output"])
+    assert events_of(api, job["id"])[-1]["status"] == "cancelled"
+
+
+def test_cancel_queued_never_reaches_the_engine(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    double.configure(token_delay_s=0.05, default_tokens=40)
+    blocker = submit(api, user_headers, prompt="keeps the only slot busy")
+    wait_status(api, user_headers, blocker["id"], {"running"})
+    waiting = submit(api, user_headers, prompt="never to be generated")
+
+    assert cancel(api, user_headers, waiting["id"])["status"] == "cancelled"
+    finished(api, user_headers, blocker["id"])
+    time.sleep(0.5)  # give a wrongly delivered job time to show up at the engine
+
+    assert read(api, user_headers, waiting["id"])["status"] == "cancelled"
+    stats = double.stats()
+    assert "never to be generated" not in stats["completed"] + stats["disconnects"]
+    again = api.post(f"/api/v1/inference/requests/{waiting['id']}/cancel", headers=user_headers)
+    assert again.status_code == 409
+
+
+@pytest.mark.parametrize("fault", ["503", "500"])
+def test_a_transient_engine_error_is_retried(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double, fault: str
+) -> None:
+    double.configure(fault=fault, fault_count=2)
+    result = finished(api, user_headers, submit(api, user_headers, prompt=f"retry {fault}")["id"])
+    assert result["status"] == "completed"
+    assert result["output"] == "".join(tokens_for(f"retry {fault}", 8))
+
+
+def test_a_midstream_error_restarts_without_repeating_text(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    double.configure(fault="midstream_error", fault_count=1, fault_after_tokens=3)
+    job = submit(api, user_headers, prompt="interrupted once")
+    result = finished(api, user_headers, job["id"])
+
+    assert result["status"] == "completed"
+    assert result["output"] == "".join(tokens_for("interrupted once", 8))
+    events = events_of(api, job["id"])
+    restart = next(i for i, e in enumerate(events) if e.get("status") == "restarted")
+    after_restart = "".join(e["text"] for e in events[restart:] if e["type"] == "token")
+    assert after_restart == result["output"]  # readers start over at the restart
+
+
+def test_persistent_engine_errors_fail_with_the_engines_message(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    double.configure(fault="midstream_error", fault_count=10)
+    result = finished(api, user_headers, submit(api, user_headers, prompt="doomed")["id"])
+    assert result["status"] == "failed"
+    assert "model runner has unexpectedly stopped" in result["error"]
+    assert result["error_code"] == "engine_stream_error"
+
+
+def test_a_stalled_stream_is_a_fault_and_is_retried(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    double.configure(fault="stall", fault_count=1, stall_s=4)  # worker gives up after 2 s
+    result = finished(
+        api, user_headers, submit(api, user_headers, prompt="stalls")["id"], timeout=30
+    )
+    assert result["status"] == "completed"
+    assert result["output"] == "".join(tokens_for("stalls", 8))
+
+
+def test_an_unreachable_engine_fails_after_bounded_retries(
+    api: FlaskClient, user_headers: dict[str, str], start_worker: Any, worker: Worker
+) -> None:
+    from tests.pipeline.conftest import start_double
+
+    doomed = start_double(models=("solo:latest",))
+    lonely = start_worker(doomed.url, name="w-lonely@test", slots=1)
+    doomed.process.kill()
+    doomed.process.wait()
+    try:
+        job = submit(api, user_headers, model="solo")
+        result = finished(api, user_headers, job["id"], timeout=30)
+        assert result["status"] == "failed"
+        assert result["error_code"] == "engine_unreachable"
+        assert result["worker"] == "w-lonely@test"
+    finally:
+        lonely.stop()

@@ -1,0 +1,190 @@
+"""Priorities with one slot, a worker killed mid-stream, a broker that goes away."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from config.settings import build_settings
+from db.models import InferenceRequest
+from db.session import Database
+from tests.conftest import ROOT, free_port
+from tests.ollama_double.behaviour import tokens_for
+from tests.pipeline.conftest import Double, wait_for
+from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
+from web import create_app
+from workers.celery_app import celery_app
+from workers.celery_app import configure as configure_celery
+
+pytestmark = pytest.mark.usefixtures("fresh_double")
+
+
+def test_higher_priority_jobs_start_first_when_one_slot_frees(
+    api: FlaskClient,
+    user_headers: dict[str, str],
+    start_worker: Any,
+    double: Double,
+    committed: Database,
+    beat: None,
+) -> None:
+    worker = start_worker(double.url, name="w-prio@test", slots=1)
+    try:
+        double.configure(token_delay_s=0.05, default_tokens=30)
+        blocker = submit(api, user_headers, prompt="blocker")
+        wait_status(api, user_headers, blocker["id"], {"running"})
+        low = [submit(api, user_headers, prompt=f"low {n}", priority=1) for n in range(2)]
+        high = [submit(api, user_headers, prompt=f"high {n}", priority=9) for n in range(2)]
+        for job in low + high:
+            finished(api, user_headers, job["id"], timeout=40)
+
+        with committed.unit_of_work() as session:
+            rows = session.execute(
+                select(InferenceRequest.input["prompt"].astext, InferenceRequest.started_at)
+            )
+            started = {prompt: at for prompt, at in rows}
+        assert max(started["high 0"], started["high 1"]) < min(started["low 0"], started["low 1"])
+    finally:
+        worker.stop()
+
+
+def test_a_killed_worker_hands_its_job_to_another_without_duplicated_text(
+    api: FlaskClient,
+    user_headers: dict[str, str],
+    start_worker: Any,
+    double: Double,
+    beat: None,
+) -> None:
+    first = start_worker(double.url, name="w-first@test", slots=1)
+    second = start_worker(double.url, name="w-second@test", slots=1)
+    try:
+        double.configure(token_delay_s=0.1, default_tokens=30)
+        job = submit(api, user_headers, prompt="survives a crash")
+        running = wait_status(api, user_headers, job["id"], {"running"})
+        wait_for(lambda: len(tokens_seen(api, job["id"])) > 5, timeout=10)
+        victim = first if running["worker"] == first.name else second
+        survivor = second if victim is first else first
+
+        victim.kill()  # SIGKILL mid-stream: no ack, no result, no goodbye
+
+        result = finished(api, user_headers, job["id"], timeout=45)
+        assert result["status"] == "completed"
+        assert result["attempt"] == 2
+        assert result["worker"] == survivor.name
+        assert result["output"] == "".join(tokens_for("survives a crash", 30))
+        statuses = [e.get("status") for e in events_of(api, job["id"]) if e["type"] == "status"]
+        assert "restarted" in statuses
+    finally:
+        first.stop()
+        second.stop()
+
+
+# --- the broker goes away -------------------------------------------------------------
+
+
+@pytest.fixture
+def own_broker(tmp_path: Any) -> Iterator[tuple[str, Any]]:
+    """A Redis of its own for the broker, so it can stop while the rest of Redis stays."""
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).stdout.strip()
+                == b"PONG"
+            ),
+            timeout=10,
+        )
+        return process
+
+    holder = {"process": start()}
+    yield f"redis://127.0.0.1:{port}/0", (holder, start)
+    holder["process"].terminate()
+    holder["process"].wait(timeout=10)
+
+
+def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
+    own_broker: tuple[str, Any],
+    settings_overrides: dict[str, Any],
+    pipeline_env: dict[str, str],
+    start_worker: Any,
+    double: Double,
+    committed: Database,
+    tmp_path: Any,
+) -> None:
+    broker_url, (holder, restart) = own_broker
+    env = {"CELERY_BROKER_URL": broker_url}
+    worker = start_worker(double.url, name="w-broker@test", slots=1, env=env)
+    beat = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "beat",
+            "--schedule",
+            str(tmp_path / "schedule"),
+        ],
+        cwd=ROOT,
+        env={**pipeline_env, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    app: Flask = create_app({**settings_overrides, "celery_broker_url": broker_url})
+    client = app.test_client()
+    from tests.conftest import make_committed_user
+    from tests.factories import TEST_PASSWORD
+    from tests.support.identity import bearer
+
+    user = make_committed_user(committed)
+    token = client.post(
+        "/api/v1/auth/login", json={"username": user.username, "password": TEST_PASSWORD}
+    ).get_json()
+    headers = bearer(token["access_token"])
+    try:
+        holder["process"].terminate()
+        holder["process"].wait(timeout=10)
+
+        accepted = submit(client, headers, prompt="waits for the broker")
+        assert accepted["status"] == "queued"
+        with committed.unit_of_work() as session:
+            row = session.get(InferenceRequest, accepted["id"])
+            assert row is not None
+            assert row.dispatched_at is None  # accepted and stored, not yet handed over
+
+        holder["process"] = restart()
+        result = finished(client, headers, accepted["id"], timeout=60)
+        assert result["status"] == "completed"
+        assert result["output"] == "".join(tokens_for("waits for the broker", 8))
+        assert read(client, headers, accepted["id"])["attempt"] == 1
+    finally:
+        beat.terminate()
+        beat.wait(timeout=10)
+        worker.stop()
+        configure_celery(celery_app, build_settings(settings_overrides))
