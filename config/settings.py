@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     node_stale_after_s: int = Field(default=30, ge=1)  # no heartbeat for this long = offline
     sweep_interval_s: float = Field(default=5.0, gt=0)
     undispatched_grace_s: float = Field(default=10.0, ge=0)  # then the outbox sweeper re-publishes
+    # Submissions are marked "handed to the broker" in batches this often (0: at once).
+    dispatch_mark_batch_ms: int = Field(default=50, ge=0)
     # Accept jobs for a model no online node serves (they wait) instead of answering 409.
     queue_while_unavailable: bool = False
 

@@ -186,32 +186,24 @@ def _refresh_model_status(*, session: Session) -> None:
 
 @dataclass(frozen=True)
 class Availability:
-    known: bool
+    model_id: uuid.UUID | None  # None: no such model registered
     disabled: bool
-    serving_nodes: int
+    served: bool
 
 
 def availability(*, session: Session, model_name: str, stale_after: timedelta) -> Availability:
-    """Whether an online, undrained node with a fresh heartbeat holds `model_name`."""
-    model = session.execute(select(Model.id, Model.status).where(Model.name == model_name)).first()
-    if model is None:
-        return Availability(known=False, disabled=False, serving_nodes=0)
-    serving = session.scalar(
-        select(ModelReplica.id)
-        .join(Node, Node.id == ModelReplica.node_id)
-        .where(
-            ModelReplica.model_id == model.id,
-            ModelReplica.status == ReplicaStatus.AVAILABLE,
-            Node.status == NodeStatus.ONLINE,
-            Node.drained.is_(False),
-            Node.last_heartbeat_at > utcnow() - stale_after,
-        )
-        .limit(1)
+    """Whether an online, undrained node with a fresh heartbeat holds `model_name`: one query."""
+    serving = exists().where(
+        ModelReplica.model_id == Model.id,
+        ModelReplica.status == ReplicaStatus.AVAILABLE,
+        Node.id == ModelReplica.node_id,
+        Node.status == NodeStatus.ONLINE,
+        Node.drained.is_(False),
+        Node.last_heartbeat_at > utcnow() - stale_after,
     )
-    return Availability(
-        known=True, disabled=model.status == ModelStatus.DISABLED, serving_nodes=1 if serving else 0
-    )
-
-
-def model_id_for(*, session: Session, model_name: str) -> uuid.UUID | None:
-    return session.scalar(select(Model.id).where(Model.name == model_name))
+    row = session.execute(
+        select(Model.id, Model.status, serving).where(Model.name == model_name)
+    ).first()
+    if row is None:
+        return Availability(model_id=None, disabled=False, served=False)
+    return Availability(model_id=row[0], disabled=row[1] == ModelStatus.DISABLED, served=row[2])

@@ -15,6 +15,7 @@ from web.auth import views as auth_views
 from web.database import init_database
 from web.errors import register_error_handlers
 from web.inference import views as inference_views
+from web.inference.dispatch_marks import DispatchMarks
 from web.request_context import init_request_context
 from web.security.hygiene import init_hygiene
 from web.security.ratelimit import init_rate_limits
@@ -57,6 +58,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     health.init_health(app, settings)
     configure_celery(celery_app, settings)  # publish to this app's broker
     app.extensions["events"] = EventLog(app.extensions["redis"], ttl_s=settings.event_ttl_s)
+    app.extensions["dispatch_marks"] = DispatchMarks(
+        lambda: app.extensions["db"], settings.dispatch_mark_batch_ms
+    )
     for blueprint in (auth_views.bp, users_views.bp, users_admin.bp, inference_views.bp):
         app.register_blueprint(blueprint)
     init_rate_limits(app, settings)

@@ -17,11 +17,12 @@ from flask import Response, current_app, jsonify, request, url_for
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
-from db.fleet import availability, canonical_model_name, model_id_for
-from db.inference import cancel_queued, find_by_idempotency_key, mark_dispatched, request_cancel
+from db.fleet import availability, canonical_model_name
+from db.inference import cancel_queued, find_by_idempotency_key, request_cancel
 from db.models import InferenceRequest, RequestKind, RequestStatus
-from web.database import after_commit, get_db, get_session
+from web.database import after_commit, get_session
 from web.errors import BadRequest, Conflict
+from web.inference.dispatch_marks import DispatchMarks
 from web.schemas.inference import ChatRequest, GenerateRequest, Links, Submitted
 from web.security.principal import authenticated
 from workers.celery_app import celery_app
@@ -103,7 +104,7 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
     )
     if served.disabled:
         raise Conflict(f"Model {model_name} is disabled.", code="model_disabled")
-    if not served.serving_nodes and not settings.queue_while_unavailable:
+    if not served.served and not settings.queue_while_unavailable:
         raise Conflict(
             f"No online node serves {model_name}.",
             code="model_unavailable",
@@ -114,7 +115,7 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
         id=uuid.uuid4(),
         user_id=principal.user_id,
         model_name=model_name,
-        model_id=model_id_for(session=session, model_name=model_name),
+        model_id=served.model_id,
         kind=kind,
         input=fields,
         options=body.options or {},
@@ -149,8 +150,8 @@ def _stale_after(settings: Settings) -> timedelta:
 def _announce_and_dispatch(request_id: uuid.UUID, model_name: str, priority: int) -> None:
     _events().publish(request_id, "status", status="queued", attempt=1)
     if dispatch(request_id, model_name, priority):
-        with get_db().unit_of_work() as session:
-            mark_dispatched(session=session, request_ids=[request_id])
+        marks: DispatchMarks = current_app.extensions["dispatch_marks"]
+        marks.add(request_id)
 
 
 def cancel(row: InferenceRequest) -> str:

@@ -1,0 +1,377 @@
+"""Pipeline benchmark: submission throughput, and what the pipeline adds to time-to-first-token.
+
+    .venv/bin/python -m bench.pipeline [--seconds 15] [--connections 64] [--streams 20]
+
+It starts its own stack on a scratch database (`<db>_bench`): the Ollama double, one worker
+(`python -m workers run`) and the web process (gunicorn, gevent). Then, in one run:
+
+(a) submission: wrk POSTs /api/v1/inference/generate with a JWT (persist + enqueue), next
+    to GET /health on the same server (the framework's floor);
+(b) first token: N concurrent streams, each from submit to its first token event on Redis
+    pub/sub, minus the engine's own time to first token measured directly against the
+    double in the same run.
+
+Numbers go to stdout and to bench/results/pipeline.md. Needs `wrk` (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ollama
+from redis import Redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from config.settings import get_settings
+from db import migrate
+from tests.conftest import free_port
+from workers.events import EventLog
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PASSWORD = "bench-password-long"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class Stack:
+    def __init__(self, slots: int) -> None:
+        settings = get_settings()
+        url = make_url(settings.database_url)
+        self.database_url = url.set(database=f"{url.database}_bench").render_as_string(False)
+        self.redis_url = settings.redis_url.rsplit("/", 1)[0] + "/14"
+        self.port, self.double_port = free_port(), free_port()
+        self.slots = slots
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs = Path(tempfile.mkdtemp(prefix="omx-bench-"))
+        self.env = {
+            **os.environ,
+            "APP_ENV": "development",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "API_PORT": str(self.port),
+            "WEB_CONCURRENCY": "2",
+            "LOG_LEVEL": "WARNING",
+            "RATELIMIT_ENABLED": "false",
+            "BCRYPT_ROUNDS": "4",
+            # (a) submits for a model no node serves, so that no worker competes for the CPU.
+            "QUEUE_WHILE_UNAVAILABLE": "true",
+        }
+
+    def spawn(self, name: str, *argv: str, **env: str) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                argv, cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
+
+    def start(self) -> None:
+        migrate.create_database(self.database_url, drop_existing=True)
+        migrate.upgrade(self.database_url)
+        Redis.from_url(self.redis_url).flushdb()
+        self.spawn(
+            "double",
+            sys.executable,
+            "-m",
+            "tests.ollama_double",
+            "--port",
+            str(self.double_port),
+            "--models",
+            "llama3.2",
+        )
+        wait_http(f"http://127.0.0.1:{self.double_port}/")
+        self.spawn("web", sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app")
+        wait_http(f"http://127.0.0.1:{self.port}/health")
+
+    def start_worker(self) -> None:
+        self.spawn(
+            "worker",
+            sys.executable,
+            "-m",
+            "workers",
+            "run",
+            "--engine-url",
+            f"http://127.0.0.1:{self.double_port}",
+            "--slots",
+            str(self.slots),
+            "--name",
+            "bench@local",
+            LOG_LEVEL="INFO",  # its "ready." line is how we know it consumes
+        )
+        wait_until(lambda: "ready." in (self.logs / "worker.log").read_text(errors="replace"))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=30)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def configure_double(self, **knobs: Any) -> None:
+        post_json(f"http://127.0.0.1:{self.double_port}/_double/config", knobs)
+
+    def token(self) -> str:
+        name = f"bench{uuid.uuid4().hex[:8]}"
+        post_json(
+            f"{self.base}/api/v1/auth/register",
+            {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+        )
+        return str(
+            post_json(f"{self.base}/api/v1/auth/login", {"username": name, "password": PASSWORD})[
+                "access_token"
+            ]
+        )
+
+
+def post_json(url: str, body: dict[str, Any], token: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            return False
+
+    wait_until(answers, timeout)
+
+
+def wait_until(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the stack did not come up; see the logs in /tmp/omx-bench-*")
+        time.sleep(0.1)
+
+
+# --- (a) submission throughput ------------------------------------------------------------
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        argv[1:1] = ["-s", str(script)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": latency("50%"),
+        "p99_ms": latency("99%"),
+        "p90_ms": latency("90%"),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def submission(stack: Stack, token: str, seconds: int, connections: int) -> dict[str, Any]:
+    script = stack.logs / "submit.lua"
+    body = json.dumps({"model": "flood", "prompt": "hi", "options": {"num_predict": 1}})
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+    )
+    health = wrk(f"{stack.base}/health", seconds, connections)
+    submit = wrk(f"{stack.base}/api/v1/inference/generate", seconds, connections, script)
+    return {"health": health, "submit": submit}
+
+
+# --- (b) time to first token --------------------------------------------------------------
+
+
+def engine_ttft(stack: Stack, samples: int) -> list[float]:
+    client = ollama.Client(host=f"http://127.0.0.1:{stack.double_port}")
+    times = []
+    for n in range(samples):
+        started = time.perf_counter()
+        stream = client.generate(model="llama3.2", prompt=f"direct {n}", stream=True)
+        next(iter(stream))
+        times.append((time.perf_counter() - started) * 1000)
+        stream.close()
+    return times
+
+
+def pipeline_ttft(stack: Stack, token: str, streams: int, jobs: int) -> list[float]:
+    """Submit, then follow the request the way the WebSocket relay will: subscribe to its
+    channel, then replay what was stored before the subscription, first token wins."""
+    redis = Redis.from_url(stack.redis_url)
+    events = EventLog(redis, ttl_s=600)
+    results: list[float] = []
+    submit_ms: list[float] = []
+    lock = threading.Lock()
+    remaining = list(range(jobs))
+
+    def first_token(request_id: str, pubsub: Any) -> None:
+        pubsub.subscribe(f"omx:req:{request_id}")
+        if any(e["type"] == "token" for e in events.replay(request_id)):
+            return
+        for message in pubsub.listen():
+            if message["type"] == "message" and json.loads(message["data"])["type"] == "token":
+                return
+
+    def one_stream() -> None:
+        pubsub = redis.pubsub()
+        while True:
+            with lock:
+                if not remaining:
+                    return
+                n = remaining.pop()
+            started = time.perf_counter()
+            accepted = post_json(
+                f"{stack.base}/api/v1/inference/generate",
+                {"model": "llama3.2", "prompt": f"stream {n}", "options": {"num_predict": 4}},
+                token,
+            )
+            answered = time.perf_counter()
+            first_token(accepted["id"], pubsub)
+            with lock:
+                results.append((time.perf_counter() - started) * 1000)
+                submit_ms.append((answered - started) * 1000)
+            pubsub.unsubscribe()
+
+    threads = [threading.Thread(target=one_stream) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, submit_ms
+
+
+def stages(stack: Stack) -> dict[str, float]:
+    """Where a streamed job's time went, from the stored timestamps (milliseconds, p50)."""
+    engine = create_engine(stack.database_url)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - queued_at)),"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM first_token_at - started_at))"
+                " FROM inference_requests WHERE model_name = 'llama3.2:latest' AND first_token_at IS NOT NULL"
+            )
+        ).one()
+    engine.dispose()
+    return {
+        "queued_to_claimed": float(row[0] or 0) * 1000,
+        "claimed_to_first_token": float(row[1] or 0) * 1000,
+    }
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "mean": statistics.fmean(values),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=200)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    stack = Stack(slots=args.streams)
+    stack.start()
+    try:
+        token = stack.token()
+        stack.configure_double(first_token_delay_s=0.02, token_delay_s=0.005)
+        # (a) runs before any worker exists: it measures the web process alone, and the
+        # jobs it queues are on a model the streams in (b) do not use.
+        load = submission(stack, token, args.seconds, args.connections)
+        stack.start_worker()
+        direct = engine_ttft(stack, 50)
+        through, submit_ms = pipeline_ttft(stack, token, args.streams, args.jobs)
+        where = stages(stack)
+    finally:
+        stack.stop()
+
+    engine = summary(direct)
+    total = summary(through)
+    added = {k: total[k] - engine["p50"] for k in ("p50", "p95", "p99")}
+    report = render(args, load, engine, total, added, summary(submit_ms), where)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline.md").write_text(report)
+    print(report)
+
+
+def render(
+    args: Any,
+    load: dict[str, Any],
+    engine: dict[str, float],
+    total: dict[str, float],
+    added: dict[str, float],
+    submit: dict[str, float],
+    where: dict[str, float],
+) -> str:
+    h, s = load["health"], load["submit"]
+    return f"""# Pipeline benchmark
+
+`python -m bench.pipeline --seconds {args.seconds} --connections {args.connections} --streams {args.streams} --jobs {args.jobs}`
+on {os.cpu_count()} cores; web = gunicorn, 2 gevent workers; 1 worker with {args.streams} slots; the Ollama double.
+
+## (a) Submission: persist + enqueue, with a JWT
+
+| | requests/s | p50 ms | p90 ms | p99 ms | non-2xx |
+|---|---:|---:|---:|---:|---:|
+| GET /health (framework floor) | {h["rps"]:.0f} | {h["p50_ms"]:.1f} | {h["p90_ms"]:.1f} | {h["p99_ms"]:.1f} | {h["non_2xx"]:.0f} |
+| POST /api/v1/inference/generate | {s["rps"]:.0f} | {s["p50_ms"]:.1f} | {s["p90_ms"]:.1f} | {s["p99_ms"]:.1f} | {s["non_2xx"]:.0f} |
+
+Submission reaches {s["rps"] / h["rps"]:.0%} of the floor's throughput. Goal: >= 1000/s, p95 < 50 ms.
+
+## (b) Time to first token at {args.streams} concurrent streams
+
+| | p50 ms | p95 ms | p99 ms |
+|---|---:|---:|---:|
+| engine alone (ollama client -> double) | {engine["p50"]:.1f} | {engine["p95"]:.1f} | {engine["p99"]:.1f} |
+| submit -> first token event (Redis pub/sub) | {total["p50"]:.1f} | {total["p95"]:.1f} | {total["p99"]:.1f} |
+| added by the pipeline (minus the engine's p50) | {added["p50"]:.1f} | {added["p95"]:.1f} | {added["p99"]:.1f} |
+
+Goal: added p50 <= 10 ms, p99 <= 30 ms.
+
+Where the time goes (p50): the POST itself {submit["p50"]:.1f} ms; queued -> claimed by the worker
+{where["queued_to_claimed"]:.1f} ms; claimed -> first token in the worker {where["claimed_to_first_token"]:.1f} ms
+(the engine's own first-token time is inside this).
+"""
+
+
+if __name__ == "__main__":
+    main()
