@@ -198,10 +198,8 @@ def start_worker(
         worker.stop()
 
 
-@pytest.fixture(scope="module")
-def beat(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    folder = tmp_path_factory.mktemp("beat")
-    process = subprocess.Popen(
+def start_beat(env: dict[str, str], folder: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -215,10 +213,15 @@ def beat(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             "INFO",
         ],
         cwd=ROOT,
-        env=pipeline_env,
+        env=env,
         stdout=(folder / "beat.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+@pytest.fixture(scope="module")
+def beat(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    process = start_beat(pipeline_env, tmp_path_factory.mktemp("beat"))
     yield
     process.terminate()
     process.wait(timeout=10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +14,12 @@ from sqlalchemy import select
 from config.settings import build_settings
 from db.models import InferenceRequest
 from db.session import Database
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port, make_committed_user
+from tests.factories import TEST_PASSWORD
 from tests.ollama_double.behaviour import tokens_for
-from tests.pipeline.conftest import Double, wait_for
+from tests.pipeline.conftest import Double, start_beat, wait_for
 from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
+from tests.support.identity import bearer
 from web import create_app
 from workers.celery_app import celery_app
 from workers.celery_app import configure as configure_celery
@@ -140,27 +141,9 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
     broker_url, (holder, restart) = own_broker
     env = {"CELERY_BROKER_URL": broker_url}
     worker = start_worker(double.url, name="w-broker@test", slots=1, env=env)
-    beat = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "beat",
-            "--schedule",
-            str(tmp_path / "schedule"),
-        ],
-        cwd=ROOT,
-        env={**pipeline_env, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    beat = start_beat({**pipeline_env, **env}, tmp_path)
     app: Flask = create_app({**settings_overrides, "celery_broker_url": broker_url})
     client = app.test_client()
-    from tests.conftest import make_committed_user
-    from tests.factories import TEST_PASSWORD
-    from tests.support.identity import bearer
 
     user = make_committed_user(committed)
     token = client.post(

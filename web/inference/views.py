@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 
 from flask import Blueprint, Response, jsonify, url_for
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from db.models import InferenceRequest, RequestKind, RequestStatus
 from web.database import get_session
 from web.errors import Conflict, NotFound
 from web.inference.submission import cancel, submit
-from web.schemas.common import Page
+from web.pagination import paginate
 from web.schemas.inference import ChatRequest, GenerateRequest, RequestListQuery, RequestRead
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
@@ -59,22 +59,14 @@ def list_requests() -> Response:
         conditions.append(InferenceRequest.created_at >= query.since)
     if query.until:
         conditions.append(InferenceRequest.created_at < query.until)
-    session = get_session()
-    total = session.scalar(select(func.count()).select_from(InferenceRequest).where(*conditions))
-    rows = session.scalars(
-        select(InferenceRequest)
-        .where(*conditions)
-        .order_by(InferenceRequest.created_at.desc(), InferenceRequest.id)
-        .offset(query.offset)
-        .limit(query.per_page)
+    body = paginate(
+        get_session(),
+        select(InferenceRequest).where(*conditions),
+        (InferenceRequest.created_at.desc(), InferenceRequest.id),
+        query,
+        RequestRead,
     )
-    page = Page[RequestRead](
-        items=[RequestRead.model_validate(row) for row in rows],
-        total=total or 0,
-        page=query.page,
-        per_page=query.per_page,
-    )
-    return jsonify(page.model_dump(mode="json"))
+    return jsonify(body)
 
 
 @bp.get("/requests/<uuid:request_id>")

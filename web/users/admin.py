@@ -12,7 +12,7 @@ from db.models import Role, User
 from web.audit import audit
 from web.database import get_session
 from web.errors import NotFound
-from web.schemas.common import Page
+from web.pagination import paginate
 from web.schemas.users import UserAdminUpdate, UserListQuery, UserRead
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
@@ -44,22 +44,10 @@ def list_users() -> Response:
         conditions.append(
             or_(func.lower(User.username).like(pattern), func.lower(User.email).like(pattern))
         )
-    session = get_session()
-    total = session.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
-    users = session.scalars(
-        select(User)
-        .where(*conditions)
-        .order_by(User.created_at, User.id)
-        .offset(query.offset)
-        .limit(query.per_page)
+    body = paginate(
+        get_session(), select(User).where(*conditions), (User.created_at, User.id), query, UserRead
     )
-    page = Page[UserRead](
-        items=[UserRead.model_validate(user) for user in users],
-        total=total,
-        page=query.page,
-        per_page=query.per_page,
-    )
-    return jsonify(page.model_dump(mode="json"))
+    return jsonify(body)
 
 
 @bp.put("/<uuid:user_id>")
