@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     node_stale_after_s: int = Field(default=30, ge=1)  # no heartbeat for this long = offline
     sweep_interval_s: float = Field(default=5.0, gt=0)
     undispatched_grace_s: float = Field(default=10.0, ge=0)  # then the outbox sweeper re-publishes
+    # A queued job published this long ago and still unclaimed is published again (lost message).
+    lost_dispatch_s: float = Field(default=300.0, gt=0)
+    # A job whose worker dies this many times fails instead of going back to the queue.
+    job_max_attempts: int = Field(default=3, ge=1)
     # Submissions are marked "handed to the broker" in batches this often (0: at once).
     dispatch_mark_batch_ms: int = Field(default=50, ge=0)
     # Accept jobs for a model no online node serves (they wait) instead of answering 409.

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.models import InferenceRequest, ModelUsageStats, RequestStatus
+
+Dispatchable = list[tuple[uuid.UUID, str, int]]  # (request id, model, priority)
 
 
 def utcnow() -> datetime:
@@ -52,11 +54,19 @@ def claim(
     node_id: uuid.UUID | None,
     lease: timedelta,
 ) -> ClaimedJob | None:
-    """queued -> running for this worker, or None if someone else has it (or it ended)."""
-    now = utcnow()
+    """queued -> running for this worker, or None if someone else has it (or it ended).
+
+    Times come from the database's clock, never a worker's: leases set here are compared
+    by a sweeper that may run on another host.
+    """
+    now = func.now()
     row = session.execute(
         update(InferenceRequest)
-        .where(InferenceRequest.id == request_id, InferenceRequest.status == RequestStatus.QUEUED)
+        .where(
+            InferenceRequest.id == request_id,
+            InferenceRequest.status == RequestStatus.QUEUED,
+            InferenceRequest.cancel_requested_at.is_(None),
+        )
         .values(
             status=RequestStatus.RUNNING,
             worker_name=worker_name,
@@ -88,24 +98,24 @@ def _ours(request_id: uuid.UUID, worker_name: str, attempt: int) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Renewal:
+    ours: bool  # False: the job was swept or ended; stop working on it
+    cancel_requested: bool
+
+
 def renew_lease(
     *, session: Session, request_id: uuid.UUID, worker_name: str, attempt: int, lease: timedelta
-) -> bool:
-    """Extend our claim; False means the job is no longer ours (swept, cancelled)."""
-    result = session.execute(
+) -> Renewal:
+    """Extend our claim, and learn whether a cancel was asked for meanwhile (the row is the
+    record of it, should the Redis signal have been lost)."""
+    row = session.execute(
         update(InferenceRequest)
         .where(_ours(request_id, worker_name, attempt))
-        .values(lease_until=utcnow() + lease)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def mark_first_token(*, session: Session, request_id: uuid.UUID) -> None:
-    session.execute(
-        update(InferenceRequest)
-        .where(InferenceRequest.id == request_id, InferenceRequest.first_token_at.is_(None))
-        .values(first_token_at=utcnow())
-    )
+        .values(lease_until=func.now() + lease)
+        .returning(InferenceRequest.cancel_requested_at)
+    ).first()
+    return Renewal(ours=row is not None, cancel_requested=bool(row and row[0]))
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,6 @@ def finish(
     first_token_at: datetime | None = None,
 ) -> bool:
     """Write the result once, if the job is still ours; count it in the day's usage."""
-    now = utcnow()
     metrics = {name: (outcome.metrics or {}).get(name) for name in METRIC_COLUMNS}
     result = session.execute(
         update(InferenceRequest)
@@ -150,7 +159,7 @@ def finish(
             done_reason=outcome.done_reason,
             error=outcome.error,
             error_code=outcome.error_code,
-            completed_at=now,
+            completed_at=func.now(),
             first_token_at=first_token_at,
             lease_until=None,
             **metrics,
@@ -158,7 +167,7 @@ def finish(
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    record_usage(session=session, job=job, outcome=outcome, now=now)
+    record_usage(session=session, job=job, outcome=outcome, now=utcnow())
     return True
 
 
@@ -185,77 +194,107 @@ def record_usage(*, session: Session, job: ClaimedJob, outcome: Outcome, now: da
     )
 
 
-def cancel_queued(*, session: Session, request_id: uuid.UUID) -> bool:
-    """queued -> cancelled; the job never reaches an engine."""
-    now = utcnow()
-    result = session.execute(
+def cancel(*, session: Session, request_id: uuid.UUID) -> str | None:
+    """One statement for both cases: a queued job becomes `cancelled` at once; a running one
+    is marked, and its worker stops it. Returns the status after the change ("cancelled" or
+    "running"), or None if the job had already ended."""
+    was_queued = InferenceRequest.status == RequestStatus.QUEUED
+    row = session.execute(
         update(InferenceRequest)
-        .where(InferenceRequest.id == request_id, InferenceRequest.status == RequestStatus.QUEUED)
-        .values(
-            status=RequestStatus.CANCELLED,
-            cancel_requested_at=now,
-            completed_at=now,
-            done_reason="cancelled",
+        .where(
+            InferenceRequest.id == request_id,
+            InferenceRequest.status.in_([RequestStatus.QUEUED, RequestStatus.RUNNING]),
         )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+        .values(
+            status=case((was_queued, RequestStatus.CANCELLED), else_=InferenceRequest.status),
+            completed_at=case((was_queued, func.now()), else_=InferenceRequest.completed_at),
+            done_reason=case((was_queued, "cancelled"), else_=InferenceRequest.done_reason),
+            cancel_requested_at=func.now(),
+        )
+        .returning(InferenceRequest.status)
+    ).first()
+    return str(row[0]) if row else None
 
 
-def request_cancel(*, session: Session, request_id: uuid.UUID) -> bool:
-    """Mark a running job for cancellation; its worker stops it between chunks."""
-    result = session.execute(
-        update(InferenceRequest)
-        .where(InferenceRequest.id == request_id, InferenceRequest.status == RequestStatus.RUNNING)
-        .values(cancel_requested_at=utcnow())
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+@dataclass(frozen=True)
+class Requeued:
+    request_id: uuid.UUID
+    model_name: str
+    priority: int
+    status: str  # queued again, or cancelled / failed instead
+    attempt: int
 
 
 def requeue_expired_leases(
-    *, session: Session, limit: int = 100
-) -> list[tuple[uuid.UUID, str, int]]:
-    """Running jobs whose worker stopped renewing go back to the queue, attempt + 1, with the
-    partial output dropped. Returns (id, model, priority) for re-publishing."""
+    *, session: Session, max_attempts: int, limit: int = 100
+) -> list[Requeued]:
+    """Running jobs whose worker stopped renewing its lease go back to the queue with
+    attempt + 1 and their partial output dropped, unless a cancel was asked for (they end
+    `cancelled`) or they have used up `max_attempts` (they end `failed`)."""
     expired = (
         select(InferenceRequest.id)
         .where(
             InferenceRequest.status == RequestStatus.RUNNING,
-            InferenceRequest.lease_until < utcnow(),
+            InferenceRequest.lease_until < func.now(),
         )
         .limit(limit)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
+    cancelled = InferenceRequest.cancel_requested_at.is_not(None)
+    exhausted = InferenceRequest.attempt >= max_attempts
+    new_status = case(
+        (cancelled, RequestStatus.CANCELLED),
+        (exhausted, RequestStatus.FAILED),
+        else_=RequestStatus.QUEUED,
+    )
+    ends = cancelled | exhausted
     rows = session.execute(
         update(InferenceRequest)
         .where(InferenceRequest.id.in_(expired))
         .values(
-            status=RequestStatus.QUEUED,
-            attempt=InferenceRequest.attempt + 1,
+            status=new_status,
+            attempt=case((ends, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
+            error=case(
+                (~cancelled & exhausted, "its worker was lost on every attempt"),
+                else_=InferenceRequest.error,
+            ),
+            error_code=case((~cancelled & exhausted, "worker_lost"), else_=None),
+            completed_at=case((ends, func.now()), else_=None),
+            output=case((ends, InferenceRequest.output), else_=None),
             worker_name=None,
             node_id=None,
             lease_until=None,
-            started_at=None,
+            started_at=case((ends, InferenceRequest.started_at), else_=None),
             first_token_at=None,
-            output=None,
             dispatched_at=None,
         )
-        .returning(InferenceRequest.id, InferenceRequest.model_name, InferenceRequest.priority)
+        .returning(
+            InferenceRequest.id,
+            InferenceRequest.model_name,
+            InferenceRequest.priority,
+            InferenceRequest.status,
+            InferenceRequest.attempt,
+        )
     ).all()
-    return [(row[0], row[1], row[2]) for row in rows]
+    return [Requeued(row[0], row[1], row[2], str(row[3]), row[4]) for row in rows]
 
 
 def undispatched(
-    *, session: Session, older_than: timedelta, limit: int = 500
-) -> list[tuple[uuid.UUID, str, int]]:
-    """Queued jobs that never reached the broker (it was down when they were accepted)."""
+    *, session: Session, older_than: timedelta, lost_after: timedelta, limit: int = 500
+) -> Dispatchable:
+    """Queued jobs to publish (again): never handed to the broker (it was down), or handed
+    over so long ago that the message was probably lost (a broker restart without
+    persistence, a task that died before its claim). A duplicate is harmless: the claim
+    takes a job once."""
+    now = func.now()
+    never = InferenceRequest.dispatched_at.is_(None) & (
+        InferenceRequest.queued_at < now - older_than
+    )
+    long_ago = InferenceRequest.dispatched_at < now - lost_after
     rows = session.execute(
         select(InferenceRequest.id, InferenceRequest.model_name, InferenceRequest.priority)
-        .where(
-            InferenceRequest.status == RequestStatus.QUEUED,
-            InferenceRequest.dispatched_at.is_(None),
-            InferenceRequest.queued_at < utcnow() - older_than,
-        )
+        .where(InferenceRequest.status == RequestStatus.QUEUED, never | long_ago)
         .order_by(InferenceRequest.queued_at)
         .limit(limit)
     ).all()
@@ -263,8 +302,9 @@ def undispatched(
 
 
 def mark_dispatched(*, session: Session, request_ids: list[uuid.UUID]) -> None:
+    """Record a (re-)publish; the lost-message clock starts again."""
     session.execute(
         update(InferenceRequest)
-        .where(InferenceRequest.id.in_(request_ids), InferenceRequest.dispatched_at.is_(None))
-        .values(dispatched_at=utcnow())
+        .where(InferenceRequest.id.in_(request_ids))
+        .values(dispatched_at=func.now())
     )

@@ -57,7 +57,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     health.init_health(app, settings)
     configure_celery(celery_app, settings)  # publish to this app's broker
-    app.extensions["events"] = EventLog(app.extensions["redis"], ttl_s=settings.event_ttl_s)
+    # Events and cancel signals live where the workers look for them: REDIS_URL (the cache
+    # may be moved elsewhere with CACHE_REDIS_URL).
+    events_redis = Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+    )
+    app.extensions["events"] = EventLog(events_redis, ttl_s=settings.event_ttl_s)
     app.extensions["dispatch_marks"] = DispatchMarks(
         lambda: app.extensions["db"], settings.dispatch_mark_batch_ms
     )

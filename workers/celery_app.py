@@ -43,9 +43,9 @@ def configure(app: Celery, settings: Settings) -> None:
         broker_transport_options={
             "visibility_timeout": visibility_timeout,
             "priority_steps": PRIORITY_STEPS,
-            # Kombu's default separator between queue name and priority: ":" would clash
-            # with model tags ("model.llama3.2:latest") and misroute priority-0 messages.
-            "queue_order_strategy": "priority",
+            # Keep kombu's default separator between a queue's name and its priority step:
+            # ":" would clash with model tags ("model.llama3.2:latest"). Queues are served
+            # round robin (the default), so one busy model cannot starve another.
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
         },
@@ -55,20 +55,25 @@ def configure(app: Celery, settings: Settings) -> None:
         task_send_sent_event=False,
         timezone="UTC",
         beat_schedule={
+            # A sweep that waited longer than one interval is superseded by the next one.
             "sweep-expired-leases": {
                 "task": "sweep.expired_leases",
                 "schedule": settings.sweep_interval_s,
+                "options": {"expires": settings.sweep_interval_s * 2},
             },
             "sweep-undispatched": {
                 "task": "sweep.undispatched",
                 "schedule": settings.sweep_interval_s,
+                "options": {"expires": settings.sweep_interval_s * 2},
             },
         },
     )
-    pool = app._pool  # a publisher pool built for an older broker URL must go
-    if pool is not None:
-        pool.force_close_all()
-        app._pool = None
+    # Publisher pools are per broker URL (kombu keeps one per URL); a second app in one
+    # process (tests, tools) that names another broker must not reuse the first one's.
+    # Old pools are dropped, not closed: kombu's registry may still hand them out.
+    app._pool = None
+    if "amqp" in app.__dict__:
+        app.amqp._producer_pool = None
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

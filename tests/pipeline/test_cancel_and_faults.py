@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from db.models import InferenceRequest
+from db.session import Database
 from tests.ollama_double.behaviour import tokens_for
 from tests.pipeline.conftest import Double, Worker, wait_for
 from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
+from workers.dispatch import dispatch
 
 pytestmark = pytest.mark.usefixtures("beat", "fresh_double")
 
@@ -126,3 +130,37 @@ def test_an_unreachable_engine_fails_after_bounded_retries(
         assert result["worker"] == "w-lonely@test"
     finally:
         lonely.stop()
+
+
+def test_a_poison_job_fails_instead_of_looping(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, committed: Database
+) -> None:
+    # Input the API would refuse, stored directly: the engine client cannot even encode it.
+    owner = api.get("/api/v1/users/profile", headers=user_headers).get_json()["id"]
+    with committed.unit_of_work() as session:
+        row = InferenceRequest(
+            id=uuid.uuid4(),
+            user_id=uuid.UUID(owner),
+            model_name="llama3.2:latest",
+            kind="generate",
+            input={"prompt": "poison", "images": ["abc"]},
+            status="queued",
+        )
+        session.add(row)
+    assert dispatch(row.id, row.model_name, 5)
+    result = finished(api, user_headers, str(row.id))
+    assert result["status"] == "failed"
+    assert result["error_code"] == "internal_error"
+    assert result["attempt"] == 1
+
+
+def test_a_cancel_during_a_slow_first_token_ends_the_job(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    double.configure(first_token_delay_s=1.5, token_delay_s=0.05, default_tokens=100)
+    job = submit(api, user_headers, prompt="slow to start")
+    wait_status(api, user_headers, job["id"], {"running"})
+    cancel(api, user_headers, job["id"])
+    result = finished(api, user_headers, job["id"])
+    assert result["status"] == "cancelled"
+    assert len(result["output"] or "") < 20  # stopped at the first chunk, not at the end

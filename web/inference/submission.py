@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 
 from config.settings import Settings
 from db.fleet import availability, canonical_model_name
-from db.inference import cancel_queued, find_by_idempotency_key, request_cancel
+from db.inference import cancel as cancel_job
+from db.inference import find_by_idempotency_key
 from db.models import InferenceRequest, RequestKind, RequestStatus
 from web.database import after_commit, get_session
 from web.errors import BadRequest, Conflict
@@ -157,19 +158,22 @@ def _announce_and_dispatch(request_id: uuid.UUID, model_name: str, priority: int
 def cancel(row: InferenceRequest) -> str:
     """Cancel a queued job outright, or ask the worker running it to stop. Returns the
     status the caller will see: `cancelled` now, or `cancelling` until the worker acts."""
-    session = get_session()
-    request_id = row.id
-    if cancel_queued(session=session, request_id=request_id):
+    request_id, attempt = row.id, row.attempt
+    status = cancel_job(session=get_session(), request_id=request_id)
+    if status is None:
+        raise Conflict("The request has already ended.", code="request_ended")
+    if status == RequestStatus.CANCELLED:
 
         def announce() -> None:
-            _events().publish(request_id, "status", status="cancelled", attempt=row.attempt)
+            _events().publish(request_id, "status", status="cancelled", attempt=attempt)
             celery_app.control.revoke(str(request_id))  # the claim would refuse it anyway
 
         after_commit(announce)
         return "cancelled"
-    if request_cancel(session=session, request_id=request_id):
-        redis = current_app.extensions["redis"]
-        after_commit(lambda: redis.set(cancel_key(request_id), 1, ex=_settings().event_ttl_s))
-        return "cancelling"
-    session.refresh(row)
-    raise Conflict(f"The request has already ended ({row.status}).", code="request_ended")
+
+    # The row records the request too, so a cancel survives a lost Redis write or a requeue.
+    def signal_worker() -> None:
+        _events().redis.set(cancel_key(request_id), 1, ex=_settings().event_ttl_s)
+
+    after_commit(signal_worker)
+    return "cancelling"

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from web.schemas.common import PageQuery
 
+
+def _strict_base64(images: list[str] | None) -> list[str] | None:
+    """Images are base64 data. (The ollama client would read a file path from the worker's
+    disk, so a path must never get through.)"""
+    for image in images or []:
+        try:
+            base64.b64decode(image, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("images must be base64-encoded data") from None
+    return images
+
+
+Images = Annotated[
+    list[str] | None, Field(default=None, max_length=16), AfterValidator(_strict_base64)
+]
 ModelName = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 Format = Literal["json"] | dict[str, Any] | None
 KeepAlive = float | str | None
@@ -29,7 +46,7 @@ class SubmitBase(BaseModel):
 class GenerateRequest(SubmitBase):
     prompt: str = Field(max_length=1_000_000)
     system: str | None = None
-    images: list[str] | None = Field(default=None, max_length=16)
+    images: Images = None
     suffix: str | None = None
     raw: bool | None = None
 
@@ -50,7 +67,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
-    images: list[str] | None = Field(default=None, max_length=16)
+    images: Images = None
     thinking: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None

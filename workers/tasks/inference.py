@@ -17,7 +17,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.inference import ClaimedJob, Outcome, claim, finish, renew_lease
 from db.models import RequestStatus
@@ -43,7 +44,12 @@ class LostLease(Exception):
 
 
 class JobWatch(threading.Thread):
-    """Renews the lease every third of its life and polls for a cancel request."""
+    """Renews the lease every third of its life and polls for a cancel request.
+
+    The job counts as lost when the lease could not be renewed for longer than it lasts
+    (minus a margin): by then the sweeper may have given it to another worker, so this one
+    must stop writing, even while it can still reach Redis and the engine.
+    """
 
     POLL_S = 0.2
 
@@ -55,24 +61,33 @@ class JobWatch(threading.Thread):
         self.lost = threading.Event()
 
     def run(self) -> None:
-        lease = timedelta(seconds=self.rt.settings.lease_ttl_s)
-        next_renewal = time.monotonic() + lease.total_seconds() / 3
+        ttl = float(self.rt.settings.lease_ttl_s)
+        lease = timedelta(seconds=ttl)
+        renewed_at = time.monotonic()
+        next_renewal = renewed_at + ttl / 3
         while not self.stop.wait(self.POLL_S):
+            now = time.monotonic()
+            if now - renewed_at > ttl * 5 / 6:
+                self.lost.set()
+                return
             try:
                 if self.rt.redis.exists(cancel_key(self.job.id)):
                     self.cancelled.set()
-                if time.monotonic() >= next_renewal:
+                if now >= next_renewal:
                     with self.rt.database.unit_of_work() as session:
-                        if not renew_lease(
+                        renewal = renew_lease(
                             session=session,
                             request_id=self.job.id,
                             worker_name=self.rt.worker_name,
                             attempt=self.job.attempt,
                             lease=lease,
-                        ):
-                            self.lost.set()
-                            return
-                    next_renewal = time.monotonic() + lease.total_seconds() / 3
+                        )
+                    if not renewal.ours:
+                        self.lost.set()
+                        return
+                    if renewal.cancel_requested:
+                        self.cancelled.set()
+                    renewed_at, next_renewal = now, now + ttl / 3
             except Exception:  # keep watching: one failed poll must not end the job
                 log.exception("watching request %s failed once", self.job.id)
 
@@ -86,15 +101,20 @@ class JobRunner:
         self.first_token_at: datetime | None = None
 
     def run(self) -> Outcome:
+        try:
+            return self._tries()
+        except Cancelled:
+            return Outcome(
+                RequestStatus.CANCELLED, output="".join(self.parts), done_reason="cancelled"
+            )
+
+    def _tries(self) -> Outcome:
         attempts = self.settings.engine_max_attempts
         for try_number in range(1, attempts + 1):
             try:
                 return self._stream_once()
-            except Cancelled:
-                return Outcome(
-                    RequestStatus.CANCELLED, output="".join(self.parts), done_reason="cancelled"
-                )
             except EngineError as error:
+                self._check_stop()
                 if not error.retryable or try_number == attempts:
                     return Outcome(
                         RequestStatus.FAILED,
@@ -129,11 +149,14 @@ class JobRunner:
             self._check()
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
-    def _check(self) -> None:
+    def _check_stop(self) -> None:
         if self.watch.lost.is_set():
             raise LostLease()
         if self.watch.cancelled.is_set():
             raise Cancelled()
+
+    def _check(self) -> None:
+        self._check_stop()
         if time.monotonic() > self.deadline:
             raise EngineError(
                 f"generation exceeded {self.settings.max_generation_s} s",
@@ -157,7 +180,7 @@ class JobRunner:
         try:
             for chunk in stream:
                 self._check()
-                extras.update(chunk.message_extras)
+                _accumulate(extras, chunk.message_extras)
                 if chunk.text:
                     if self.first_token_at is None:
                         self.first_token_at = datetime.now(UTC)
@@ -166,7 +189,9 @@ class JobRunner:
                     self.parts.append(chunk.text)
                     pending.append(chunk.text)
                 if pending and (chunk.done or time.monotonic() - pending_since >= coalesce_s):
-                    self.rt.events.publish(self.job.id, "token", text="".join(pending))
+                    self.rt.events.publish(
+                        self.job.id, "token", text="".join(pending), attempt=self.job.attempt
+                    )
                     pending = []
                 if chunk.done:
                     message = (
@@ -190,13 +215,19 @@ class JobRunner:
             stream.close()  # tells the engine to stop if we are leaving early
 
 
+def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Chat extras arrive in pieces: thinking text is a delta, tool calls come one by one."""
+    if "thinking" in delta:
+        extras["thinking"] = extras.get("thinking", "") + delta["thinking"]
+    if "tool_calls" in delta:
+        extras.setdefault("tool_calls", []).extend(delta["tool_calls"])
+
+
 def _announce(rt: Runtime, job: ClaimedJob, outcome: Outcome) -> None:
     if outcome.status == RequestStatus.COMPLETED:
+        metrics = {k: v for k, v in (outcome.metrics or {}).items() if v is not None}
         rt.events.publish(
-            job.id,
-            "done",
-            done_reason=outcome.done_reason,
-            **{k: v for k, v in (outcome.metrics or {}).items() if v is not None},
+            job.id, "done", done_reason=outcome.done_reason, attempt=job.attempt, **metrics
         )
     rt.events.publish(
         job.id,
@@ -208,18 +239,64 @@ def _announce(rt: Runtime, job: ClaimedJob, outcome: Outcome) -> None:
     )
 
 
-@shared_task(name="inference.run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run(request_id: str) -> None:
-    rt = runtime.current()
-    job_id = uuid.UUID(request_id)
+def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
     with rt.database.unit_of_work() as session:
-        job = claim(
+        return claim(
             session=session,
             request_id=job_id,
             worker_name=rt.worker_name,
             node_id=rt.node_id,
             lease=timedelta(seconds=rt.settings.lease_ttl_s),
         )
+
+
+def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
+    rt.events.publish(
+        job.id, "status", status="running", attempt=job.attempt, worker=rt.worker_name
+    )
+    runner = JobRunner(rt, job, watch)
+    try:
+        outcome = runner.run()
+    except LostLease:
+        log.warning("request %s: lease lost; another attempt owns it now", job.id)
+        return
+    except Exception as error:  # a bug or a poison input: end the job, never leave it running
+        log.exception("request %s failed inside the worker", job.id)
+        outcome = Outcome(
+            RequestStatus.FAILED,
+            output="".join(runner.parts),
+            error=f"internal error: {type(error).__name__}",
+            error_code="internal_error",
+        )
+    with rt.database.unit_of_work() as session:
+        won = finish(
+            session=session,
+            job=job,
+            worker_name=rt.worker_name,
+            outcome=outcome,
+            first_token_at=runner.first_token_at,
+        )
+    if won:
+        _announce(rt, job, outcome)
+        rt.redis.delete(cancel_key(job.id))
+
+
+@shared_task(
+    name="inference.run",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    # The database was unreachable before the claim: try again later instead of losing the
+    # message (a failed task is still acknowledged). After the claim, the lease covers it.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def run(self: Task, request_id: str) -> None:
+    rt = runtime.current()
+    job_id = uuid.UUID(request_id)
+    job = _claim(rt, job_id)
     if job is None:
         log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
         return
@@ -227,26 +304,7 @@ def run(request_id: str) -> None:
     watch = JobWatch(rt, job)
     watch.start()
     try:
-        rt.events.publish(
-            job.id, "status", status="running", attempt=job.attempt, worker=rt.worker_name
-        )
-        runner = JobRunner(rt, job, watch)
-        try:
-            outcome = runner.run()
-        except LostLease:
-            log.warning("request %s: lease lost; another attempt owns it now", job.id)
-            return
-        with rt.database.unit_of_work() as session:
-            won = finish(
-                session=session,
-                job=job,
-                worker_name=rt.worker_name,
-                outcome=outcome,
-                first_token_at=runner.first_token_at,
-            )
-        if won:
-            _announce(rt, job, outcome)
-            rt.redis.delete(cancel_key(job.id))
+        _execute(rt, job, watch)
     finally:
         watch.stop.set()
         rt.job_ended()

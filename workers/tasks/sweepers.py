@@ -1,4 +1,4 @@
-"""Periodic repairs run by beat: jobs whose worker died, jobs that never reached the broker.
+"""Periodic repairs run by beat: jobs whose worker died, jobs the broker never got or lost.
 
 Each sweep holds a Redis lock, so two beat processes by mistake still sweep once.
 """
@@ -11,6 +11,7 @@ from datetime import timedelta
 from celery import shared_task
 
 from db.inference import mark_dispatched, requeue_expired_leases, undispatched
+from db.models import RequestStatus
 from workers import runtime
 from workers.dispatch import dispatch
 
@@ -32,17 +33,38 @@ def expired_leases() -> int:
         return 0
     try:
         with rt.database.unit_of_work() as session:
-            requeued = requeue_expired_leases(session=session)
+            swept = requeue_expired_leases(
+                session=session, max_attempts=rt.settings.job_max_attempts
+            )
         dispatched = []
-        for request_id, model_name, priority in requeued:
-            log.warning("request %s: its worker stopped renewing the lease; requeued", request_id)
-            rt.events.publish(request_id, "status", status="restarted", reason="lease_expired")
-            if dispatch(request_id, model_name, priority):
-                dispatched.append(request_id)
+        for job in swept:
+            log.warning(
+                "request %s: its worker stopped renewing the lease; now %s",
+                job.request_id,
+                job.status,
+            )
+            if job.status != RequestStatus.QUEUED:
+                rt.events.publish(
+                    job.request_id,
+                    "status",
+                    status=job.status,
+                    attempt=job.attempt,
+                    reason="lease_expired",
+                )
+                continue
+            rt.events.publish(
+                job.request_id,
+                "status",
+                status="restarted",
+                attempt=job.attempt,
+                reason="lease_expired",
+            )
+            if dispatch(job.request_id, job.model_name, job.priority):
+                dispatched.append(job.request_id)
         if dispatched:
             with rt.database.unit_of_work() as session:
                 mark_dispatched(session=session, request_ids=dispatched)
-        return len(requeued)
+        return len(swept)
     finally:
         lock.release()  # type: ignore[attr-defined]
 
@@ -54,13 +76,19 @@ def undispatched_requests() -> int:
     if not lock.acquire():  # type: ignore[attr-defined]
         return 0
     try:
+        settings = rt.settings
         with rt.database.unit_of_work() as session:
             waiting = undispatched(
-                session=session, older_than=timedelta(seconds=rt.settings.undispatched_grace_s)
+                session=session,
+                older_than=timedelta(seconds=settings.undispatched_grace_s),
+                lost_after=timedelta(seconds=settings.lost_dispatch_s),
             )
         dispatched = [rid for rid, model, priority in waiting if dispatch(rid, model, priority)]
         if dispatched:
-            log.info("re-published %d request(s) that never reached the broker", len(dispatched))
+            log.info(
+                "published %d queued request(s) again (broker was away or lost them)",
+                len(dispatched),
+            )
             with rt.database.unit_of_work() as session:
                 mark_dispatched(session=session, request_ids=dispatched)
         return len(dispatched)
