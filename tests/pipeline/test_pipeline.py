@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 
 from db.session import Database
 from tests.ollama_double.behaviour import tokens_for
-from tests.pipeline.conftest import Double, Worker
+from tests.pipeline.conftest import Double, Worker, wait_for
 from tests.pipeline.jobs import events_of, finished, submit
 
 pytestmark = pytest.mark.usefixtures("beat", "fresh_double")
@@ -90,3 +90,29 @@ def test_idempotency_key_replays_or_conflicts(
     assert again.get_json()["id"] == first.get_json()["id"]
     assert other.status_code == 409
     assert other.get_json()["error"]["code"] == "idempotency_conflict"
+
+
+def test_a_model_that_appears_on_the_engine_is_served_without_a_restart(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    refused = api.post(
+        "/api/v1/inference/generate",
+        headers=user_headers,
+        json={"model": "newcomer:7b", "prompt": "hello"},
+    )
+    assert refused.status_code == 409
+
+    double.configure(models=["llama3.2:latest", "qwen3:8b", "newcomer:7b"])
+
+    def accepted() -> dict[str, Any] | None:
+        response = api.post(
+            "/api/v1/inference/generate",
+            headers=user_headers,
+            json={"model": "newcomer:7b", "prompt": "hello"},
+        )
+        return response.get_json() if response.status_code == 202 else None
+
+    job = wait_for(accepted, timeout=15, interval=0.5)  # the next heartbeat registers it
+    result = finished(api, user_headers, job["id"])
+    assert result["status"] == "completed"
+    assert result["worker"] == "w-main@test"
