@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, func, text
 from sqlalchemy.dialects.postgresql import UUID
@@ -36,6 +36,11 @@ class Timestamps:
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+def utcnow() -> datetime:
+    """Now, in UTC: the one clock the Python side of the data layer reads."""
+    return datetime.now(UTC)
 
 
 def check_in(column: str, values: tuple[str, ...]) -> str:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from db.base import utcnow
 from db.models import ApiKey, UserSession
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 # --- sessions ---------------------------------------------------------------------------
 # A login starts a family. Each refresh revokes the presented row ("rotated") and adds a

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from db.base import utcnow
 from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, ReplicaStatus
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def canonical_model_name(name: str) -> str:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from db.base import utcnow
 from db.models import InferenceRequest, ModelUsageStats, RequestStatus
 
 Dispatchable = list[tuple[uuid.UUID, str, int]]  # (request id, model, priority)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

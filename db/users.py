@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from db.credentials import utcnow
+from db.base import utcnow
 from db.models import AuditLogEntry, InferenceRequest, Role, User
 
 

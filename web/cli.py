@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import with_appcontext
 from pydantic import ValidationError
 
@@ -15,12 +15,13 @@ from db.session import set_audit_context
 from db.users import UserExistsError, create_user, find_by_login
 from web.database import get_db
 from web.errors import validation_details
+from web.extensions import current_settings
 from web.schemas.users import UserCreate
 from web.security.passwords import hash_password
 
 
 def _database_url() -> str:
-    return str(current_app.extensions["settings"].database_url)
+    return current_settings().database_url
 
 
 @click.command("create-admin")
@@ -38,7 +39,7 @@ def create_admin(
     exists_ok: bool,
 ) -> None:
     """Create an admin account without going through the API."""
-    settings = current_app.extensions["settings"]
+    settings = current_settings()
     username = username or settings.admin_username
     email = email or settings.admin_email
     if password_stdin:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict
+from dataclasses import replace
+from typing import Any
 
 from celery import Celery
 
@@ -18,7 +19,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def gpu_columns(gpu: GpuInfo | None) -> dict[str, object]:
+def gpu_columns(gpu: GpuInfo | None) -> dict[str, Any]:
     if gpu is None:
         return {}
     return {
@@ -32,9 +33,7 @@ def gpu_columns(gpu: GpuInfo | None) -> dict[str, object]:
 def register(rt: Runtime, report: NodeReport) -> set[str]:
     """Insert or refresh the node and its replicas; returns the model queues to consume."""
     gpu = find(report.gpu_index)
-    report = NodeReport(
-        **{**asdict(report), **gpu_columns(gpu), "engine_version": rt.engine.version()}
-    )
+    report = replace(report, **gpu_columns(gpu), engine_version=rt.engine.version())
     with rt.database.unit_of_work() as session:
         rt.node_id = register_node(session=session, report=report)
     return _sync_models(rt)

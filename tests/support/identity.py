@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
-from db.models import Role, User
+from db.models import AuditLogEntry, Role, User
 from tests.factories import TEST_PASSWORD, UserFactory
 
 
@@ -35,10 +36,6 @@ def error_code(response: Any) -> str:
 
 
 def audit_actions(session: Any, user_id: Any = None) -> list[str]:
-    from sqlalchemy import select
-
-    from db.models import AuditLogEntry
-
     query = select(AuditLogEntry.action).order_by(AuditLogEntry.id)
     if user_id is not None:
         query = query.where(AuditLogEntry.user_id == user_id)

@@ -12,7 +12,8 @@ from flask_jwt_extended import get_jwt, jwt_required
 from redis.exceptions import RedisError
 
 from config.settings import Settings
-from db.credentials import find_session_for_refresh, revoke_families, start_session, utcnow
+from db.base import utcnow
+from db.credentials import find_session_for_refresh, start_session
 from db.models import User
 from db.users import (
     UserExistsError,
@@ -24,9 +25,11 @@ from db.users import (
 from web.audit import audit
 from web.database import get_session, keep_changes_on_error
 from web.errors import APIError, Conflict, Unauthorized
+from web.extensions import current_settings
 from web.schemas.users import LoginRequest, TokenPair, UserCreate, UserRead
 from web.security.passwords import hash_password, spend_verification_time, verify_password
-from web.security.tokens import issue_tokens, revoke_families_now
+from web.security.tokens import issue_tokens
+from web.users.accounts import end_logins
 from web.validation import load_body
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
@@ -40,11 +43,6 @@ class AccountLocked(APIError):
     message = "Too many failed logins: the account is locked for a while."
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["settings"]
-    return settings
-
-
 def _locked(seconds_left: float) -> AccountLocked:
     retry_after = str(max(1, math.ceil(seconds_left)))
     return AccountLocked(
@@ -53,7 +51,7 @@ def _locked(seconds_left: float) -> AccountLocked:
 
 
 def _start_login(user: User, family_id: uuid.UUID | None = None) -> tuple[TokenPair, uuid.UUID]:
-    settings = _settings()
+    settings = current_settings()
     family_id = family_id or uuid.uuid4()
     body, refresh_jti = issue_tokens(user, family_id)
     start_session(
@@ -92,7 +90,7 @@ def register() -> tuple[Response, int]:
             session=get_session(),
             username=account.username,
             email=account.email,
-            password_hash=hash_password(account.password, _settings().bcrypt_rounds),
+            password_hash=hash_password(account.password, current_settings().bcrypt_rounds),
         )
     except UserExistsError as error:
         raise Conflict(str(error), code=f"{error.field}_taken") from None
@@ -103,7 +101,7 @@ def register() -> tuple[Response, int]:
 @bp.post("/login")
 def login() -> Response:
     credentials = load_body(LoginRequest)
-    settings = _settings()
+    settings = current_settings()
     user = find_by_login(session=get_session(), login=credentials.username, for_update=True)
 
     # Every refusal below is recorded: its audit entry (and the failure counter) are kept
@@ -177,8 +175,7 @@ def refresh() -> Response:
             raise Unauthorized("The session has been revoked.", code="token_revoked")
         # A spent token came back: someone kept a copy. End the whole login, and keep that
         # although this request answers 401.
-        revoke_families(session=session, family_ids=[row.family_id], reason="refresh_reuse")
-        revoke_families_now([row.family_id])
+        end_logins([row.family_id], reason="refresh_reuse")
         audit(
             "auth.refresh_reuse",
             user_id=row.user_id,

@@ -16,13 +16,13 @@ from datetime import timedelta
 from flask import Response, current_app, jsonify, request, url_for
 from sqlalchemy.exc import IntegrityError
 
-from config.settings import Settings
 from db.fleet import availability, canonical_model_name
 from db.inference import cancel as cancel_job
 from db.inference import find_by_idempotency_key
 from db.models import InferenceRequest, RequestKind, RequestStatus
 from web.database import after_commit, get_session
 from web.errors import BadRequest, Conflict
+from web.extensions import current_settings
 from web.inference.dispatch_marks import DispatchMarks
 from web.schemas.inference import ChatRequest, GenerateRequest, Links, Submitted
 from web.security.principal import authenticated
@@ -32,11 +32,6 @@ from workers.events import EventLog
 from workers.runtime import cancel_key
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
-
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["settings"]
-    return settings
 
 
 def _events() -> EventLog:
@@ -75,7 +70,7 @@ def _replay(existing: InferenceRequest, request_hash: str) -> tuple[Response, in
 
 def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Response, int]:
     principal = authenticated()
-    settings = _settings()
+    settings = current_settings()
     session = get_session()
     model_name = canonical_model_name(body.model)
     fields = body.model_dump(
@@ -101,7 +96,9 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
             return _replay(existing, request_hash)
 
     served = availability(
-        session=session, model_name=model_name, stale_after=_stale_after(settings)
+        session=session,
+        model_name=model_name,
+        stale_after=timedelta(seconds=settings.node_stale_after_s),
     )
     if served.disabled:
         raise Conflict(f"Model {model_name} is disabled.", code="model_disabled")
@@ -144,10 +141,6 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
     return _answer(row, 202)
 
 
-def _stale_after(settings: Settings) -> timedelta:
-    return timedelta(seconds=settings.node_stale_after_s)
-
-
 def _announce_and_dispatch(request_id: uuid.UUID, model_name: str, priority: int) -> None:
     _events().publish(request_id, "status", status="queued", attempt=1)
     if dispatch(request_id, model_name, priority):
@@ -173,7 +166,7 @@ def cancel(row: InferenceRequest) -> str:
 
     # The row records the request too, so a cancel survives a lost Redis write or a requeue.
     def signal_worker() -> None:
-        _events().redis.set(cancel_key(request_id), 1, ex=_settings().event_ttl_s)
+        _events().redis.set(cancel_key(request_id), 1, ex=current_settings().event_ttl_s)
 
     after_commit(signal_worker)
     return "cancelling"

@@ -16,7 +16,8 @@ from typing import Any, TypeVar, cast
 from flask import g, request
 from flask_jwt_extended import get_current_user, get_jwt, verify_jwt_in_request
 
-from db.credentials import find_api_key, utcnow
+from db.base import utcnow
+from db.credentials import find_api_key
 from db.models import User
 from db.session import set_audit_context
 from web.database import get_session

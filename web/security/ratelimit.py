@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
@@ -17,6 +17,7 @@ from jwt import PyJWTError
 
 from config.settings import Settings
 from web.errors import APIError
+from web.extensions import current_settings
 from web.security.principal import current_principal
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ def ip_key() -> str:
 
 def configured_limit(name: str) -> Callable[[], str]:
     def limit() -> str:
-        settings: Settings = current_app.extensions["settings"]
-        return str(getattr(settings, name))
+        return str(getattr(current_settings(), name))
 
     return limit
 

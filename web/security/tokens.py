@@ -21,6 +21,7 @@ from config.settings import Settings
 from db.models import User
 from web.database import get_session
 from web.errors import ServiceUnavailable, error_response
+from web.extensions import current_settings
 
 REVOKED_FAMILY_KEY = "omx:revoked:family:{}"
 
@@ -28,11 +29,6 @@ REVOKED_FAMILY_KEY = "omx:revoked:family:{}"
 def _redis() -> Redis:
     client: Redis = current_app.extensions["redis"]
     return client
-
-
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["settings"]
-    return settings
 
 
 def issue_tokens(user: User, family_id: uuid.UUID) -> tuple[dict[str, Any], str]:
@@ -44,14 +40,14 @@ def issue_tokens(user: User, family_id: uuid.UUID) -> tuple[dict[str, Any], str]
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "Bearer",
-        "expires_in": _settings().access_token_ttl_s,
+        "expires_in": current_settings().access_token_ttl_s,
     }
     return body, str(decode_token(refresh)["jti"])
 
 
 def revoke_families_now(family_ids: Iterable[uuid.UUID]) -> None:
     """Reject every access token of these families from now on (until they would expire)."""
-    ttl = _settings().access_token_ttl_s + 60
+    ttl = current_settings().access_token_ttl_s + 60
     try:
         with _redis().pipeline(transaction=False) as pipe:
             for family_id in family_ids:

@@ -12,15 +12,20 @@ from web.errors import Conflict
 from web.security.tokens import revoke_families_now
 
 
+def end_logins(family_ids: list[uuid.UUID], *, reason: str) -> None:
+    """Revoke these logins: their refresh tokens in the database and, through the blocklist,
+    every access token they issued. Always both, for every family asked for."""
+    revoke_families(session=get_session(), family_ids=family_ids, reason=reason)
+    revoke_families_now(family_ids)
+
+
 def end_sessions(
     user_id: uuid.UUID, *, reason: str, except_family: uuid.UUID | None = None
 ) -> list[uuid.UUID]:
     """Revoke the user's logins (all, or all but one): refresh tokens in the database,
     access tokens at once through the blocklist."""
-    session = get_session()
-    families = live_families(session=session, user_id=user_id, except_family=except_family)
-    revoke_families(session=session, family_ids=families, reason=reason)
-    revoke_families_now(families)
+    families = live_families(session=get_session(), user_id=user_id, except_family=except_family)
+    end_logins(families, reason=reason)
     return families
 
 

@@ -6,14 +6,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
 from db.credentials import (
     add_api_key,
     list_api_keys,
     list_live_sessions,
-    revoke_families,
     revoke_user_api_keys,
     utcnow,
 )
@@ -22,6 +21,7 @@ from db.users import find_conflict
 from web.audit import audit
 from web.database import get_session
 from web.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
+from web.extensions import current_settings
 from web.schemas.users import (
     AccountDelete,
     ApiKeyCreate,
@@ -36,8 +36,7 @@ from web.security import api_keys
 from web.security.passwords import hash_password, verify_password
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
-from web.security.tokens import revoke_families_now
-from web.users.accounts import end_sessions, erase_account, refuse_removing_last_admin
+from web.users.accounts import end_logins, end_sessions, erase_account, refuse_removing_last_admin
 from web.validation import load_body
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
@@ -62,8 +61,7 @@ def logout() -> tuple[str, int]:
         raise BadRequest(
             "API keys have no session to end; revoke the key instead.", code="not_a_session"
         )
-    revoke_families(session=get_session(), family_ids=[principal.family_id], reason="logout")
-    revoke_families_now([principal.family_id])
+    end_logins([principal.family_id], reason="logout")
     audit(
         "auth.logout",
         user_id=principal.user_id,
@@ -103,8 +101,7 @@ def end_session(session_id: uuid.UUID) -> tuple[str, int]:
     )
     if owned is None:
         raise NotFound("No such session.")
-    revoke_families(session=get_session(), family_ids=[session_id], reason="ended")
-    revoke_families_now([session_id])
+    end_logins([session_id], reason="ended")
     audit(
         "auth.session_revoked",
         user_id=principal.user_id,
@@ -142,9 +139,7 @@ def update_profile() -> Response:
             raise ValidationFailed(
                 details=[{"field": "body.new_password", "message": str(error), "type": "policy"}]
             ) from None
-        user.password_hash = hash_password(
-            change.new_password, current_app.extensions["settings"].bcrypt_rounds
-        )
+        user.password_hash = hash_password(change.new_password, current_settings().bcrypt_rounds)
         # Whoever else holds a login or a key must prove they know the new password.
         end_sessions(user.id, reason="password_changed", except_family=principal.family_id)
         revoke_user_api_keys(session=get_session(), user_id=user.id)
