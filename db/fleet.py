@@ -72,19 +72,31 @@ def register_node(*, session: Session, report: NodeReport) -> uuid.UUID:
 
 
 def heartbeat(
-    *, session: Session, node_id: uuid.UUID, slots_busy: int, gpu: dict[str, Any] | None = None
-) -> None:
-    session.execute(
+    *,
+    session: Session,
+    node_id: uuid.UUID,
+    slots_busy: int,
+    gpu: dict[str, Any] | None = None,
+    status: NodeStatus = NodeStatus.ONLINE,
+    reason: str | None = None,
+) -> NodeStatus | None:
+    """Record a beat; returns the status the node had before it (None: no such node)."""
+    previous = (
+        select(Node.status).where(Node.id == node_id).scalar_subquery()
+    )  # read in the same statement, before the update applies
+    row = session.execute(
         update(Node)
         .where(Node.id == node_id)
         .values(
             last_heartbeat_at=utcnow(),
             slots_busy=slots_busy,
-            status=NodeStatus.ONLINE,
-            status_reason=None,
+            status=status,
+            status_reason=reason,
             **(gpu or {}),
         )
-    )
+        .returning(previous)
+    ).first()
+    return NodeStatus(row[0]) if row else None
 
 
 def mark_offline(*, session: Session, node_id: uuid.UUID, reason: str) -> None:

@@ -31,6 +31,7 @@ class ClaimedJob:
     attempt: int
     queued_at: datetime
     started_at: datetime
+    user_id: uuid.UUID | None  # events name the owner, so topic sockets can filter by it
 
 
 def find_by_idempotency_key(
@@ -81,6 +82,7 @@ def claim(
             InferenceRequest.attempt,
             InferenceRequest.queued_at,
             InferenceRequest.started_at,
+            InferenceRequest.user_id,
         )
     ).first()
     return ClaimedJob(*row) if row else None
@@ -220,6 +222,7 @@ class Requeued:
     priority: int
     status: str  # queued again, or cancelled / failed instead
     attempt: int
+    user_id: uuid.UUID | None
 
 
 def requeue_expired_leases(
@@ -272,9 +275,10 @@ def requeue_expired_leases(
             InferenceRequest.priority,
             InferenceRequest.status,
             InferenceRequest.attempt,
+            InferenceRequest.user_id,
         )
     ).all()
-    return [Requeued(row[0], row[1], row[2], str(row[3]), row[4]) for row in rows]
+    return [Requeued(row[0], row[1], row[2], str(row[3]), row[4], row[5]) for row in rows]
 
 
 def undispatched(

@@ -9,15 +9,21 @@ never diverge (two workers for one request still get distinct, increasing number
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 SEQ_KEY = "omx:req:{}:seq"
 STREAM_KEY = "omx:req:{}:events"
 CHANNEL = "omx:req:{}"
 STATUS_CHANNEL = "omx:inference:status"  # every request's status changes, for topic sockets
+TOPIC_CHANNEL = "omx:topic:{}"  # fleet-wide news: node_status, model_update, system_metrics
 
 _PUBLISH = """
 local seq = redis.call('INCR', KEYS[1])
@@ -56,5 +62,21 @@ class EventLog:
 
     def replay(self, request_id: uuid.UUID | str, after: int = 0) -> list[dict[str, Any]]:
         """Stored events with seq > after, in order."""
+        return [json.loads(raw) for raw in self.replay_raw(request_id, after)]
+
+    def replay_raw(self, request_id: uuid.UUID | str, after: int = 0) -> list[bytes]:
+        """The same, as the JSON bytes that were published (a relay passes them on as is)."""
         entries: Any = self.redis.xrange(STREAM_KEY.format(request_id), min=f"({after}-1", max="+")
-        return [json.loads(fields[b"event"]) for _, fields in entries or []]
+        return [fields[b"event"] for _, fields in entries or []]
+
+
+def announce(redis: Redis, topic: str, event_type: str, **fields: Any) -> None:
+    """Publish fleet-wide news on `topic` (no replay: topic readers re-read state over REST
+    when they connect). Best effort: news must never fail the change it reports."""
+    body = json.dumps(
+        {"type": event_type, "ts": time.time(), **fields}, separators=(",", ":"), default=str
+    )
+    try:
+        redis.publish(TOPIC_CHANNEL.format(topic), body)
+    except RedisError as error:
+        log.warning("could not announce %s %s: %s", topic, event_type, error)

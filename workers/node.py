@@ -11,8 +11,10 @@ from typing import Any
 from celery import Celery
 
 from db.fleet import NodeReport, heartbeat, mark_offline, register_node, sync_replicas
+from db.models import NodeStatus
 from workers.celery_app import queue_for_model
 from workers.engines.base import EngineError
+from workers.events import announce
 from workers.gpu import GpuInfo, find
 from workers.runtime import Runtime
 
@@ -36,26 +38,48 @@ def register(rt: Runtime, report: NodeReport) -> set[str]:
     report = replace(report, **gpu_columns(gpu), engine_version=rt.engine.version())
     with rt.database.unit_of_work() as session:
         rt.node_id = register_node(session=session, report=report)
-    return _sync_models(rt)
+    _announce_status(rt, NodeStatus.ONLINE, None)
+    inventory = _read_engine(rt)
+    return _sync_models(rt, inventory) if inventory else set()
 
 
-def _sync_models(rt: Runtime) -> set[str]:
+Inventory = tuple[dict[str, dict[str, Any]], set[str]]  # models present, models loaded
+
+
+def _read_engine(rt: Runtime) -> Inventory | None:
     try:
-        present = {model.name: model.record for model in rt.engine.models()}
-        loaded = rt.engine.loaded()
+        return {model.name: model.record for model in rt.engine.models()}, rt.engine.loaded()
     except EngineError as error:
         log.warning("engine at %s does not answer: %s", rt.engine_url, error)
-        return set()
+        return None
+
+
+def _sync_models(rt: Runtime, inventory: Inventory) -> set[str]:
+    present, loaded = inventory
     assert rt.node_id is not None
     with rt.database.unit_of_work() as session:
         added, removed = sync_replicas(
             session=session, node_id=rt.node_id, present=present, loaded=loaded
         )
-    for name in sorted(added):
-        log.info("model %s is on this node's engine", name)
-    for name in sorted(removed):
-        log.info("model %s left this node's engine", name)
+    for change, names in (("added", added), ("removed", removed)):
+        for name in sorted(names):
+            log.info("model %s %s on this node's engine", name, change)
+            announce(
+                rt.redis, "model_update", change, model=name, node=rt.node_name, node_id=rt.node_id
+            )
     return {queue_for_model(name) for name in present}
+
+
+def _announce_status(rt: Runtime, status: NodeStatus, reason: str | None) -> None:
+    announce(
+        rt.redis,
+        "node_status",
+        str(status),
+        node=rt.node_name,
+        node_id=rt.node_id,
+        status=str(status),
+        reason=reason,
+    )
 
 
 class Heartbeat(threading.Thread):
@@ -76,14 +100,26 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         rt = self.rt
         assert rt.node_id is not None
+        inventory = _read_engine(rt)
+        status, reason = (
+            (NodeStatus.ONLINE, None)
+            if inventory is not None
+            else (NodeStatus.DEGRADED, "engine_unreachable")
+        )
         with rt.database.unit_of_work() as session:
-            heartbeat(
+            before = heartbeat(
                 session=session,
                 node_id=rt.node_id,
                 slots_busy=rt.busy,
                 gpu=gpu_columns(find(rt.gpu_index)),
+                status=status,
+                reason=reason,
             )
-        wanted = _sync_models(rt)
+        if before != status:
+            _announce_status(rt, status, reason)
+        if inventory is None:
+            return
+        wanted = _sync_models(rt, inventory)
         if not wanted:
             return
         for queue in sorted(wanted - self.consumed):
@@ -98,3 +134,4 @@ def go_offline(rt: Runtime, reason: str) -> None:
         return
     with rt.database.unit_of_work() as session:
         mark_offline(session=session, node_id=rt.node_id, reason=reason)
+    _announce_status(rt, NodeStatus.OFFLINE, reason)

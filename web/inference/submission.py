@@ -136,13 +136,15 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
             raise
         return _replay(existing, request_hash)
 
-    request_id, priority = row.id, row.priority
-    after_commit(lambda: _announce_and_dispatch(request_id, model_name, priority))
+    request_id, priority, owner = row.id, row.priority, row.user_id
+    after_commit(lambda: _announce_and_dispatch(request_id, owner, model_name, priority))
     return _answer(row, 202)
 
 
-def _announce_and_dispatch(request_id: uuid.UUID, model_name: str, priority: int) -> None:
-    _events().publish(request_id, "status", status="queued", attempt=1)
+def _announce_and_dispatch(
+    request_id: uuid.UUID, owner: uuid.UUID | None, model_name: str, priority: int
+) -> None:
+    _events().publish(request_id, "status", status="queued", attempt=1, user_id=owner)
     if dispatch(request_id, model_name, priority):
         marks: DispatchMarks = current_app.extensions["dispatch_marks"]
         marks.add(request_id)
@@ -151,14 +153,16 @@ def _announce_and_dispatch(request_id: uuid.UUID, model_name: str, priority: int
 def cancel(row: InferenceRequest) -> str:
     """Cancel a queued job outright, or ask the worker running it to stop. Returns the
     status the caller will see: `cancelled` now, or `cancelling` until the worker acts."""
-    request_id, attempt = row.id, row.attempt
+    request_id, attempt, owner = row.id, row.attempt, row.user_id
     status = cancel_job(session=get_session(), request_id=request_id)
     if status is None:
         raise Conflict("The request has already ended.", code="request_ended")
     if status == RequestStatus.CANCELLED:
 
         def announce() -> None:
-            _events().publish(request_id, "status", status="cancelled", attempt=attempt)
+            _events().publish(
+                request_id, "status", status="cancelled", attempt=attempt, user_id=owner
+            )
             celery_app.control.revoke(str(request_id))  # the claim would refuse it anyway
 
         after_commit(announce)

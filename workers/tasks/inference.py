@@ -138,6 +138,7 @@ class JobRunner:
                         status="restarted",
                         attempt=self.job.attempt,
                         reason=error.code,
+                        user_id=self.job.user_id,
                     )
                 backoff = self.settings.engine_retry_backoff_s * 2 ** (try_number - 1)
                 self._pause(backoff * (0.5 + random.random()))  # noqa: S311  (jitter)
@@ -234,6 +235,7 @@ def _announce(rt: Runtime, job: ClaimedJob, outcome: Outcome) -> None:
         "status",
         status=str(outcome.status),
         attempt=job.attempt,
+        user_id=job.user_id,
         error=outcome.error,
         error_code=outcome.error_code,
     )
@@ -252,7 +254,12 @@ def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
 
 def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
     rt.events.publish(
-        job.id, "status", status="running", attempt=job.attempt, worker=rt.worker_name
+        job.id,
+        "status",
+        status="running",
+        attempt=job.attempt,
+        worker=rt.worker_name,
+        user_id=job.user_id,
     )
     runner = JobRunner(rt, job, watch)
     try:

@@ -50,6 +50,7 @@ def expired_leases() -> int:
                     status=job.status,
                     attempt=job.attempt,
                     reason="lease_expired",
+                    user_id=job.user_id,
                 )
                 continue
             rt.events.publish(
@@ -58,6 +59,7 @@ def expired_leases() -> int:
                 status="restarted",
                 attempt=job.attempt,
                 reason="lease_expired",
+                user_id=job.user_id,
             )
             if dispatch(job.request_id, job.model_name, job.priority):
                 dispatched.append(job.request_id)
