@@ -123,6 +123,17 @@ class Settings(BaseSettings):
     # Accept jobs for a model no online node serves (they wait) instead of answering 409.
     queue_while_unavailable: bool = False
 
+    # Real-time relay (WebSockets).
+    ws_heartbeat_s: float = Field(default=15.0, gt=0)  # a heartbeat frame after this much quiet
+    ws_ping_interval_s: float = Field(default=25.0, gt=0)  # no pong within one = dropped
+    ws_send_queue: int = Field(default=1024, ge=1)  # frames a socket may lag behind, then cut off
+    ws_cutoff_grace_s: float = Field(default=5.0, gt=0)  # a cut-off client that reads nothing
+    # The kernel's send buffer per socket. Fixed rather than auto-tuned (up to 4 MB each), so
+    # a slow client's backlog is bounded in the kernel too and shows up in our queue.
+    ws_socket_send_buffer: int = Field(default=65536, ge=4096)
+    ws_max_message_bytes: int = Field(default=65536, ge=256)  # largest client message
+    system_metrics_interval_s: float = Field(default=5.0, gt=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

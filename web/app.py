@@ -16,6 +16,11 @@ from web.database import init_database
 from web.errors import register_error_handlers
 from web.inference import views as inference_views
 from web.inference.dispatch_marks import DispatchMarks
+from web.realtime.hub import Hub
+from web.realtime.pulse import Pulse
+from web.realtime.relay import Relay
+from web.realtime.socket import SocketRegistry
+from web.realtime.views import init_realtime
 from web.request_context import init_request_context
 from web.security.hygiene import init_hygiene
 from web.security.ratelimit import init_rate_limits
@@ -65,11 +70,25 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         socket_timeout=settings.redis_timeout_s,
     )
     app.extensions["events"] = EventLog(events_redis, ttl_s=settings.event_ttl_s)
+    sockets = SocketRegistry()
+    app.extensions["relay"] = Relay(
+        # Started on first use, so each gunicorn worker gets its own after the fork.
+        hub=Hub(settings.redis_url, keepalive_s=settings.ws_heartbeat_s),
+        events=app.extensions["events"],
+        sockets=sockets,
+        pulse=Pulse(
+            events_redis,
+            app.extensions["db"],
+            sockets,
+            interval_s=settings.system_metrics_interval_s,
+        ),
+    )
     app.extensions["dispatch_marks"] = DispatchMarks(
         lambda: app.extensions["db"], settings.dispatch_mark_batch_ms
     )
     for blueprint in (auth_views.bp, users_views.bp, users_admin.bp, inference_views.bp):
         app.register_blueprint(blueprint)
+    init_realtime(app)
     init_rate_limits(app, settings)
     cli.register(app)
     return app

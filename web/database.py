@@ -90,6 +90,21 @@ def commit_or_rollback(response: Response) -> Response:
     return response
 
 
+def end_unit_of_work(*, commit: bool = True) -> None:
+    """Commit (or roll back) and release the request's session now, for a request that goes
+    on long after its database work is done (a WebSocket): an open socket must not hold a
+    database connection."""
+    session: Session | None = g.pop("db_session", None)
+    if session is None:
+        return
+    try:
+        if commit:
+            session.commit()
+            _run_after_commit()
+    finally:
+        session.close()
+
+
 def close_session(_error: BaseException | None = None) -> None:
     session: Session | None = g.pop("db_session", None)
     if session is not None:

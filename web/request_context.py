@@ -41,8 +41,23 @@ def _normalise_bearer_scheme() -> None:
         request.environ["HTTP_AUTHORIZATION"] = f"Bearer {credentials.strip()}"
 
 
+def _bearer_from_query_on_websockets() -> None:
+    """Browsers cannot set headers on a WebSocket: there the token may come as ?token=.
+    Done first, so that every later hook (the per-caller rate limit) sees the caller."""
+    token = request.args.get("token")
+    rule = request.url_rule
+    if (
+        token
+        and rule is not None
+        and rule.websocket
+        and "HTTP_AUTHORIZATION" not in request.environ
+    ):
+        request.environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+
+
 def start_request() -> None:
     g.request_started = time.perf_counter()
+    _bearer_from_query_on_websockets()
     _normalise_bearer_scheme()
     g.request_id = _incoming_request_id()
     g.request_id_token = request_id_var.set(g.request_id)

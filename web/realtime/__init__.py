@@ -1,0 +1,1 @@
+"""The real-time relay: WebSockets fed by one Redis subscription per web process."""

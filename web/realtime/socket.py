@@ -1,0 +1,168 @@
+"""What every relay socket shares: whole-frame writes, a bounded mailbox, heartbeats, and the
+close codes clients can act on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from simple_websocket import ConnectionClosed, Server
+from wsproto.events import TextMessage
+
+from config.settings import Settings
+from web.realtime.mailbox import Mailbox
+
+log = logging.getLogger(__name__)
+
+# Close codes (RFC 6455, section 7.4.1).
+NORMAL = 1000  # the stream ended: its request finished
+GOING_AWAY = 1001  # the server is shutting down; reconnect elsewhere
+POLICY_VIOLATION = 1008  # no or bad credentials, not allowed, no such request
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013  # too slow to keep up, or the event feed is down; reconnect and resume
+
+CLOSE_HANDSHAKE_S = 2.0  # how long a close waits for the client's answering close frame
+
+
+class _WholeWrites:
+    """simple-websocket writes with `socket.send`, which can write part of a frame to a slow
+    client, and its reader thread answers pings on the same socket as we write events. Here
+    every write goes out whole and one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    sendall = send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class RelaySocket:
+    def __init__(self, ws: Server, settings: Settings, registry: SocketRegistry) -> None:
+        self.ws = ws
+        self._raw_socket = ws.sock
+        with contextlib.suppress(OSError):
+            self._raw_socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, settings.ws_socket_send_buffer
+            )
+        ws.sock = _WholeWrites(ws.sock)
+        self.settings = settings
+        self.mailbox = Mailbox(settings.ws_send_queue, on_overflow=self._cut_off_soon)
+        self.last_sent = time.monotonic()
+        self._registry = registry
+
+    def __enter__(self) -> RelaySocket:
+        self._registry.opened()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.mailbox.closed = True
+        self._registry.closed()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.ws.connected)
+
+    def send_frames(self, frames: list[bytes | str]) -> None:
+        """Write frames in one system call. Raises ConnectionClosed once the client is gone."""
+        if not frames:
+            return
+        if not self.ws.connected:
+            raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
+        connection = self.ws.ws
+        data = b"".join(
+            connection.send(TextMessage(data=frame.decode() if isinstance(frame, bytes) else frame))
+            for frame in frames
+        )
+        try:
+            self.ws.sock.sendall(data)
+        except OSError as error:
+            self.ws.connected = False
+            raise ConnectionClosed() from error
+        self.last_sent = time.monotonic()
+
+    def send_json(self, body: dict[str, Any]) -> None:
+        self.send_frames([json.dumps(body, separators=(",", ":"), default=str)])
+
+    def heartbeat_due(self) -> bool:
+        return time.monotonic() - self.last_sent >= self.settings.ws_heartbeat_s
+
+    def send_heartbeat(self) -> None:
+        self.send_json({"type": "heartbeat", "ts": time.time()})
+
+    def refuse(self, code: str, message: str, close_code: int = POLICY_VIOLATION) -> None:
+        """An error frame the client can read, then the close code it can act on."""
+        try:
+            self.send_json({"type": "error", "code": code, "message": message})
+        except ConnectionClosed:
+            return
+        self.close(close_code, code)
+
+    def close(self, close_code: int = NORMAL, reason: str | None = None) -> None:
+        if not self.ws.connected:
+            return
+        with contextlib.suppress(ConnectionClosed, OSError):
+            self.ws.close(reason=close_code, message=reason)
+        # The closing handshake: wait for the client's close frame before the server closes
+        # the TCP connection. Closing first would answer the client's late writes (a pong, its
+        # close frame) with a reset, which can discard our close frame before it is read.
+        self.ws.thread.join(timeout=CLOSE_HANDSHAKE_S)
+
+    def cut_off_if_overflowed(self) -> bool:
+        if not self.mailbox.overflowed:
+            return False
+        self.close(TRY_AGAIN_LATER, "slow_consumer")
+        return True
+
+    def _cut_off_soon(self) -> None:
+        """The hub found the mailbox full. The socket's own thread sends the close frame when
+        it next wakes; a client that reads nothing at all leaves that thread blocked in a
+        write, so after a grace period the connection is shut down under it."""
+        log.warning(
+            "websocket client too slow: %d frames behind; cutting it off", len(self.mailbox)
+        )
+        self._registry.cut_off()
+        self.mailbox.wake()
+        timer = threading.Timer(self.settings.ws_cutoff_grace_s, self._abort)
+        timer.daemon = True
+        timer.start()
+
+    def _abort(self) -> None:
+        if not self.mailbox.closed:
+            with contextlib.suppress(OSError):
+                self._raw_socket.shutdown(socket.SHUT_RDWR)
+
+
+class SocketRegistry:
+    """Counts for this process's sockets (system_metrics and the benchmark read them)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.opened_total = 0
+        self.cut_off_total = 0
+        self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self._lock:
+            self.open += 1
+            self.opened_total += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+    def cut_off(self) -> None:
+        with self._lock:
+            self.cut_off_total += 1

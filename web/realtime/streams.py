@@ -1,0 +1,123 @@
+"""GET /ws/inference/<id>: one request's events, live, resumable, exactly once.
+
+Subscribe first, then replay what is stored after `?after=<seq>`, then stream live; any
+event at or below the last `seq` sent is dropped, and a jump in `seq` is filled from the
+store. The socket closes normally after the request's terminal status. A request that has
+finished answers at once: its stored events, or, when those have expired, a `final` frame
+with the request as GET /api/v1/inference/requests/<id> shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from db.models import InferenceRequest, RequestStatus
+from web.database import get_db
+from web.realtime.hub import HubUnavailable
+from web.realtime.relay import Relay
+from web.realtime.socket import NORMAL, TRY_AGAIN_LATER, RelaySocket
+from web.schemas.inference import RequestRead
+from workers.events import CHANNEL
+
+TERMINAL = frozenset(
+    {str(RequestStatus.COMPLETED), str(RequestStatus.FAILED), str(RequestStatus.CANCELLED)}
+)
+
+
+def final_state(request_id: uuid.UUID) -> dict[str, Any] | None:
+    """The request as the REST API shows it, if it has finished."""
+    with get_db().unit_of_work() as session:
+        row = session.get(InferenceRequest, request_id)
+        if row is None or str(row.status) not in TERMINAL:
+            return None
+        return RequestRead.model_validate(row).model_dump(mode="json")
+
+
+class RequestStream:
+    def __init__(
+        self, sock: RelaySocket, relay: Relay, request_id: uuid.UUID, after: int, finished: bool
+    ) -> None:
+        self.sock = sock
+        self.relay = relay
+        self.request_id = request_id
+        self.last_seq = after
+        self.finished_at_connect = finished
+        self.ended = False
+
+    def run(self) -> None:
+        channel = CHANNEL.format(self.request_id)
+        try:
+            self.relay.hub.subscribe(channel, self.sock.mailbox)
+        except HubUnavailable:
+            self.sock.refuse(
+                "events_unavailable", "The event feed is unavailable; retry.", TRY_AGAIN_LATER
+            )
+            return
+        try:
+            self._stream()
+        finally:
+            self.relay.hub.unsubscribe(channel, self.sock.mailbox)
+
+    def _stream(self) -> None:
+        self._send(self._replay())
+        if not self.ended and self.finished_at_connect:
+            self._send_final()
+        idle_checks = 0
+        while not self.ended and self.sock.connected:
+            items = self.sock.mailbox.take(self.sock.settings.ws_heartbeat_s)
+            if self.sock.cut_off_if_overflowed():
+                return
+            if self.sock.mailbox.resync_requested:
+                self.sock.mailbox.resync_requested = False
+                items = self._replay() + items
+            self._send(items)
+            if items:
+                idle_checks = 0
+            elif self.sock.heartbeat_due():
+                self.sock.send_heartbeat()
+                idle_checks += 1
+                # A worker that died between saving the result and announcing it leaves no
+                # terminal event: the database has the last word.
+                if idle_checks >= 2 and final_state(self.request_id) is not None:
+                    self._send(self._replay())
+                    if not self.ended:
+                        self._send_final()
+        if self.ended:
+            self.sock.close(NORMAL, "finished")
+
+    def _replay(self) -> list[bytes]:
+        return self.relay.events.replay_raw(self.request_id, after=self.last_seq)
+
+    def _send(self, items: list[bytes]) -> None:
+        frames: list[bytes] = []
+        for raw in items:
+            if self.ended:
+                break
+            event = json.loads(raw)
+            seq = event.get("seq", 0)
+            if seq <= self.last_seq:
+                continue  # seen already (replay and live overlap)
+            if seq > self.last_seq + 1:  # missed something (a feed hiccup): fill the gap
+                for missing in self._replay():
+                    self._take(json.loads(missing), missing, frames)
+                if seq <= self.last_seq:
+                    continue
+            self._take(event, raw, frames)
+        self.sock.send_frames(list(frames))
+
+    def _take(self, event: dict[str, Any], raw: bytes, frames: list[bytes]) -> None:
+        if self.ended or event["seq"] <= self.last_seq:
+            return
+        frames.append(raw)
+        self.last_seq = event["seq"]
+        if event.get("type") == "status" and event.get("status") in TERMINAL:
+            self.ended = True
+
+    def _send_final(self) -> None:
+        state = final_state(self.request_id)
+        if state is None:
+            return
+        self.sock.send_json({"type": "final", "request": state})
+        self.ended = True
