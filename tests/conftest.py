@@ -207,19 +207,19 @@ class LiveServer:
         return self.log_path.read_text().splitlines()
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    settings_overrides: dict[str, Any], database: Database, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
+def start_live_server(
+    settings_overrides: dict[str, Any], log_dir: Path, **env_overrides: str
+) -> LiveServer:
     """The web process as production runs it: gunicorn, gevent workers, JSON logs to stdout."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("live_server") / "web.log"
+    log_path = log_dir / "web.log"
     env = {
         **os.environ,
         **{key.upper(): str(value) for key, value in settings_overrides.items()},
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
         "WEB_CONCURRENCY": "1",
+        **env_overrides,
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -231,9 +231,21 @@ def live_server(
         )
     server = LiveServer(f"http://127.0.0.1:{port}", log_path, process)
     _wait_until_serving(server)
+    return server
+
+
+def stop_live_server(server: LiveServer) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    settings_overrides: dict[str, Any], database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    server = start_live_server(settings_overrides, tmp_path_factory.mktemp("live_server"))
     yield server
-    process.terminate()
-    process.wait(timeout=30)
+    stop_live_server(server)
 
 
 def _wait_until_serving(server: LiveServer, timeout_s: float = 30.0) -> None:

@@ -52,18 +52,27 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/inference/requests/<uuid:request_id>/cancel"): OWNER_OR_STAFF,
 }
 
+# WebSocket routes: the test client cannot open them, so tests/pipeline/test_relay_streams.py
+# and test_relay_topics.py check every caller against these rows over real sockets (a
+# refusal there is an error frame and close code 1008 carrying the same code).
+SOCKETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/ws/inference/<uuid:request_id>"): OWNER_OR_STAFF,
+    ("GET", "/ws"): SIGNED_IN,
+}
 
-def _routes(app: Flask) -> set[tuple[str, str]]:
+
+def _routes(app: Flask, *, websocket: bool) -> set[tuple[str, str]]:
     return {
         (method, rule.rule)
         for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
+        if rule.endpoint != "static" and rule.websocket == websocket
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
     }
 
 
 def test_every_route_is_in_the_matrix(base_app: Flask) -> None:
-    assert _routes(base_app) == set(MATRIX)
+    assert _routes(base_app, websocket=False) == set(MATRIX)
+    assert _routes(base_app, websocket=True) == set(SOCKETS)
 
 
 @pytest.mark.parametrize("caller", CALLERS)

@@ -21,9 +21,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from db.models import Node, NodeStatus
+from db.models import Node, NodeStatus, Role, User
 from db.session import Database
-from tests.conftest import ROOT, free_port, make_committed_user
+from tests.conftest import (
+    ROOT,
+    LiveServer,
+    free_port,
+    make_committed_user,
+    start_live_server,
+    stop_live_server,
+)
 from tests.factories import TEST_PASSWORD
 from tests.support.identity import bearer
 
@@ -239,7 +246,25 @@ def api(base_app: Flask, committed: Database, redis_client: Any) -> FlaskClient:
 
 @pytest.fixture
 def user_headers(api: FlaskClient, committed: Database) -> dict[str, str]:
-    user = make_committed_user(committed)
+    return _login(api, make_committed_user(committed))
+
+
+@pytest.fixture
+def other_headers(api: FlaskClient, committed: Database) -> dict[str, str]:
+    return _login(api, make_committed_user(committed))
+
+
+@pytest.fixture
+def operator_headers(api: FlaskClient, committed: Database) -> dict[str, str]:
+    return _login(api, make_committed_user(committed, Role.OPERATOR))
+
+
+@pytest.fixture
+def admin_headers(api: FlaskClient, committed: Database) -> dict[str, str]:
+    return _login(api, make_committed_user(committed, Role.ADMIN))
+
+
+def _login(api: FlaskClient, user: User) -> dict[str, str]:
     response = api.post(
         "/api/v1/auth/login", json={"username": user.username, "password": TEST_PASSWORD}
     )
@@ -250,3 +275,22 @@ def node_online(database: Database, name: str) -> bool:
     with database.unit_of_work() as session:
         status = session.scalar(select(Node.status).where(Node.name == name))
     return status == NodeStatus.ONLINE
+
+
+@pytest.fixture(scope="module")
+def relay_server(
+    settings_overrides: dict[str, Any], database: Database, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The web process under gunicorn with the relay's clocks turned down for tests."""
+    server = start_live_server(
+        settings_overrides,
+        tmp_path_factory.mktemp("relay_server"),
+        WS_HEARTBEAT_S="0.5",
+        WS_PING_INTERVAL_S="1",
+        WS_SEND_QUEUE="64",
+        WS_CUTOFF_GRACE_S="3",
+        WS_SOCKET_SEND_BUFFER="8192",
+        SYSTEM_METRICS_INTERVAL_S="0.3",
+    )
+    yield server
+    stop_live_server(server)
