@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     cache_redis_url: str | None = None
     # Socket timeouts of the app's Redis client (cache, blocklist, rate limits).
     redis_timeout_s: float = Field(default=5.0, gt=0)
+    # Connections per Redis pool in a web process; beyond them a request waits (REDIS_TIMEOUT_S).
+    redis_max_connections: int = Field(default=50, ge=1)
 
     ollama_host: str = "http://127.0.0.1:11434"
 
@@ -132,6 +134,8 @@ class Settings(BaseSettings):
     # a slow client's backlog is bounded in the kernel too and shows up in our queue.
     ws_socket_send_buffer: int = Field(default=65536, ge=4096)
     ws_max_message_bytes: int = Field(default=65536, ge=256)  # largest client message
+    # An open socket's credential (logout, key revocation) is checked again this often.
+    ws_access_recheck_s: float = Field(default=60.0, gt=0)
     system_metrics_interval_s: float = Field(default=5.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -6,11 +6,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ApiKey, UserSession
+from db.models import ApiKey, User, UserSession
 
 # --- sessions ---------------------------------------------------------------------------
 # A login starts a family. Each refresh revokes the presented row ("rotated") and adds a
@@ -157,3 +157,21 @@ def revoke_user_api_keys(*, session: Session, user_id: uuid.UUID) -> int:
         .values(revoked_at=utcnow())
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def api_key_usable(*, session: Session, key_id: uuid.UUID) -> bool:
+    """Whether the key still opens the API: not revoked, not expired, its owner active."""
+    now = func.now()
+    return bool(
+        session.scalar(
+            select(ApiKey.id)
+            .join(User, User.id == ApiKey.user_id)
+            .where(
+                ApiKey.id == key_id,
+                ApiKey.revoked_at.is_(None),
+                (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now),
+                User.is_active.is_(True),
+                User.deleted_at.is_(None),
+            )
+        )
+    )

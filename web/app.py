@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 
 from config.logging import configure_logging
-from config.settings import build_settings
+from config.settings import Settings, build_settings
 from db.session import Database
 from web import cli, health
 from web.auth import views as auth_views
@@ -32,6 +32,20 @@ from workers.celery_app import configure as configure_celery
 from workers.events import EventLog
 
 
+def _redis(url: str, settings: Settings) -> Redis:
+    """A client whose pool makes a greenlet wait for a free connection (up to the Redis
+    timeout) rather than fail: one gevent process may have a thousand of them asking at once."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
+
+
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the API. `overrides` replace settings read from the environment (tests)."""
     settings = build_settings(overrides)
@@ -46,12 +60,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep code, message, details in order
     app.extensions["settings"] = settings
-    app.extensions["redis"] = Redis.from_url(
-        settings.cache_url,
-        socket_connect_timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
-    )
+    app.extensions["redis"] = _redis(settings.cache_url, settings)
 
     # Order matters: after_request hooks run in reverse, so the access log sees the final status.
     init_request_context(app)
@@ -64,11 +73,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     configure_celery(celery_app, settings)  # publish to this app's broker
     # Events and cancel signals live where the workers look for them: REDIS_URL (the cache
     # may be moved elsewhere with CACHE_REDIS_URL).
-    events_redis = Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-    )
+    events_redis = _redis(settings.redis_url, settings)
     app.extensions["events"] = EventLog(events_redis, ttl_s=settings.event_ttl_s)
     sockets = SocketRegistry()
     app.extensions["relay"] = Relay(

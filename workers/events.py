@@ -46,6 +46,18 @@ class EventLog:
 
     def publish(self, request_id: uuid.UUID | str, event_type: str, **fields: Any) -> int:
         """Append one event; returns its sequence number."""
+        return int(self._script(*self._call(request_id, event_type, fields)))
+
+    def publish_many(self, events: list[tuple[uuid.UUID | str, str, dict[str, Any]]]) -> list[int]:
+        """Append (request_id, event_type, fields) events in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for request_id, event_type, fields in events:
+                self._script(*self._call(request_id, event_type, fields), client=pipe)
+            return [int(seq) for seq in pipe.execute()]
+
+    def _call(
+        self, request_id: uuid.UUID | str, event_type: str, fields: dict[str, Any]
+    ) -> tuple[list[str], list[Any]]:
         body = json.dumps(
             {"type": event_type, "request_id": str(request_id), **fields},
             separators=(",", ":"),
@@ -58,15 +70,20 @@ class EventLog:
             STATUS_CHANNEL,
         ]
         also_status = "1" if event_type == "status" else "0"
-        return int(self._script(keys=keys, args=[body, self.ttl_s, self.max_events, also_status]))
+        return keys, [body, self.ttl_s, self.max_events, also_status]
 
     def replay(self, request_id: uuid.UUID | str, after: int = 0) -> list[dict[str, Any]]:
         """Stored events with seq > after, in order."""
         return [json.loads(raw) for raw in self.replay_raw(request_id, after)]
 
-    def replay_raw(self, request_id: uuid.UUID | str, after: int = 0) -> list[bytes]:
-        """The same, as the JSON bytes that were published (a relay passes them on as is)."""
-        entries: Any = self.redis.xrange(STREAM_KEY.format(request_id), min=f"({after}-1", max="+")
+    def replay_raw(
+        self, request_id: uuid.UUID | str, after: int = 0, count: int | None = None
+    ) -> list[bytes]:
+        """The same, as the JSON bytes that were published (a relay passes them on as is);
+        at most `count` of them."""
+        entries: Any = self.redis.xrange(
+            STREAM_KEY.format(request_id), min=f"({after}-1", max="+", count=count
+        )
         return [fields[b"event"] for _, fields in entries or []]
 
 

@@ -266,8 +266,40 @@ def test_two_hundred_sockets_on_one_process_each_get_every_event(
     expected: Any = None
     for received in results:
         assert isinstance(received, Received)
+        summary = (received.close_code, received.close_reason, received.frames[-2:])
         _assert_exactly_once(received)
-        assert received.text == stored["output"]
-        assert received.close_code == NORMAL
+        assert received.text == stored["output"], summary
+        assert received.close_code == NORMAL, summary
         expected = expected or received.seqs
         assert received.seqs == expected
+
+
+def test_a_lost_redis_subscription_is_resumed_without_gap_or_repeat(
+    api: FlaskClient,
+    user_headers: dict[str, str],
+    double: Double,
+    relay_server: LiveServer,
+    redis_client: Any,
+) -> None:
+    """Kill the web process's pub/sub connection mid-stream: the hub reconnects, subscribes
+    again and the stream replays what was published meanwhile."""
+    double.configure(token_delay_s=0.02)
+    job = submit(api, user_headers, options={"num_predict": 150})
+    ws = connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+    received = Received()
+    while len(received.of_type("token")) < 5:
+        frame = next_frame(ws, received)
+        assert frame is not None
+        received.frames.append(frame)
+    hubs = [c for c in redis_client.client_list() if c.get("name") == "omx-relay-hub"]
+    assert hubs
+    for hub in hubs:
+        redis_client.client_kill_filter(_id=hub["id"])
+    rest = read_until_closed(ws)
+    stored = finished(api, user_headers, job["id"])
+
+    both = Received(received.frames + rest.frames)
+    _assert_exactly_once(both)
+    assert both.text == stored["output"]
+    assert rest.close_code == NORMAL
+    assert "Redis connection lost" in relay_server.log_path.read_text()

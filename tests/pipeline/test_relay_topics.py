@@ -10,6 +10,7 @@ import websocket
 from flask.testing import FlaskClient
 
 from tests.conftest import LiveServer
+from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Double, Worker, start_double
 from tests.pipeline.jobs import finished, submit
 from tests.support.ws import Frame, Received, connect, next_frame, next_non_heartbeat, send
@@ -89,9 +90,9 @@ def test_heartbeats_arrive_while_idle(
 def test_a_client_that_stops_answering_pings_is_dropped(
     user_headers: dict[str, str], relay_server: LiveServer
 ) -> None:
-    """WS_PING_INTERVAL_S=1: a client that does not read answers no ping and is dropped."""
+    """WS_PING_INTERVAL_S=2: a client that does not read answers no ping and is dropped."""
     ws = connect(relay_server.url, "/ws", _token(user_headers))
-    time.sleep(3.5)  # not reading: websocket-client answers pings only while it reads
+    time.sleep(6)  # not reading: websocket-client answers pings only while it reads
     received = Received()
     while next_frame(ws, received) is not None:
         pass
@@ -202,3 +203,41 @@ def test_node_status_and_model_update_come_from_the_fleet(
         extra.process.terminate()
         extra.process.wait(timeout=10)
         ws.close()
+
+
+def test_logging_out_closes_the_open_socket(
+    api: FlaskClient, user_headers: dict[str, str], relay_server: LiveServer
+) -> None:
+    """WS_ACCESS_RECHECK_S=0.5 here: the credential is checked again while the socket stays
+    open, so a logout (or a revoked key) ends it instead of streaming on for hours."""
+    ws = connect(relay_server.url, "/ws", _token(user_headers))
+    _subscribe(ws, "node_status")
+    assert api.post("/api/v1/users/logout", headers=user_headers).status_code == 204
+    received = Received()
+    while (frame := next_frame(ws, received)) is not None:
+        received.frames.append(frame)
+    assert received.of_type("error")[-1]["code"] == "token_revoked"
+    assert received.close_code == POLICY_VIOLATION
+
+
+def test_a_revoked_api_key_closes_the_request_stream(
+    api: FlaskClient, user_headers: dict[str, str], double: Double, relay_server: LiveServer
+) -> None:
+    created = api.post(
+        "/api/v1/users/api-keys",
+        json={"name": "ws", "scopes": ["inference"], "current_password": TEST_PASSWORD},
+        headers=user_headers,
+    ).get_json()
+    double.configure(first_token_delay_s=30)
+    job = submit(api, user_headers)
+    ws = connect(relay_server.url, job["links"]["ws"], header_token=created["key"])
+    send(ws, "the request stream takes no messages; these are dropped")
+    assert next_frame(ws)["status"] == "queued"  # type: ignore[index]
+    revoked = api.delete(f"/api/v1/users/api-keys/{created['id']}", headers=user_headers)
+    assert revoked.status_code == 204
+    received = Received()
+    while (frame := next_frame(ws, received)) is not None:
+        received.frames.append(frame)
+    assert received.of_type("error")[-1]["code"] == "invalid_api_key"
+    assert received.close_code == POLICY_VIOLATION
+    api.post(f"/api/v1/inference/requests/{job['id']}/cancel", headers=user_headers)

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import ConnectionPool
 from redis.connection import ConnectionInterface
@@ -31,6 +32,16 @@ log = logging.getLogger(__name__)
 # Turns a message into the frame one subscriber gets, or None when it does not want it.
 # No shape: the message as published.
 Shape = Callable[[bytes], bytes | None]
+
+
+MIN_BACKOFF_S, MAX_BACKOFF_S = 0.1, 5.0  # between reconnection attempts
+CLIENT_NAME = "omx-relay-hub"
+
+
+def _without_protocol(url: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "protocol"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 class HubUnavailable(Exception):
@@ -48,8 +59,9 @@ class Hub:
         # RESP2: subscription replies and messages come back from read_response() as
         # arrays (under RESP3, redis-py routes them to push handlers instead).
         self._pool = ConnectionPool.from_url(
-            redis_url,
+            _without_protocol(redis_url),  # options in the URL would override ours
             protocol=2,
+            client_name=CLIENT_NAME,  # findable in CLIENT LIST
             socket_connect_timeout=confirm_s,
             socket_timeout=keepalive_s * 3,
         )
@@ -62,6 +74,9 @@ class Hub:
         self._connection: ConnectionInterface | None = None
         self._started = False
         self._stopped = threading.Event()
+        # Set when a connection was lost: once the new one has confirmed every subscription,
+        # every reader is told to resynchronise (not before: it would replay too early).
+        self._resync_when_confirmed = False
         self.messages_relayed = 0
 
     # -- used by sockets --------------------------------------------------------------------
@@ -125,6 +140,9 @@ class Hub:
         try:
             connection.send_command(*command, check_health=False)
         except RedisError as error:
+            # redis-py has dropped its socket; writing again would make it reconnect on its
+            # own, outside the listener. No more writes until the listener has a new one.
+            self._connection = None
             log.warning("relay hub: write failed (%s); the listener will reconnect", error)
 
     def _subscribe_on_redis(self, channels: list[tuple[bytes, _Channel]]) -> None:
@@ -140,36 +158,47 @@ class Hub:
                 self._send("PING")
 
     def _listen_forever(self) -> None:
-        backoff = 0.1
+        backoff = MIN_BACKOFF_S
         while not self._stopped.is_set():
+            connection = None
             try:
-                self._listen_once()
-                backoff = 0.1
+                connection = self._pool.make_connection()
+                connection.connect()
+                self._adopt(connection)
+                backoff = MIN_BACKOFF_S
+                while not self._stopped.is_set():
+                    self._handle(connection.read_response())
             except (RedisError, OSError) as error:
                 if self._stopped.is_set():
                     return
                 log.warning("relay hub: Redis connection lost (%s); reconnecting", error)
-            except Exception:  # a bug in a filter or mailbox must not end the relay
+            except Exception:  # a bug in a shape or mailbox must not end the relay
                 log.exception("relay hub: listener failed; restarting it")
-            self._resync_all()
+            finally:
+                self._drop(connection)
             time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _listen_once(self) -> None:
-        connection = self._pool.make_connection()
-        connection.connect()
+    def _adopt(self, connection: ConnectionInterface) -> None:
+        """Make `connection` the hub's and subscribe it to every channel in use."""
         with self._lock:
-            for entry in self._channels.values():
-                entry.confirmed.clear()
             self._awaiting.clear()
             self._connection = connection
             self._subscribe_on_redis(list(self._channels.items()))
-        try:
-            while not self._stopped.is_set():
-                self._handle(connection.read_response())
-        finally:
-            with self._lock:
-                self._connection = None
+            if not self._awaiting:
+                self._resync_when_confirmed = False  # nobody to tell
+
+    def _drop(self, connection: ConnectionInterface | None) -> None:
+        with self._lock:
+            self._connection = None
+            self._awaiting.clear()
+            # New readers must wait for the next connection's confirmation, and readers
+            # that were there may have missed messages.
+            for entry in self._channels.values():
+                entry.confirmed.clear()
+            if self._channels:
+                self._resync_when_confirmed = True
+        if connection is not None:
             connection.disconnect()
 
     def _handle(self, reply: object) -> None:
@@ -181,8 +210,13 @@ class Hub:
         elif kind == b"subscribe":
             with self._lock:
                 entry = self._awaiting.popleft() if self._awaiting else None
+                resync = self._resync_when_confirmed and not self._awaiting
+                if resync:
+                    self._resync_when_confirmed = False
             if entry is not None:
                 entry.confirmed.set()
+            if resync:
+                self._resync_all()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         entry = self._channels.get(channel)

@@ -9,12 +9,15 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from simple_websocket import ConnectionClosed, Server
 from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from config.settings import Settings
+from web.realtime.access import Access
 from web.realtime.mailbox import Mailbox
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,11 @@ POLICY_VIOLATION = 1008  # no or bad credentials, not allowed, no such request
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013  # too slow to keep up, or the event feed is down; reconnect and resume
 
+LAPSED = {
+    "token_expired": "The token has expired.",
+    "token_revoked": "The token has been revoked.",
+    "invalid_api_key": "The API key is invalid, expired or revoked.",
+}
 CLOSE_HANDSHAKE_S = 2.0  # how long a close waits for the client's answering close frame
 
 
@@ -49,6 +57,23 @@ class _WholeWrites:
         return getattr(self._sock, name)
 
 
+class _WakeMailboxToo:
+    """simple-websocket's reader thread sets `ws.event` when a message arrives or the client
+    closes. Waking the mailbox as well lets a socket that only sends notice at once, instead
+    of at its next heartbeat."""
+
+    def __init__(self, event: threading.Event, mailbox: Mailbox) -> None:
+        self._event = event
+        self._mailbox = mailbox
+
+    def set(self) -> None:
+        self._event.set()
+        self._mailbox.wake()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._event, name)
+
+
 class RelaySocket:
     def __init__(self, ws: Server, settings: Settings, registry: SocketRegistry) -> None:
         self.ws = ws
@@ -57,11 +82,21 @@ class RelaySocket:
             self._raw_socket.setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDBUF, settings.ws_socket_send_buffer
             )
+        with contextlib.suppress(OSError, AttributeError):
+            # A peer that acknowledges nothing for this long (dead, or reading nothing at all)
+            # is aborted by the kernel, even while we are blocked writing to it.
+            self._raw_socket.setsockopt(
+                socket.IPPROTO_TCP,
+                socket.TCP_USER_TIMEOUT,
+                int(settings.ws_ping_interval_s * 2 * 1000),
+            )
         ws.sock = _WholeWrites(ws.sock)
         self.settings = settings
         self.mailbox = Mailbox(settings.ws_send_queue, on_overflow=self._cut_off_soon)
+        ws.event = _WakeMailboxToo(ws.event, self.mailbox)
         self.last_sent = time.monotonic()
         self._registry = registry
+        self.access: Access | None = None  # set once the caller is admitted
 
     def __enter__(self) -> RelaySocket:
         self._registry.opened()
@@ -75,26 +110,43 @@ class RelaySocket:
     def connected(self) -> bool:
         return bool(self.ws.connected)
 
-    def send_frames(self, frames: list[bytes | str]) -> None:
+    def send_frames(self, frames: Sequence[bytes | str]) -> None:
         """Write frames in one system call. Raises ConnectionClosed once the client is gone."""
         if not frames:
             return
         if not self.ws.connected:
             raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
         connection = self.ws.ws
-        data = b"".join(
-            connection.send(TextMessage(data=frame.decode() if isinstance(frame, bytes) else frame))
-            for frame in frames
-        )
         try:
+            data = b"".join(
+                connection.send(
+                    TextMessage(data=frame.decode() if isinstance(frame, bytes) else frame)
+                )
+                for frame in frames
+            )
             self.ws.sock.sendall(data)
-        except OSError as error:
+        except (OSError, LocalProtocolError) as error:
+            # LocalProtocolError: the reader thread began closing (a ping went unanswered).
             self.ws.connected = False
             raise ConnectionClosed() from error
         self.last_sent = time.monotonic()
 
+    def discard_client_messages(self) -> None:
+        """For sockets that take no messages: drop what the client sent, so it cannot pile
+        up in the library's input buffer."""
+        while self.ws.input_buffer:
+            self.ws.input_buffer.pop(0)
+
     def send_json(self, body: dict[str, Any]) -> None:
         self.send_frames([json.dumps(body, separators=(",", ":"), default=str)])
+
+    def access_holds(self) -> bool:
+        """False (and the socket refused) once its credential has lapsed."""
+        code = self.access.lapsed() if self.access is not None else None
+        if code is None:
+            return True
+        self.refuse(code, LAPSED[code])
+        return False
 
     def heartbeat_due(self) -> bool:
         return time.monotonic() - self.last_sent >= self.settings.ws_heartbeat_s
@@ -113,7 +165,7 @@ class RelaySocket:
     def close(self, close_code: int = NORMAL, reason: str | None = None) -> None:
         if not self.ws.connected:
             return
-        with contextlib.suppress(ConnectionClosed, OSError):
+        with contextlib.suppress(ConnectionClosed, OSError, LocalProtocolError):
             self.ws.close(reason=close_code, message=reason)
         # The closing handshake: wait for the client's close frame before the server closes
         # the TCP connection. Closing first would answer the client's late writes (a pong, its

@@ -10,8 +10,12 @@ with the request as GET /api/v1/inference/requests/<id> shows it.
 from __future__ import annotations
 
 import json
+import logging
+import random
 import uuid
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from db.models import InferenceRequest, RequestStatus
 from web.database import get_db
@@ -20,6 +24,12 @@ from web.realtime.relay import Relay
 from web.realtime.socket import NORMAL, TRY_AGAIN_LATER, RelaySocket
 from web.schemas.inference import RequestRead
 from workers.events import CHANNEL
+
+log = logging.getLogger(__name__)
+
+# Quiet heartbeats between database checks of a stream's request (randomised up to twice).
+DB_CHECK_EVERY = 2
+REPLAY_PAGE = 1000  # stored events read and sent at a time
 
 TERMINAL = frozenset(
     {str(RequestStatus.COMPLETED), str(RequestStatus.FAILED), str(RequestStatus.CANCELLED)}
@@ -61,34 +71,53 @@ class RequestStream:
             self.relay.hub.unsubscribe(channel, self.sock.mailbox)
 
     def _stream(self) -> None:
-        self._send(self._replay())
+        self._catch_up()
         if not self.ended and self.finished_at_connect:
             self._send_final()
-        idle_checks = 0
+        quiet_heartbeats = 0
+        # Spread the database checks of sockets that connected together.
+        check_every = DB_CHECK_EVERY + random.randrange(DB_CHECK_EVERY)  # noqa: S311
         while not self.ended and self.sock.connected:
             items = self.sock.mailbox.take(self.sock.settings.ws_heartbeat_s)
-            if self.sock.cut_off_if_overflowed():
+            self.sock.discard_client_messages()  # this socket takes none
+            if self.sock.cut_off_if_overflowed() or not self.sock.access_holds():
                 return
             if self.sock.mailbox.resync_requested:
                 self.sock.mailbox.resync_requested = False
-                items = self._replay() + items
+                self._catch_up()
             self._send(items)
             if items:
-                idle_checks = 0
+                quiet_heartbeats = 0
             elif self.sock.heartbeat_due():
                 self.sock.send_heartbeat()
-                idle_checks += 1
-                # A worker that died between saving the result and announcing it leaves no
-                # terminal event: the database has the last word.
-                if idle_checks >= 2 and final_state(self.request_id) is not None:
-                    self._send(self._replay())
-                    if not self.ended:
-                        self._send_final()
+                quiet_heartbeats += 1
+                if quiet_heartbeats % check_every == 0:
+                    self._end_if_finished_in_database()
         if self.ended:
             self.sock.close(NORMAL, "finished")
 
-    def _replay(self) -> list[bytes]:
-        return self.relay.events.replay_raw(self.request_id, after=self.last_seq)
+    def _end_if_finished_in_database(self) -> None:
+        """A worker that died between saving its result and announcing it leaves no terminal
+        event: after a quiet spell, the database has the last word."""
+        try:
+            finished = final_state(self.request_id) is not None
+        except SQLAlchemyError as error:
+            log.warning("request %s: state check failed: %s", self.request_id, error)
+            return
+        if finished:
+            self._catch_up()
+            if not self.ended:
+                self._send_final()
+
+    def _catch_up(self) -> None:
+        """Send the stored events after the last seq sent, a page at a time."""
+        while not self.ended:
+            page = self.relay.events.replay_raw(
+                self.request_id, after=self.last_seq, count=REPLAY_PAGE
+            )
+            self._send(page)
+            if len(page) < REPLAY_PAGE:
+                return
 
     def _send(self, items: list[bytes]) -> None:
         frames: list[bytes] = []
@@ -100,12 +129,14 @@ class RequestStream:
             if seq <= self.last_seq:
                 continue  # seen already (replay and live overlap)
             if seq > self.last_seq + 1:  # missed something (a feed hiccup): fill the gap
-                for missing in self._replay():
-                    self._take(json.loads(missing), missing, frames)
-                if seq <= self.last_seq:
-                    continue
+                missing = self.relay.events.replay_raw(
+                    self.request_id, after=self.last_seq, count=seq - self.last_seq - 1
+                )
+                for stored in missing:
+                    self._take(json.loads(stored), stored, frames)
+                # Whatever is still missing was trimmed from the store: it cannot come back.
             self._take(event, raw, frames)
-        self.sock.send_frames(list(frames))
+        self.sock.send_frames(frames)
 
     def _take(self, event: dict[str, Any], raw: bytes, frames: list[bytes]) -> None:
         if self.ended or event["seq"] <= self.last_seq:

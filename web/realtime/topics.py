@@ -8,6 +8,7 @@ socket stays open either way. Events arrive as {"topic": ..., "type": ..., ...}.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from simple_websocket import ConnectionClosed
 
 from web.realtime.hub import HubUnavailable, Shape
 from web.realtime.relay import Relay
-from web.realtime.socket import RelaySocket
+from web.realtime.socket import INTERNAL_ERROR, RelaySocket
 from web.security.policy import Permission
 from web.security.principal import Principal
 from workers.events import STATUS_CHANNEL, TOPIC_CHANNEL
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class TopicSocket:
     def _parse(self, message: str | bytes) -> tuple[str, set[str]]:
         try:
             body = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadMessage("invalid_json", "Messages must be JSON objects.") from None
         if not isinstance(body, dict):
             raise BadMessage("invalid_message", "Messages must be JSON objects.")
@@ -170,7 +173,7 @@ class TopicSocket:
         try:
             while not self.sock.mailbox.closed and self.sock.connected:
                 items = self.sock.mailbox.take(self.sock.settings.ws_heartbeat_s)
-                if self.sock.cut_off_if_overflowed():
+                if self.sock.cut_off_if_overflowed() or not self.sock.access_holds():
                     return
                 if self.sock.mailbox.resync_requested:
                     self.sock.mailbox.resync_requested = False
@@ -183,3 +186,6 @@ class TopicSocket:
                     self.sock.send_heartbeat()
         except ConnectionClosed:
             pass
+        except Exception:  # the socket must not stay open without its sender
+            log.exception("websocket topic sender failed")
+            self.sock.close(INTERNAL_ERROR, "internal_error")

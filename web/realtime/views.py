@@ -3,33 +3,46 @@
 Both authenticate like the REST API (a JWT or an API key as `Authorization: Bearer`, or as
 `?token=` for clients that cannot set headers, such as browsers). A refusal is an error frame
 followed by close code 1008, never data. The database session is released once the caller is
-known, so an open socket holds no database connection.
+known, so an open socket holds no database connection; the credential is checked again while
+the socket stays open (web/realtime/access.py).
+
+No exception may leave a handler: once the connection is upgraded, Flask's error response
+would be written into the WebSocket stream as garbage. Failures close with 1011 instead.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
+from flask_jwt_extended import get_jwt
 from flask_sock import Sock
-from simple_websocket import Server
+from simple_websocket import ConnectionClosed, Server
 
-from web.database import end_unit_of_work
+from web.database import end_unit_of_work, get_db
 from web.errors import BadRequest, Forbidden
 from web.extensions import current_settings
 from web.inference.views import visible_request
+from web.realtime.access import Access
 from web.realtime.relay import current_relay
-from web.realtime.socket import RelaySocket
+from web.realtime.socket import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    RelaySocket,
+)
 from web.realtime.streams import TERMINAL, RequestStream
 from web.realtime.topics import TopicSocket
 from web.security.policy import Permission
-from web.security.principal import authenticated
+from web.security.principal import Principal, authenticated
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("realtime", __name__)
 sock = Sock()
-T = TypeVar("T")
 
 
 @bp.before_request
@@ -39,18 +52,36 @@ def _decline_compression() -> None:
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
 
-def _admit(relay_socket: RelaySocket, check: Callable[[], T]) -> T | None:
+def _access(principal: Principal) -> Access:
+    expires_at = float(get_jwt()["exp"]) if principal.family_id is not None else None
+    return Access(
+        principal,
+        expires_at=expires_at,
+        recheck_s=current_settings().ws_access_recheck_s,
+        redis=current_app.extensions["redis"],
+        database=get_db(),
+    )
+
+
+def _admit(relay_socket: RelaySocket, check: Callable[[], Any]) -> Any:
     """Run the REST checks for this caller; a refusal carries the code and message the REST
-    API would have answered with. The database session is released either way."""
+    API would have answered with. The database session is released either way. Returns what
+    `check` returned, or None after a refusal."""
     try:
         admitted = check()
     except Exception as error:  # auth errors come from several libraries
         end_unit_of_work(commit=False)
         response = current_app.handle_user_exception(error)
-        if not isinstance(response, Response) or response.status_code >= 500:
-            raise
+        if not isinstance(response, Response) or response.status_code in (500, 501, 502):
+            log.exception("websocket handshake failed")
+            relay_socket.refuse("internal_error", "Something went wrong.", INTERNAL_ERROR)
+            return None
         body = (response.get_json(silent=True) or {}).get("error") or {}
-        relay_socket.refuse(body.get("code", "refused"), body.get("message", "Refused."))
+        # 503: a dependency is down; the client may try again. Otherwise: a refusal.
+        close_code = TRY_AGAIN_LATER if response.status_code >= 503 else POLICY_VIOLATION
+        relay_socket.refuse(
+            body.get("code", "refused"), body.get("message", "Refused."), close_code
+        )
         return None
     end_unit_of_work()
     return admitted
@@ -63,33 +94,49 @@ def _after_seq() -> int:
     return int(raw)
 
 
-def _open(ws: Server) -> RelaySocket:
+def _serve(ws: Server, handler: Callable[[RelaySocket], None]) -> None:
     relay = current_relay()
     relay.pulse.start()
-    return RelaySocket(ws, current_settings(), relay.sockets)
+    with RelaySocket(ws, current_settings(), relay.sockets) as relay_socket:
+        try:
+            handler(relay_socket)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("websocket %s failed", request.path)
+            relay_socket.close(INTERNAL_ERROR, "internal_error")
 
 
 @sock.route("/ws/inference/<uuid:request_id>", bp=bp)
 def request_stream(ws: Server, request_id: uuid.UUID) -> None:
-    def check() -> tuple[int, bool]:
-        if not authenticated().can(Permission.INFERENCE_READ_OWN):
+    def check() -> tuple[Access, int, bool]:
+        principal = authenticated()
+        if not principal.can(Permission.INFERENCE_READ_OWN):
             raise Forbidden()
         row = visible_request(request_id)
-        return _after_seq(), str(row.status) in TERMINAL
+        return _access(principal), _after_seq(), str(row.status) in TERMINAL
 
-    with _open(ws) as relay_socket:
+    def handle(relay_socket: RelaySocket) -> None:
         admitted = _admit(relay_socket, check)
         if admitted is not None:
-            after, finished = admitted
+            relay_socket.access, after, finished = admitted
             RequestStream(relay_socket, current_relay(), request_id, after, finished).run()
+
+    _serve(ws, handle)
 
 
 @sock.route("/ws", bp=bp)
 def topic_socket(ws: Server) -> None:
-    with _open(ws) as relay_socket:
-        principal = _admit(relay_socket, authenticated)
-        if principal is not None:
-            TopicSocket(relay_socket, current_relay(), principal).run()
+    def check() -> Access:
+        return _access(authenticated())
+
+    def handle(relay_socket: RelaySocket) -> None:
+        access = _admit(relay_socket, check)
+        if access is not None:
+            relay_socket.access = access
+            TopicSocket(relay_socket, current_relay(), access.principal).run()
+
+    _serve(ws, handle)
 
 
 def init_realtime(app: Flask) -> None:
