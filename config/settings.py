@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     dispatch_mark_batch_ms: int = Field(default=50, ge=0)
     # Accept jobs for a model no online node serves (they wait) instead of answering 409.
     queue_while_unavailable: bool = False
+    default_priority: int = Field(default=5, ge=0, le=9)  # of a job that names none
+    # Finished requests, dead sessions and audit partitions older than this are removed.
+    retention_days: int = Field(default=90, ge=1, le=3650)
+    # How long a process reuses the run-time config it read (system config changes).
+    live_config_ttl_s: float = Field(default=2.0, gt=0)
 
     # Real-time relay (WebSockets).
     ws_heartbeat_s: float = Field(default=15.0, gt=0)  # a heartbeat frame after this much quiet

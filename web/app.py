@@ -25,11 +25,13 @@ from web.request_context import init_request_context
 from web.security.hygiene import init_hygiene
 from web.security.ratelimit import init_rate_limits
 from web.security.tokens import init_jwt
+from web.system import views as system_views
 from web.users import admin as users_admin
 from web.users import views as users_views
 from workers.celery_app import celery_app
 from workers.celery_app import configure as configure_celery
 from workers.events import EventLog
+from workers.live_config import LiveConfig
 
 
 def _redis(url: str, settings: Settings) -> Redis:
@@ -75,6 +77,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # may be moved elsewhere with CACHE_REDIS_URL).
     events_redis = _redis(settings.redis_url, settings)
     app.extensions["events"] = EventLog(events_redis, ttl_s=settings.event_ttl_s)
+    app.extensions["live_config"] = LiveConfig(
+        settings, app.extensions["db"], app.extensions["redis"]
+    )
     sockets = SocketRegistry()
     app.extensions["relay"] = Relay(
         # Started on first use, so each gunicorn worker gets its own after the fork.
@@ -91,7 +96,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.extensions["dispatch_marks"] = DispatchMarks(
         lambda: app.extensions["db"], settings.dispatch_mark_batch_ms
     )
-    for blueprint in (auth_views.bp, users_views.bp, users_admin.bp, inference_views.bp):
+    for blueprint in (
+        auth_views.bp,
+        users_views.bp,
+        users_admin.bp,
+        inference_views.bp,
+        system_views.bp,
+    ):
         app.register_blueprint(blueprint)
     init_realtime(app)
     init_rate_limits(app, settings)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from flask import current_app
 
+from config.runtime import RuntimeConfig
 from config.settings import Settings
 
 
 def current_settings() -> Settings:
     settings: Settings = current_app.extensions["settings"]
     return settings
+
+
+def current_config() -> RuntimeConfig:
+    """The run-time config (system config over the environment), at most seconds old."""
+    return current_app.extensions["live_config"].current()  # type: ignore[no-any-return]

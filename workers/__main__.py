@@ -27,6 +27,7 @@ from workers import runtime
 from workers.celery_app import celery_app, queue_for_node
 from workers.engines.ollama import OllamaEngine
 from workers.events import EventLog
+from workers.live_config import LiveConfig
 from workers.node import Heartbeat, go_offline, register
 
 log = logging.getLogger("workers")
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     hostname = socket.gethostname()
     name = args.name or (f"gpu{args.gpu}@{hostname}" if args.gpu is not None else f"cpu@{hostname}")
     engine_url = args.engine_url or settings.ollama_host
+    database = Database.from_settings(settings)
     redis = Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
@@ -61,9 +63,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     rt = runtime.Runtime(
         settings=settings,
-        database=Database.from_settings(settings),
+        database=database,
         redis=redis,
         events=EventLog(redis, ttl_s=settings.event_ttl_s),
+        # The cache's Redis, where the web process invalidates what it changes.
+        config=LiveConfig(
+            settings,
+            database,
+            Redis.from_url(
+                settings.cache_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+            ),
+        ),
         engine=OllamaEngine(engine_url, stall_timeout_s=settings.engine_stall_timeout_s),
         worker_name=name,
         node_name=name,

@@ -13,6 +13,7 @@ from config.settings import Settings
 from db.session import Database
 from workers.engines.base import Engine
 from workers.events import EventLog
+from workers.live_config import LiveConfig
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Runtime:
     database: Database
     redis: Redis
     events: EventLog
+    config: LiveConfig
     engine: Engine
     worker_name: str
     node_name: str

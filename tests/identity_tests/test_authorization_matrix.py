@@ -14,6 +14,8 @@ from flask.testing import FlaskClient
 
 from db.models import Role
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory
+from tests.identity_tests.matrix_fleet import FLEET_MATRIX
+from tests.identity_tests.matrix_system import SYSTEM_MATRIX
 from tests.support.identity import bearer, login, make_user
 
 CALLERS = ("anonymous", "owner", "other", "operator", "admin")
@@ -50,6 +52,8 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/inference/requests"): SIGNED_IN,
     ("GET", "/api/v1/inference/requests/<uuid:request_id>"): OWNER_OR_STAFF,
     ("POST", "/api/v1/inference/requests/<uuid:request_id>/cancel"): OWNER_OR_STAFF,
+    **FLEET_MATRIX,
+    **SYSTEM_MATRIX,
 }
 
 # WebSocket routes: the test client cannot open them, so tests/pipeline/test_relay_streams.py

@@ -22,7 +22,7 @@ from db.inference import find_by_idempotency_key
 from db.models import InferenceRequest, RequestKind, RequestStatus
 from web.database import after_commit, get_session
 from web.errors import BadRequest, Conflict
-from web.extensions import current_settings
+from web.extensions import current_config, current_settings
 from web.inference.dispatch_marks import DispatchMarks
 from web.schemas.inference import ChatRequest, GenerateRequest, Links, Submitted
 from web.security.principal import authenticated
@@ -102,7 +102,8 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
     )
     if served.disabled:
         raise Conflict(f"Model {model_name} is disabled.", code="model_disabled")
-    if not served.served and not settings.queue_while_unavailable:
+    config = current_config()
+    if not served.served and not config.queue_while_unavailable:
         raise Conflict(
             f"No online node serves {model_name}.",
             code="model_unavailable",
@@ -117,7 +118,7 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
         kind=kind,
         input=fields,
         options=body.options or {},
-        priority=body.priority,
+        priority=config.default_priority if body.priority is None else body.priority,
         idempotency_key=key,
         request_hash=request_hash,
         status=RequestStatus.QUEUED,

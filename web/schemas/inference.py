@@ -40,7 +40,9 @@ class SubmitBase(BaseModel):
     format: Format = None
     keep_alive: KeepAlive = None
     think: bool | Literal["low", "medium", "high"] | None = None
-    priority: int = Field(default=5, ge=0, le=9, description="9 runs first.")
+    priority: int | None = Field(
+        default=None, ge=0, le=9, description="9 runs first; default: the system's default."
+    )
 
 
 class GenerateRequest(SubmitBase):

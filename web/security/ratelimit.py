@@ -17,7 +17,7 @@ from jwt import PyJWTError
 
 from config.settings import Settings
 from web.errors import APIError
-from web.extensions import current_settings
+from web.extensions import current_config
 from web.security.principal import current_principal
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def ip_key() -> str:
 
 def configured_limit(name: str) -> Callable[[], str]:
     def limit() -> str:
-        return str(getattr(current_settings(), name))
+        return str(getattr(current_config(), name))
 
     return limit
 

@@ -96,7 +96,8 @@ class JobRunner:
     def __init__(self, rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
         self.rt, self.job, self.watch = rt, job, watch
         self.settings = rt.settings
-        self.deadline = time.monotonic() + self.settings.max_generation_s
+        self.max_generation_s = rt.config.current().max_generation_s
+        self.deadline = time.monotonic() + self.max_generation_s
         self.parts: list[str] = []
         self.first_token_at: datetime | None = None
 
@@ -160,7 +161,7 @@ class JobRunner:
         self._check_stop()
         if time.monotonic() > self.deadline:
             raise EngineError(
-                f"generation exceeded {self.settings.max_generation_s} s",
+                f"generation exceeded {self.max_generation_s} s",
                 code="timeout",
                 retryable=False,
             )
