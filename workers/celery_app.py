@@ -14,6 +14,12 @@ from config.settings import Settings, get_settings
 PRIORITY_STEPS = list(range(10))
 
 
+# Maintenance (workers/tasks/maintenance.py, docs/maintenance.md), in seconds.
+DASHBOARD_REFRESH_S = 60
+AUDIT_PARTITIONS_S = 24 * 3600
+CLEANUP_S = 3600
+
+
 def queue_for_model(model_name: str) -> str:
     return f"model.{model_name}"
 
@@ -66,6 +72,27 @@ def configure(app: Celery, settings: Settings) -> None:
                 "schedule": settings.sweep_interval_s,
                 "options": {"expires": settings.sweep_interval_s * 2},
             },
+            "maintenance-stale-nodes": {
+                "task": "maintenance.stale_nodes",
+                "schedule": settings.sweep_interval_s,
+                "options": {"expires": settings.sweep_interval_s * 2},
+            },
+            # The slower jobs: a run that waited a whole interval is superseded by the next.
+            "maintenance-refresh-dashboard": {
+                "task": "maintenance.refresh_dashboard",
+                "schedule": DASHBOARD_REFRESH_S,
+                "options": {"expires": DASHBOARD_REFRESH_S},
+            },
+            "maintenance-audit-partitions": {
+                "task": "maintenance.audit_partitions",
+                "schedule": AUDIT_PARTITIONS_S,
+                "options": {"expires": AUDIT_PARTITIONS_S},
+            },
+            "maintenance-cleanup": {
+                "task": "maintenance.cleanup",
+                "schedule": CLEANUP_S,
+                "options": {"expires": CLEANUP_S},
+            },
         },
     )
     # Publisher pools are per broker URL (kombu keeps one per URL); a second app in one
@@ -77,7 +104,15 @@ def configure(app: Celery, settings: Settings) -> None:
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
-    app = Celery("ollamamax", include=["workers.tasks.inference", "workers.tasks.sweepers"])
+    app = Celery(
+        "ollamamax",
+        include=[
+            "workers.tasks.inference",
+            "workers.tasks.sweepers",
+            "workers.tasks.maintenance",
+            "workers.tasks.models",
+        ],
+    )
     configure(app, settings or get_settings())
     app.set_default()
     return app
