@@ -36,9 +36,12 @@ class RuntimeConfig(BaseModel):
     @classmethod
     def _is_a_limit(cls, value: str) -> str:
         try:
-            parse_many(value)
+            limits = parse_many(value)
         except ValueError:
             raise ValueError("not a rate limit such as '100/minute;10/second'") from None
+        if any(limit.amount < 1 for limit in limits):
+            # It would refuse every request, the admin's PUT that undoes it included.
+            raise ValueError("every limit must allow at least 1 request")
         return value
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -31,3 +31,14 @@ def store_values(*, session: Session, values: dict[str, Any], user_id: uuid.UUID
                 },
             )
         )
+
+
+def delete_values(*, session: Session, keys: list[str]) -> list[str]:
+    """Remove the stored value of each key, so the environment's default applies again (the
+    audit trigger records each deletion). Returns the keys that had a stored value."""
+    if not keys:
+        return []
+    removed = session.scalars(
+        delete(SystemConfig).where(SystemConfig.key.in_(keys)).returning(SystemConfig.key)
+    )
+    return sorted(removed)

@@ -1,0 +1,56 @@
+"""Reading the audit trail (writing it is db/audit.py and the row-change trigger).
+
+`audit_log_entries` is range-partitioned by month on `occurred_at`. Queries go to the parent
+table, so they see every monthly partition and the default one; a `since`/`until` bound lets
+PostgreSQL prune the months outside it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, select
+
+from db.models import AuditLogEntry
+
+# Newest first; the id breaks ties between entries of one transaction (same occurred_at).
+NEWEST_FIRST: tuple[Any, ...] = (AuditLogEntry.occurred_at.desc(), AuditLogEntry.id.desc())
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    user_id: uuid.UUID | None = None
+    action: str | None = None  # exact, or a prefix when it ends with "*" ("system_config.*")
+    resource_type: str | None = None
+    resource_id: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{escaped}%"
+
+
+def entries_query(filters: AuditFilters) -> Select[Any]:
+    """The matching entries, unordered (callers page with NEWEST_FIRST)."""
+    conditions: list[ColumnElement[bool]] = []
+    if filters.user_id is not None:
+        conditions.append(AuditLogEntry.user_id == filters.user_id)
+    if filters.action:
+        if filters.action.endswith("*"):
+            conditions.append(AuditLogEntry.action.like(_like_prefix(filters.action[:-1])))
+        else:
+            conditions.append(AuditLogEntry.action == filters.action)
+    if filters.resource_type is not None:
+        conditions.append(AuditLogEntry.resource_type == filters.resource_type)
+    if filters.resource_id is not None:
+        conditions.append(AuditLogEntry.resource_id == filters.resource_id)
+    if filters.since is not None:
+        conditions.append(AuditLogEntry.occurred_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(AuditLogEntry.occurred_at < filters.until)
+    return select(AuditLogEntry).where(*conditions)
