@@ -8,12 +8,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, ReplicaStatus
+from db.models import (
+    InferenceRequest,
+    Model,
+    ModelReplica,
+    ModelStatus,
+    Node,
+    NodeStatus,
+    ReplicaStatus,
+    RequestStatus,
+)
 
 
 def canonical_model_name(name: str) -> str:
@@ -216,3 +225,64 @@ def availability(*, session: Session, model_name: str, stale_after: timedelta) -
     if row is None:
         return Availability(model_id=None, disabled=False, served=False)
     return Availability(model_id=row[0], disabled=row[1] == ModelStatus.DISABLED, served=row[2])
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    loaded_models: list[str]
+    queue_depth: int  # queued jobs for the models this node holds
+    running: int  # jobs running on it now
+
+
+def node_load(*, session: Session, node_ids: list[uuid.UUID]) -> dict[uuid.UUID, NodeLoad]:
+    """Loaded models, queue depth and running jobs for each node, in three queries."""
+    loaded: dict[uuid.UUID, list[str]] = {node_id: [] for node_id in node_ids}
+    for node_id, name in session.execute(
+        select(ModelReplica.node_id, Model.name)
+        .join(Model, Model.id == ModelReplica.model_id)
+        .where(ModelReplica.node_id.in_(node_ids), ModelReplica.loaded.is_(True))
+        .order_by(Model.name)
+    ):
+        loaded[node_id].append(name)
+    queued = dict(
+        session.execute(
+            select(ModelReplica.node_id, func.count(InferenceRequest.id))
+            .join(Model, Model.id == ModelReplica.model_id)
+            .join(InferenceRequest, InferenceRequest.model_name == Model.name)
+            .where(
+                ModelReplica.node_id.in_(node_ids),
+                InferenceRequest.status == RequestStatus.QUEUED,
+            )
+            .group_by(ModelReplica.node_id)
+        ).all()
+    )
+    running = dict(
+        session.execute(
+            select(InferenceRequest.node_id, func.count())
+            .where(
+                InferenceRequest.node_id.in_(node_ids),
+                InferenceRequest.status == RequestStatus.RUNNING,
+            )
+            .group_by(InferenceRequest.node_id)
+        ).all()
+    )
+    return {
+        node_id: NodeLoad(
+            loaded[node_id], int(queued.get(node_id, 0)), int(running.get(node_id, 0))
+        )
+        for node_id in node_ids
+    }
+
+
+@dataclass(frozen=True)
+class NodeOrders:
+    """What operators asked of a node, read by its worker at each heartbeat."""
+
+    drained: bool
+    slots: int
+
+
+def node_orders(*, session: Session, node_id: uuid.UUID) -> NodeOrders | None:
+    """None: the node was decommissioned."""
+    row = session.execute(select(Node.drained, Node.slots).where(Node.id == node_id)).first()
+    return NodeOrders(drained=row[0], slots=row[1]) if row else None

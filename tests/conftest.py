@@ -169,6 +169,7 @@ REQUEST_TABLES = (
     "api_keys",
     "audit_log_entries",
     "model_usage_stats",
+    "system_config",
     "users",
 )
 

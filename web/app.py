@@ -14,6 +14,8 @@ from web import cli, health
 from web.auth import views as auth_views
 from web.database import init_database
 from web.errors import register_error_handlers
+from web.fleet import models as fleet_models
+from web.fleet import nodes as fleet_nodes
 from web.inference import views as inference_views
 from web.inference.dispatch_marks import DispatchMarks
 from web.realtime.hub import Hub
@@ -101,6 +103,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         users_views.bp,
         users_admin.bp,
         inference_views.bp,
+        fleet_models.bp,
+        fleet_nodes.bp,
         system_views.bp,
     ):
         app.register_blueprint(blueprint)

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 
+from celery.signals import worker_ready
 from redis import Redis
 
 from config.logging import configure_logging
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     hostname = socket.gethostname()
     name = args.name or (f"gpu{args.gpu}@{hostname}" if args.gpu is not None else f"cpu@{hostname}")
     engine_url = args.engine_url or settings.ollama_host
+    # Celery calls a worker "celery@<name>" when the name has no "@"; control commands
+    # (add_consumer, shutdown) are addressed by that full name.
+    celery_hostname = name if "@" in name else f"celery@{name}"
     database = Database.from_settings(settings)
     redis = Redis.from_url(
         settings.redis_url,
@@ -77,10 +81,11 @@ def main(argv: list[str] | None = None) -> None:
             ),
         ),
         engine=OllamaEngine(engine_url, stall_timeout_s=settings.engine_stall_timeout_s),
-        worker_name=name,
+        worker_name=celery_hostname,
         node_name=name,
         engine_url=engine_url,
         gpu_index=args.gpu,
+        slots=args.slots,
     )
     model_queues = register(
         rt,
@@ -91,13 +96,18 @@ def main(argv: list[str] | None = None) -> None:
             engine_kind=args.engine,
             engine_url=engine_url,
             slots=args.slots,
-            worker_name=name,
+            worker_name=celery_hostname,
         ),
     )
     runtime.install(rt)
     queues = ["default", queue_for_node(name), *sorted(model_queues)]
     log.info("node %s consumes %s", name, ", ".join(queues))
     heartbeat = Heartbeat(rt, celery_app, set(model_queues))
+
+    @worker_ready.connect
+    def remember_consumer(sender: object, **_: object) -> None:
+        heartbeat.consumer = sender  # how the heartbeat applies slot changes
+
     heartbeat.start()
     try:
         celery_app.worker_main(
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--queues",
                 ",".join(queues),
                 "--hostname",
-                name,
+                celery_hostname,
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel",

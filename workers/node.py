@@ -10,8 +10,16 @@ from typing import Any
 
 from celery import Celery
 
-from db.fleet import NodeReport, heartbeat, mark_offline, register_node, sync_replicas
+from db.fleet import (
+    NodeReport,
+    heartbeat,
+    mark_offline,
+    node_orders,
+    register_node,
+    sync_replicas,
+)
 from db.models import NodeStatus
+from workers.cache import VersionedCache
 from workers.celery_app import queue_for_model
 from workers.engines.base import EngineError
 from workers.events import announce
@@ -40,7 +48,23 @@ def register(rt: Runtime, report: NodeReport) -> set[str]:
         rt.node_id = register_node(session=session, report=report)
     _announce_status(rt, NodeStatus.ONLINE, None)
     inventory = _read_engine(rt)
-    return _sync_models(rt, inventory) if inventory else set()
+    queues = _sync_models(rt, inventory) if inventory else set()
+    invalidate_fleet_reads(rt)
+    return queues
+
+
+def sync_models(rt: Runtime) -> None:
+    """Make the node's replicas match its engine now (after a pull or a removal)."""
+    inventory = _read_engine(rt)
+    if inventory is not None:
+        _sync_models(rt, inventory)
+        invalidate_fleet_reads(rt)
+
+
+def invalidate_fleet_reads(rt: Runtime) -> None:
+    """The API caches model and node lists; what a worker writes must show at once too."""
+    for namespace in ("models", "nodes"):
+        VersionedCache(rt.config.cache.redis, namespace).invalidate()
 
 
 Inventory = tuple[dict[str, dict[str, Any]], set[str]]  # models present, models loaded
@@ -83,12 +107,15 @@ def _announce_status(rt: Runtime, status: NodeStatus, reason: str | None) -> Non
 
 
 class Heartbeat(threading.Thread):
-    """Every HEARTBEAT_INTERVAL_S: beat, refresh models, follow new and removed models."""
+    """Every HEARTBEAT_INTERVAL_S: beat, refresh models, follow new and removed models, and
+    do what operators asked of the node (drain, slots, decommission)."""
 
     def __init__(self, rt: Runtime, app: Celery, consumed: set[str]) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.rt, self.app, self.consumed = rt, app, set(consumed)
         self.stop = threading.Event()
+        self.consumer: Any = None  # the Celery consumer, once the worker is ready
+        self.slots_applied = rt.slots
 
     def run(self) -> None:
         while not self.stop.wait(self.rt.settings.heartbeat_interval_s):
@@ -115,18 +142,44 @@ class Heartbeat(threading.Thread):
                 status=status,
                 reason=reason,
             )
+            orders = node_orders(session=session, node_id=rt.node_id)
+        if before is None or orders is None:
+            self._decommissioned()
+            return
         if before != status:
             _announce_status(rt, status, reason)
+        self._apply_slots(orders.slots)
         if inventory is None:
+            invalidate_fleet_reads(rt)
             return
         wanted = _sync_models(rt, inventory)
-        if not wanted:
-            return
+        invalidate_fleet_reads(rt)
+        if orders.drained:
+            wanted = set()  # finish what runs, take nothing new (the node queue stays)
+        elif not wanted:
+            return  # an empty list from a flaky engine must not stop every consumer
         for queue in sorted(wanted - self.consumed):
             self.app.control.add_consumer(queue, destination=[rt.worker_name], reply=False)
         for queue in sorted(self.consumed - wanted):
             self.app.control.cancel_consumer(queue, destination=[rt.worker_name], reply=False)
         self.consumed = wanted
+
+    def _apply_slots(self, slots: int) -> None:
+        """Concurrent jobs = the consumer's prefetch count (one unacknowledged message per
+        running job), up to the threads the worker started with."""
+        wanted = max(1, min(slots, self.rt.slots))
+        if self.consumer is None or wanted == self.slots_applied:
+            return
+        qos = self.consumer.qos
+        qos.value = wanted
+        qos.update()
+        self.slots_applied = wanted
+        log.info("node %s now takes %d job(s) at a time", self.rt.node_name, wanted)
+
+    def _decommissioned(self) -> None:
+        log.warning("node %s was decommissioned; stopping this worker", self.rt.node_name)
+        self.stop.set()
+        self.app.control.shutdown(destination=[self.rt.worker_name])
 
 
 def go_offline(rt: Runtime, reason: str) -> None:

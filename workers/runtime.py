@@ -28,6 +28,7 @@ class Runtime:
     node_name: str
     engine_url: str
     gpu_index: int | None
+    slots: int = 1  # the worker's threads: the most jobs it can run at once
     node_id: uuid.UUID | None = None
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)

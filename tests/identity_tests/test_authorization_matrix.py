@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from db.models import Role
-from tests.factories import TEST_PASSWORD, InferenceRequestFactory
+from tests.factories import TEST_PASSWORD, InferenceRequestFactory, ModelReplicaFactory
 from tests.identity_tests.matrix_fleet import FLEET_MATRIX
 from tests.identity_tests.matrix_system import SYSTEM_MATRIX
 from tests.support.identity import bearer, login, make_user
@@ -94,8 +94,11 @@ def test_route_answers_each_caller_as_the_policy_says(
     ).get_json()
     family = client.get("/api/v1/users/sessions", headers=owner_headers).get_json()["items"][0]
     job = InferenceRequestFactory(user_id=owner.id)
+    replica = ModelReplicaFactory()
     url = (
         rule.replace("<uuid:session_id>", family["id"])
+        .replace("<uuid:model_id>", str(replica.model_id))
+        .replace("<uuid:node_id>", str(replica.node_id))
         .replace("<uuid:request_id>", str(job.id))
         .replace("<uuid:key_id>", key["id"])
         .replace("<uuid:user_id>", str(owner.id))

@@ -37,6 +37,7 @@ def wait_status(
 ) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         body = read(api, headers, request_id)
+        assert "status" in body, body
         return body if body["status"] in statuses else None
 
     return wait_for(reached, timeout=timeout)  # type: ignore[no-any-return]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +42,12 @@ class Engine(Protocol):
     def models(self) -> list[EngineModel]: ...
 
     def loaded(self) -> set[str]: ...
+
+    def pull(self, name: str) -> Iterator[dict[str, Any]]:
+        """Fetch a model onto this engine, yielding progress {status, digest, total, completed}."""
+        ...
+
+    def delete(self, name: str) -> None: ...
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
         """Start a generation; closing the iterator closes the engine stream."""

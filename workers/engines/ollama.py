@@ -74,6 +74,16 @@ class OllamaEngine:
             if close is not None:
                 close()
 
+    def pull(self, name: str) -> Iterator[dict[str, Any]]:
+        """Ollama's /api/pull progress: {status, digest?, total?, completed?} per step."""
+        with _faults():
+            for progress in self.client.pull(name, stream=True):
+                yield progress.model_dump(mode="json", exclude_none=True)
+
+    def delete(self, name: str) -> None:
+        with _faults():
+            self.client.delete(name)
+
 
 def _chunk(kind: str, part: Any) -> Chunk:
     if kind == "chat":

@@ -1,0 +1,128 @@
+"""The model registry: search, register, change, and where each model is."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import Model, ModelReplica, ModelStatus, Node, ReplicaStatus
+
+SORTS = {
+    "name": Model.name,
+    "created_at": Model.created_at,
+    "size_bytes": Model.size_bytes,
+    "updated_at": Model.updated_at,
+}
+
+
+def search_models(
+    *,
+    status: str | None = None,
+    tag: str | None = None,
+    q: str | None = None,
+    include_disabled: bool = True,
+) -> Select[Any]:
+    """A select of models; `q` searches names, descriptions and tags (full text)."""
+    query = select(Model)
+    if status:
+        query = query.where(Model.status == status)
+    if not include_disabled:
+        query = query.where(Model.status != ModelStatus.DISABLED)
+    if tag:
+        query = query.where(Model.tags.contains([tag]))
+    if q:
+        # English stems the descriptions; 'simple' keeps names and tags as written.
+        query = query.where(
+            or_(
+                Model.search_vector.op("@@")(func.websearch_to_tsquery("english", q)),
+                Model.search_vector.op("@@")(func.websearch_to_tsquery("simple", q)),
+            )
+        )
+    return query
+
+
+def set_disabled(*, session: Session, model: Model, disabled: bool) -> None:
+    """Disabled models take no jobs; enabling one makes it available again if a node has it."""
+    if disabled:
+        model.status = ModelStatus.DISABLED
+        return
+    served = session.scalar(
+        select(
+            exists().where(
+                ModelReplica.model_id == model.id,
+                ModelReplica.status == ReplicaStatus.AVAILABLE,
+            )
+        )
+    )
+    model.status = ModelStatus.AVAILABLE if served else ModelStatus.UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class Replica:
+    node_id: uuid.UUID
+    node_name: str
+    node_status: str
+    status: str
+    loaded: bool
+    last_seen_at: datetime | None
+    pull_completed_bytes: int | None
+    pull_total_bytes: int | None
+
+
+def replicas_of(*, session: Session, model_id: uuid.UUID) -> list[Replica]:
+    rows = session.execute(
+        select(
+            Node.id,
+            Node.name,
+            Node.status,
+            ModelReplica.status,
+            ModelReplica.loaded,
+            ModelReplica.last_seen_at,
+            ModelReplica.pull_completed_bytes,
+            ModelReplica.pull_total_bytes,
+        )
+        .join(ModelReplica, ModelReplica.node_id == Node.id)
+        .where(ModelReplica.model_id == model_id)
+        .order_by(Node.name)
+    )
+    return [Replica(*row) for row in rows]
+
+
+def mark_replica(
+    *,
+    session: Session,
+    model_id: uuid.UUID,
+    node_id: uuid.UUID,
+    status: ReplicaStatus,
+    completed: int | None = None,
+    total: int | None = None,
+) -> None:
+    """Create or update one node's replica of a model (pull started, progress, failure)."""
+    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    if completed is not None or total is not None:
+        values |= {"pull_completed_bytes": completed, "pull_total_bytes": total}
+    statement = insert(ModelReplica).values(model_id=model_id, node_id=node_id, **values)
+    session.execute(
+        statement.on_conflict_do_update(index_elements=["model_id", "node_id"], set_=values)
+    )
+
+
+def model_id_by_name(*, session: Session, name: str) -> uuid.UUID | None:
+    return session.scalar(select(Model.id).where(Model.name == name))
+
+
+def mark_removing(*, session: Session, model_id: uuid.UUID, node_id: uuid.UUID) -> bool:
+    """Returns False when the node has no replica of the model."""
+    result = session.execute(
+        update(ModelReplica)
+        .where(ModelReplica.model_id == model_id, ModelReplica.node_id == node_id)
+        .values(status=ReplicaStatus.REMOVING, updated_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

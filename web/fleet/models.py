@@ -1,0 +1,203 @@
+"""/api/v1/models/*: the registry (search, register, change, remove) and distribution (pull a
+model onto nodes, remove it from one). Operators and admins write; users read the models they
+may use (not disabled ones)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import select
+
+from db.catalog import (
+    SORTS,
+    mark_removing,
+    mark_replica,
+    replicas_of,
+    search_models,
+    set_disabled,
+)
+from db.fleet import canonical_model_name
+from db.models import Model, Node, NodeStatus, ReplicaStatus
+from web.audit import audit
+from web.database import after_commit, get_session
+from web.errors import Conflict, NotFound
+from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
+from web.pagination import paginate
+from web.schemas.fleet import (
+    ModelCreate,
+    ModelListQuery,
+    ModelRead,
+    ModelUpdate,
+    PullRequest,
+    ReplicaRead,
+)
+from web.security.policy import Permission
+from web.security.principal import authenticated, require
+from web.validation import load_body, load_query
+from workers.celery_app import celery_app, queue_for_node
+
+bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
+
+
+def _model(model_id: uuid.UUID) -> Model:
+    model = get_session().get(Model, model_id)
+    hidden = model is not None and model.status == "disabled"
+    if model is None or (hidden and not authenticated().can(Permission.FLEET_WRITE)):
+        raise NotFound("No such model.")
+    return model
+
+
+def _read(model: Model) -> dict[str, object]:
+    return ModelRead.model_validate(model).model_dump(mode="json")
+
+
+@bp.get("/")
+@require(Permission.FLEET_READ)
+def list_models() -> Response:
+    query = load_query(ModelListQuery)
+    staff = authenticated().can(Permission.FLEET_WRITE)
+    column = SORTS[query.sort.lstrip("-")]
+    order = (column.desc() if query.sort.startswith("-") else column.asc(), Model.id)
+
+    def load() -> dict[str, object]:
+        select_ = search_models(
+            status=query.status, tag=query.tag, q=query.q, include_disabled=staff
+        )
+        return paginate(get_session(), select_, order, query, ModelRead)
+
+    key = json.dumps([staff, query.model_dump(mode="json")], sort_keys=True)
+    return jsonify(cached(MODELS, key, load))
+
+
+@bp.post("/")
+@require(Permission.FLEET_WRITE)
+def register_model() -> tuple[Response, int]:
+    body = load_body(ModelCreate)
+    fields = body.model_dump(exclude_none=True, exclude={"name"})
+    model = Model(name=canonical_model_name(body.name), discovered=False, **fields)
+    # Registered before any node has it: unavailable until one does (or a pull finishes).
+    model.status = "unavailable"
+    session = get_session()
+    session.add(model)
+    session.flush()  # a duplicate name answers 409 through the error contract
+    audit("model.registered", resource_type="model", resource_id=model.id)
+    invalidate_after_commit(MODELS)
+    return jsonify(_read(model)), 201
+
+
+@bp.get("/<uuid:model_id>")
+@require(Permission.FLEET_READ)
+def read_model(model_id: uuid.UUID) -> Response:
+    return jsonify(_read(_model(model_id)))
+
+
+@bp.put("/<uuid:model_id>")
+@require(Permission.FLEET_WRITE)
+def update_model(model_id: uuid.UUID) -> Response:
+    body = load_body(ModelUpdate)
+    model = _model(model_id)
+    empty: dict[str, object] = {"tags": [], "parameters": {}}  # null clears these
+    for field, value in body.model_dump(exclude_unset=True, exclude={"disabled"}).items():
+        setattr(model, field, empty.get(field) if value is None and field in empty else value)
+    if body.disabled is not None:
+        set_disabled(session=get_session(), model=model, disabled=body.disabled)
+    get_session().flush()
+    audit(
+        "model.updated",
+        resource_type="model",
+        resource_id=model.id,
+        details={"fields": sorted(body.model_fields_set)},
+    )
+    invalidate_after_commit(MODELS)
+    return jsonify(_read(model))
+
+
+@bp.delete("/<uuid:model_id>")
+@require(Permission.FLEET_WRITE)
+def delete_model(model_id: uuid.UUID) -> tuple[str, int]:
+    """Removes the registry entry (and its replica records). A node whose engine still has
+    the model registers it again, as discovered, at its next heartbeat."""
+    model = _model(model_id)
+    get_session().delete(model)
+    audit(
+        "model.deleted", resource_type="model", resource_id=model_id, details={"name": model.name}
+    )
+    invalidate_after_commit(MODELS, NODES)
+    return "", 204
+
+
+@bp.get("/<uuid:model_id>/replicas")
+@require(Permission.FLEET_READ)
+def list_replicas(model_id: uuid.UUID) -> Response:
+    model = _model(model_id)
+    rows = replicas_of(session=get_session(), model_id=model.id)
+    return jsonify({"items": [ReplicaRead.model_validate(r).model_dump(mode="json") for r in rows]})
+
+
+@bp.post("/<uuid:model_id>/pull")
+@require(Permission.FLEET_WRITE)
+def pull_model(model_id: uuid.UUID) -> tuple[Response, int]:
+    """Queue a pull on the node's own queue; its worker streams the engine's progress as
+    model_update events and records it on the replica."""
+    body = load_body(PullRequest)
+    model = _model(model_id)
+    session = get_session()
+    query = select(Node).where(Node.status == NodeStatus.ONLINE, Node.drained.is_(False))
+    if body.node_id != "all":
+        query = select(Node).where(Node.id == body.node_id)
+    nodes = list(session.scalars(query.order_by(Node.name)))
+    if body.node_id != "all" and not nodes:
+        raise NotFound("No such node.")
+    if not nodes:
+        raise Conflict("No online node can take the pull.", code="no_node_available")
+    offline = [n.name for n in nodes if n.status == NodeStatus.OFFLINE]
+    if offline:
+        raise Conflict(f"Node {offline[0]} is offline.", code="node_offline")
+    for node in nodes:
+        mark_replica(
+            session=session, model_id=model.id, node_id=node.id, status=ReplicaStatus.PULLING
+        )
+    targets = [(node.id, node.name) for node in nodes]
+    name = model.name
+
+    def send() -> None:
+        for node_id, node_name in targets:
+            celery_app.send_task(
+                "models.pull", args=[name, str(node_id)], queue=queue_for_node(node_name)
+            )
+
+    after_commit(send)
+    audit(
+        "model.pull_requested",
+        resource_type="model",
+        resource_id=model.id,
+        details={"nodes": [n for _, n in targets]},
+    )
+    invalidate_after_commit(MODELS, NODES)
+    return jsonify({"model": name, "nodes": [{"id": i, "name": n} for i, n in targets]}), 202
+
+
+@bp.delete("/<uuid:model_id>/replicas/<uuid:node_id>")
+@require(Permission.FLEET_WRITE)
+def remove_replica(model_id: uuid.UUID, node_id: uuid.UUID) -> tuple[Response, int]:
+    model = _model(model_id)
+    session = get_session()
+    node = session.get(Node, node_id)
+    if node is None or not mark_removing(session=session, model_id=model.id, node_id=node_id):
+        raise NotFound("That node has no replica of this model.")
+    name, node_name = model.name, node.name
+    after_commit(
+        lambda: celery_app.send_task(
+            "models.delete", args=[name, str(node_id)], queue=queue_for_node(node_name)
+        )
+    )
+    audit(
+        "model.replica_removal_requested",
+        resource_type="model",
+        resource_id=model.id,
+        details={"node": node_name},
+    )
+    invalidate_after_commit(MODELS, NODES)
+    return jsonify({"model": name, "node": {"id": node_id, "name": node_name}}), 202
