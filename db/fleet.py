@@ -114,6 +114,17 @@ def mark_offline(*, session: Session, node_id: uuid.UUID, reason: str) -> None:
         .where(Node.id == node_id)
         .values(status=NodeStatus.OFFLINE, status_reason=reason, slots_busy=0)
     )
+    forget_loaded(session=session, node_ids=[node_id])
+
+
+def forget_loaded(*, session: Session, node_ids: list[uuid.UUID]) -> None:
+    """An offline node's engine holds nothing in memory that we know of."""
+    if node_ids:
+        session.execute(
+            update(ModelReplica)
+            .where(ModelReplica.node_id.in_(node_ids), ModelReplica.loaded.is_(True))
+            .values(loaded=False)
+        )
 
 
 def sync_replicas(

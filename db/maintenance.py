@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func, or_, text, update
 from sqlalchemy.orm import Session
 
+from db.fleet import forget_loaded
 from db.models import Node, NodeStatus
 
 STALE_REASON = "no heartbeat"
@@ -47,6 +48,7 @@ def mark_stale_nodes_offline(
         .returning(Node.id, Node.name, Node.last_heartbeat_at)
         .execution_options(synchronize_session=False)
     ).all()
+    forget_loaded(session=session, node_ids=[row[0] for row in rows])
     return [StaleNode(id=row[0], name=row[1], last_heartbeat_at=row[2]) for row in rows]
 
 
