@@ -60,15 +60,24 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _replay(existing: InferenceRequest, request_hash: str) -> tuple[Response, int]:
+def _replay(existing: InferenceRequest, request_hash: str) -> InferenceRequest:
     if existing.request_hash != request_hash:
         raise Conflict(
             "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
         )
-    return _answer(existing, 200)
+    return existing
 
 
 def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Response, int]:
+    row, created = accept(kind, body)
+    return _answer(row, 202 if created else 200)
+
+
+def accept(
+    kind: RequestKind, body: GenerateRequest | ChatRequest, source: str = "api"
+) -> tuple[InferenceRequest, bool]:
+    """Validate, persist (flushed; committed with the request) and dispatch after commit.
+    Returns the row and whether it is new (False: an idempotent replay)."""
     principal = authenticated()
     settings = current_settings()
     session = get_session()
@@ -93,7 +102,7 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
     if key is not None:
         existing = find_by_idempotency_key(session=session, user_id=principal.user_id, key=key)
         if existing is not None:
-            return _replay(existing, request_hash)
+            return _replay(existing, request_hash), False
 
     served = availability(
         session=session,
@@ -116,6 +125,7 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
         model_name=model_name,
         model_id=served.model_id,
         kind=kind,
+        source=source,
         input=fields,
         options=body.options or {},
         priority=config.default_priority if body.priority is None else body.priority,
@@ -135,11 +145,11 @@ def submit(kind: RequestKind, body: GenerateRequest | ChatRequest) -> tuple[Resp
         )
         if existing is None:
             raise
-        return _replay(existing, request_hash)
+        return _replay(existing, request_hash), False
 
     request_id, priority, owner = row.id, row.priority, row.user_id
     after_commit(lambda: _announce_and_dispatch(request_id, owner, model_name, priority))
-    return _answer(row, 202)
+    return row, True
 
 
 def _announce_and_dispatch(
@@ -158,20 +168,32 @@ def cancel(row: InferenceRequest) -> str:
     status = cancel_job(session=get_session(), request_id=request_id)
     if status is None:
         raise Conflict("The request has already ended.", code="request_ended")
+    after_commit(lambda: _after_cancel(request_id, status, attempt, owner))
+    return "cancelled" if status == RequestStatus.CANCELLED else "cancelling"
+
+
+def abandon(request_id: uuid.UUID) -> None:
+    """Cancel a job whose caller went away (a closed HTTP stream), outside any request's
+    unit of work: the streaming response outlives it."""
+    database = current_app.extensions["db"]
+    with database.unit_of_work() as session:
+        row = session.get(InferenceRequest, request_id)
+        if row is None:
+            return
+        attempt, owner = row.attempt, row.user_id
+        status = cancel_job(session=session, request_id=request_id)
+    if status is not None:
+        _after_cancel(request_id, status, attempt, owner)
+
+
+def _after_cancel(
+    request_id: uuid.UUID, status: str, attempt: int, owner: uuid.UUID | None
+) -> None:
+    """Once the cancel is committed: a queued job is over (announce it; its message is
+    revoked, and the claim would refuse it anyway); a running one's worker is told to stop.
+    The row records the request too, so a cancel survives a lost Redis write or a requeue."""
     if status == RequestStatus.CANCELLED:
-
-        def announce() -> None:
-            _events().publish(
-                request_id, "status", status="cancelled", attempt=attempt, user_id=owner
-            )
-            celery_app.control.revoke(str(request_id))  # the claim would refuse it anyway
-
-        after_commit(announce)
-        return "cancelled"
-
-    # The row records the request too, so a cancel survives a lost Redis write or a requeue.
-    def signal_worker() -> None:
+        _events().publish(request_id, "status", status="cancelled", attempt=attempt, user_id=owner)
+        celery_app.control.revoke(str(request_id))
+    else:
         _events().redis.set(cancel_key(request_id), 1, ex=current_settings().event_ttl_s)
-
-    after_commit(signal_worker)
-    return "cancelling"

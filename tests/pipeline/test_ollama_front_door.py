@@ -1,0 +1,119 @@
+"""The official `ollama` client, unchanged, pointed at OllamaMax with an API key: every call
+is a persisted, queued, tracked job run by a real worker against the Ollama double."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ollama
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import LiveServer
+from tests.factories import TEST_PASSWORD
+from tests.pipeline.conftest import Double, Worker, wait_for
+from tests.pipeline.jobs import read
+
+pytestmark = pytest.mark.usefixtures("fresh_double")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(double: Double, start_worker: Callable[..., Worker]) -> Worker:
+    return start_worker(double.url, name="ollama-door@test", slots=2)
+
+
+@pytest.fixture
+def client(
+    api: FlaskClient, user_headers: dict[str, str], live_server: LiveServer
+) -> ollama.Client:
+    created = api.post(
+        "/api/v1/users/api-keys",
+        json={"name": "ollama", "scopes": ["inference"], "current_password": TEST_PASSWORD},
+        headers=user_headers,
+    )
+    key = created.get_json()["key"]
+    return ollama.Client(host=live_server.url, headers={"Authorization": f"Bearer {key}"})
+
+
+def _jobs(api: FlaskClient, headers: dict[str, str]) -> list[dict]:
+    return api.get("/api/v1/inference/requests", headers=headers).get_json()["items"]
+
+
+def test_generate_streamed_and_not_is_a_tracked_job(
+    client: ollama.Client, api: FlaskClient, user_headers: dict[str, str]
+) -> None:
+    whole = client.generate(
+        model="llama3.2", prompt="why is the sky blue?", options={"num_predict": 12}
+    )
+    assert whole.done
+    assert whole.done_reason in ("stop", "length")
+    assert whole.eval_count == 12
+    assert whole.response
+    chunks = list(
+        client.generate(
+            model="llama3.2",
+            prompt="why is the sky blue?",
+            options={"num_predict": 12},
+            stream=True,
+        )
+    )
+    assert (
+        "".join(c.response or "" for c in chunks) == whole.response
+    )  # the double is deterministic
+    assert [c.done for c in chunks][-1] is True
+    assert chunks[-1].eval_count == 12
+    jobs = _jobs(api, user_headers)
+    assert [(j["source"], j["status"]) for j in jobs] == [("ollama", "completed")] * 2
+    assert jobs[0]["output"] == whole.response
+
+
+def test_chat_streamed_and_not(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "hello there"}]
+    whole = client.chat(model="llama3.2", messages=messages)
+    assert whole.message.role == "assistant"
+    assert whole.message.content
+    parts = list(client.chat(model="llama3.2", messages=messages, stream=True))
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert parts[-1].done
+    assert parts[-1].done_reason
+
+
+def test_list_ps_show_and_the_liveness_probe(
+    client: ollama.Client, live_server: LiveServer
+) -> None:
+    assert "llama3.2:latest" in [m.model for m in client.list().models]
+    client.generate(model="llama3.2", prompt="warm up", options={"num_predict": 2})
+    assert isinstance(client.ps().models, list)
+    shown = client.show("llama3.2")
+    assert shown.details is not None
+    import requests
+
+    assert requests.get(live_server.url + "/", timeout=5).text == "Ollama is running"
+    assert requests.get(live_server.url + "/api/version", timeout=5).json()["version"]
+
+
+def test_errors_come_in_ollamas_shape(client: ollama.Client, live_server: LiveServer) -> None:
+    stranger = ollama.Client(host=live_server.url, headers={"Authorization": "Bearer omx_nope"})
+    with pytest.raises(ollama.ResponseError) as refused:
+        stranger.generate(model="llama3.2", prompt="hi")
+    assert refused.value.status_code == 401
+    assert isinstance(refused.value.error, str)
+    with pytest.raises(ollama.ResponseError) as unknown:
+        client.generate(model="no-such-model", prompt="hi")
+    assert unknown.value.status_code == 404
+    assert unknown.value.error == "model 'no-such-model:latest' not found"
+
+
+def test_a_client_that_hangs_up_mid_stream_cancels_its_job(
+    client: ollama.Client, api: FlaskClient, user_headers: dict[str, str], double: Double
+) -> None:
+    double.configure(token_delay_s=0.1)
+    stream = client.generate(
+        model="llama3.2", prompt="tell me a long story", options={"num_predict": 200}, stream=True
+    )
+    for _, _chunk in zip(range(3), stream, strict=False):
+        pass
+    stream.close()  # the HTTP response is closed
+    job_id = _jobs(api, user_headers)[0]["id"]
+    wait_for(lambda: read(api, user_headers, job_id)["status"] == "cancelled", timeout=20)
+    wait_for(lambda: double.stats()["disconnects"], timeout=5)  # and the engine stream closed

@@ -1,0 +1,1 @@
+"""Front doors in other services' protocols, over the same persisted, queued, tracked jobs."""

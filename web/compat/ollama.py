@@ -1,0 +1,350 @@
+"""The Ollama API on OllamaMax (docs/compat.md): point an Ollama client at us, add a key.
+
+Each /api/generate and /api/chat is a normal job: persisted, queued with its priority,
+tracked (source "ollama"), cancelled when a streaming client goes away. Responses are framed
+as Ollama frames them: NDJSON chunks, a final chunk with metrics, `{"error": ...}` bodies and
+mid-stream error lines.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, json, request, stream_with_context
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+
+from db.fleet import canonical_model_name
+from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, RequestKind
+from web.database import end_unit_of_work, get_session
+from web.errors import APIError
+from web.extensions import current_settings
+from web.inference.submission import abandon, accept
+from web.realtime.follow import follow
+from web.realtime.relay import current_relay
+from web.realtime.streams import final_state
+from web.schemas.inference import ChatRequest, GenerateRequest
+from web.security.policy import Permission
+from web.security.principal import require
+
+bp = Blueprint("ollama_compat", __name__)
+
+METRICS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
+ZERO_TIME = "0001-01-01T00:00:00Z"
+IDLE_CHECKS = 2  # quiet periods before the database is asked whether the job ended
+RESTARTED = (
+    "the job restarted after a fault and its streamed text is void; "
+    "the result will be at /api/v1/inference/requests/{}"
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+@bp.errorhandler(APIError)
+def _ollama_error(error: APIError) -> Response:
+    # Ollama answers bad input with 400, an unknown model with 404, and every error as
+    # {"error": "<message>"}.
+    status = 400 if error.status_code == 422 else error.status_code
+    message = error.message
+    if error.code == "model_unavailable":
+        status, message = 404, f"model '{(error.details or {}).get('model', '')}' not found"
+    response = _error(message, status)
+    response.headers.update(error.headers)
+    return response
+
+
+@bp.route("/", methods=["GET", "HEAD"])
+def root() -> Response:
+    return Response("Ollama is running", mimetype="text/plain")
+
+
+@bp.get("/api/version")
+def version() -> Response:
+    versions = [
+        v
+        for v in get_session().scalars(
+            select(Node.engine_version).where(Node.status == NodeStatus.ONLINE)
+        )
+        if v
+    ]
+    return _json({"version": max(versions, default=DEFAULT_VERSION)})
+
+
+def _details(model: Model) -> dict[str, Any]:
+    parameters = model.parameters or {}
+    return {
+        "parent_model": "",
+        "format": parameters.get("format", "gguf"),
+        "family": model.family or "",
+        "families": [model.family] if model.family else None,
+        "parameter_size": parameters.get("parameter_size", ""),
+        "quantization_level": parameters.get("quantization_level", ""),
+    }
+
+
+def _digest(model: Model) -> str:
+    return (model.digest or "").removeprefix("sha256:")
+
+
+@bp.get("/api/tags")
+@require(Permission.FLEET_READ)
+def tags() -> Response:
+    models = get_session().scalars(
+        select(Model).where(Model.status == ModelStatus.AVAILABLE).order_by(Model.name)
+    )
+    return _json(
+        {
+            "models": [
+                {
+                    "name": m.name,
+                    "model": m.name,
+                    "modified_at": m.updated_at.isoformat(),
+                    "size": m.size_bytes or 0,
+                    "digest": _digest(m),
+                    "details": _details(m),
+                }
+                for m in models
+            ]
+        }
+    )
+
+
+@bp.get("/api/ps")
+@require(Permission.FLEET_READ)
+def running_models() -> Response:
+    rows = get_session().execute(
+        select(Model, ModelReplica.size_vram_bytes)
+        .join(ModelReplica, ModelReplica.model_id == Model.id)
+        .join(Node, Node.id == ModelReplica.node_id)
+        .where(ModelReplica.loaded.is_(True), Node.status == NodeStatus.ONLINE)
+        .order_by(Model.name)
+    )
+    seen: dict[str, dict[str, Any]] = {}
+    for model, vram in rows:  # loaded on several nodes: one entry, the memory summed
+        entry = seen.setdefault(
+            model.name,
+            {
+                "name": model.name,
+                "model": model.name,
+                "size": model.size_bytes or 0,
+                "digest": _digest(model),
+                "details": _details(model),
+                "expires_at": ZERO_TIME,
+                "size_vram": 0,
+            },
+        )
+        entry["size_vram"] += vram or 0
+    return _json({"models": list(seen.values())})
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not request.get_data():
+        raise APIError("missing request body", code="bad_request")
+    if not isinstance(body, dict):
+        raise APIError("invalid JSON body", code="bad_request")
+    return body
+
+
+@bp.post("/api/show")
+@require(Permission.FLEET_READ)
+def show() -> Response:
+    body = _body()
+    name = str(body.get("model") or body.get("name") or "")
+    if not name:
+        raise APIError("model is required")
+    model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
+    if model is None or model.status == ModelStatus.DISABLED:
+        return _error(f"model '{name}' not found", 404)
+    return _json(
+        {
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "details": _details(model),
+            "model_info": {},
+            "capabilities": ["completion"],
+            "modified_at": model.updated_at.isoformat(),
+        }
+    )
+
+
+def _parse(schema: type[BaseModel], body: dict[str, Any]) -> Any:
+    """Ollama ignores fields it does not know (the official client sends `stream`, `tools:
+    []` and more): keep ours, validate them."""
+    known = {k: v for k, v in body.items() if k in schema.model_fields}
+    try:
+        return schema.model_validate(known)
+    except ValidationError as error:
+        first = error.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise APIError(f"{field}: {first['msg']}" if field else first["msg"]) from None
+
+
+@bp.post("/api/generate")
+@require(Permission.INFERENCE_SUBMIT)
+def generate() -> Response:
+    body = _body()
+    parsed = _parse(GenerateRequest, body)
+    if not parsed.prompt and not parsed.images:
+        return _load_reply(parsed.model, body)
+    return _run(RequestKind.GENERATE, parsed, body)
+
+
+@bp.post("/api/chat")
+@require(Permission.INFERENCE_SUBMIT)
+def chat() -> Response:
+    body = _body()
+    if not body.get("messages"):
+        return _load_reply(str(body.get("model") or ""), body, chat=True)
+    return _run(RequestKind.CHAT, _parse(ChatRequest, body), body)
+
+
+def _load_reply(name: str, body: dict[str, Any], chat: bool = False) -> Response:
+    """An empty prompt asks Ollama to load the model; the fleet loads on demand, so this only
+    checks that the model exists."""
+    if not name:
+        raise APIError("model is required")
+    model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
+    if model is None or model.status == ModelStatus.DISABLED:
+        return _error(f"model '{name}' not found", 404)
+    unload = body.get("keep_alive") in (0, "0", "0s")
+    reply: dict[str, Any] = {"model": name, "created_at": _now(), "done": True}
+    reply["done_reason"] = "unload" if unload else "load"
+    if chat:
+        reply["message"] = {"role": "assistant", "content": ""}
+    else:
+        reply["response"] = ""
+    return _json(reply)
+
+
+class _Framer:
+    """Turns our events into Ollama's chunks for one request."""
+
+    def __init__(self, kind: str, model: str) -> None:
+        self.chat = kind == RequestKind.CHAT
+        self.model = model
+
+    def chunk(self, text: str, **final: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "created_at": _now()}
+        if self.chat:
+            body["message"] = {"role": "assistant", "content": text}
+        else:
+            body["response"] = text
+        body["done"] = bool(final)
+        body.update(final)
+        return body
+
+    def final(self, done: dict[str, Any], text: str = "") -> dict[str, Any]:
+        metrics = {name: done[name] for name in METRICS if done.get(name)}
+        reason = done.get("done_reason") or "stop"
+        return self.chunk(text, done_reason=reason, **metrics)
+
+
+def _run(kind: str, parsed: Any, body: dict[str, Any]) -> Response:
+    row, _ = accept(kind, parsed, source="ollama")  # type: ignore[arg-type]
+    request_id = row.id
+    # Commit now (and dispatch): the job must be in the queue before we wait for its events.
+    end_unit_of_work()
+    framer = _Framer(kind, str(body.get("model")))
+    relay = current_relay()
+    idle_s = current_settings().ws_heartbeat_s
+    if body.get("stream") is False:
+        return _collect(framer, _outcomes(relay, request_id, idle_s))
+
+    def lines() -> Iterator[str]:
+        ended = False
+        try:
+            for item in _outcomes(relay, request_id, idle_s):
+                kind_, payload = item
+                if kind_ == "token":
+                    yield json.dumps(framer.chunk(payload)) + "\n"
+                elif kind_ == "done":
+                    ended = True
+                    yield json.dumps(framer.final(payload)) + "\n"
+                elif kind_ == "restarted":
+                    # Streamed text cannot be taken back: say so; the job goes on and its
+                    # result is at GET /api/v1/inference/requests/<id>.
+                    ended = True
+                    yield json.dumps({"error": RESTARTED.format(request_id)}) + "\n"
+                    return
+                else:  # an error: the status line cannot change any more
+                    ended = True
+                    yield json.dumps({"error": payload}) + "\n"
+        finally:
+            if not ended:  # the client went away: so does its job
+                abandon(request_id)
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+def _outcomes(relay: Any, request_id: uuid.UUID, idle_s: float) -> Iterator[tuple[str, Any]]:
+    """("token", text) ..., then ("done", final event) or ("error", message)."""
+    done: dict[str, Any] = {}
+    sent_text = False
+    quiet = 0
+    for event in follow(relay, request_id, idle_s):
+        if event is None:
+            quiet += 1
+            state = final_state(request_id) if quiet % IDLE_CHECKS == 0 else None
+            if state is not None:  # it ended without announcing it (a worker died then)
+                if state["status"] == "completed":
+                    if not sent_text and state.get("output"):
+                        yield "token", state["output"]
+                    yield "done", {k: state.get(k) for k in (*METRICS, "done_reason")}
+                else:
+                    yield "error", state.get("error") or f"request {state['status']}"
+                return
+            continue
+        quiet = 0
+        if event["type"] == "token":
+            sent_text = True
+            yield "token", event["text"]
+        elif event["type"] == "done":
+            done = event
+        elif event["type"] == "status":
+            status = event.get("status")
+            if status == "restarted" and sent_text:
+                sent_text = False
+                yield "restarted", None
+            if status == "completed":
+                yield "done", done
+                return
+            if status in ("failed", "cancelled"):
+                yield "error", event.get("error") or f"request {status}"
+                return
+
+
+def _collect(framer: _Framer, outcomes: Iterator[tuple[str, Any]]) -> Response:
+    parts: list[str] = []
+    for kind_, payload in outcomes:
+        if kind_ == "token":
+            parts.append(payload)
+        elif kind_ == "restarted":
+            parts.clear()  # the new attempt's text replaces the old
+        elif kind_ == "done":
+            return _json(framer.final(payload, "".join(parts)))
+        else:
+            return _error(str(payload), 500)
+    return _error("the request ended without an answer", 500)
