@@ -17,7 +17,7 @@ from tests.factories import TEST_PASSWORD
 from tests.identity_tests.test_authorization_matrix import SOCKETS
 from tests.pipeline.conftest import Double, Worker
 from tests.pipeline.jobs import finished, submit, wait_status
-from tests.support.ws import Received, connect, next_frame, read_until_closed
+from tests.support.ws import Received, connect, next_frame, read_until_closed, token_of
 
 NORMAL, POLICY_VIOLATION, TRY_AGAIN_LATER = 1000, 1008, 1013
 
@@ -29,10 +29,6 @@ def worker(double: Double, start_worker: Callable[..., Worker]) -> Worker:
     return start_worker(double.url, name="relay-w1", slots=4)
 
 
-def _token(headers: dict[str, str]) -> str:
-    return headers["Authorization"].removeprefix("Bearer ")
-
-
 def _assert_exactly_once(received: Received) -> None:
     assert received.seqs == list(range(1, len(received.seqs) + 1)), received.seqs
 
@@ -42,7 +38,7 @@ def test_tokens_arrive_live_in_order_and_join_to_the_stored_output(
 ) -> None:
     double.configure(token_delay_s=0.01, first_token_delay_s=0.3)
     job = submit(api, user_headers, options={"num_predict": 40})
-    ws = connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+    ws = connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     received = read_until_closed(ws)
     stored = finished(api, user_headers, job["id"])
     _assert_exactly_once(received)
@@ -61,7 +57,7 @@ def test_a_dropped_connection_resumes_after_its_last_seq_with_no_gap_and_no_repe
     double.configure(token_delay_s=0.03)
     job = submit(api, user_headers, options={"num_predict": 60})
     first = Received()
-    ws = connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+    ws = connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     while len(first.of_type("token")) < 10:
         frame = next_frame(ws, first)
         assert frame is not None
@@ -71,7 +67,7 @@ def test_a_dropped_connection_resumes_after_its_last_seq_with_no_gap_and_no_repe
     time.sleep(0.3)  # events keep coming while nobody listens
 
     last = first.seqs[-1]
-    ws = connect(relay_server.url, f"{job['links']['ws']}?after={last}", _token(user_headers))
+    ws = connect(relay_server.url, f"{job['links']['ws']}?after={last}", token_of(user_headers))
     second = read_until_closed(ws)
     stored = finished(api, user_headers, job["id"])
 
@@ -89,7 +85,7 @@ def test_a_finished_request_answers_at_once(
     stored = finished(api, user_headers, job["id"])
 
     replayed = read_until_closed(
-        connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+        connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     )
     _assert_exactly_once(replayed)
     assert replayed.of_type("status")[-1]["status"] == "completed"
@@ -97,7 +93,7 @@ def test_a_finished_request_answers_at_once(
 
     # Nothing left after the last seq: the request's final state, then a normal close.
     after = f"{job['links']['ws']}?after={replayed.seqs[-1]}"
-    final = read_until_closed(connect(relay_server.url, after, _token(user_headers)))
+    final = read_until_closed(connect(relay_server.url, after, token_of(user_headers)))
     assert [f["type"] for f in final.frames] == ["final"]
     assert final.frames[0]["request"]["output"] == stored["output"]
     assert final.frames[0]["request"]["status"] == "completed"
@@ -113,7 +109,7 @@ def test_expired_events_still_give_the_final_state(
     events.redis.delete(f"omx:req:{job['id']}:events")  # as if EVENT_TTL_S had passed
 
     received = read_until_closed(
-        connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+        connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     )
     assert [f["type"] for f in received.frames] == ["final"]
     assert received.frames[0]["request"]["output"] == stored["output"]
@@ -131,7 +127,7 @@ def test_a_running_request_whose_terminal_event_never_comes_is_closed_from_the_d
     double.configure(first_token_delay_s=60)  # the job sits in `running`
     job = submit(api, user_headers)
     wait_status(api, user_headers, job["id"], {"running"})
-    ws = connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+    ws = connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     with committed.unit_of_work() as session:  # the result lands without an event
         session.execute(
             text(
@@ -158,10 +154,10 @@ def test_each_caller_is_answered_as_the_authorization_matrix_says(
     finished(api, user_headers, job["id"])
     tokens = {
         "anonymous": None,
-        "owner": _token(user_headers),
-        "other": _token(other_headers),
-        "operator": _token(operator_headers),
-        "admin": _token(admin_headers),
+        "owner": token_of(user_headers),
+        "other": token_of(other_headers),
+        "operator": token_of(operator_headers),
+        "admin": token_of(admin_headers),
     }
     refusals = {401: "unauthorized", 404: "not_found"}
     for caller, expected in SOCKETS[("GET", "/ws/inference/<uuid:request_id>")].items():
@@ -214,7 +210,9 @@ def test_a_slow_reader_is_cut_off_without_slowing_the_others(
     client on the same stream gets everything."""
     double.configure(token_delay_s=0.0005)
     job = submit(api, user_headers, options={"num_predict": 3000})
-    slow = connect(relay_server.url, job["links"]["ws"], _token(user_headers), receive_buffer=4096)
+    slow = connect(
+        relay_server.url, job["links"]["ws"], token_of(user_headers), receive_buffer=4096
+    )
     cut = Received()
 
     def read_slowly() -> None:
@@ -225,7 +223,7 @@ def test_a_slow_reader_is_cut_off_without_slowing_the_others(
     reader = threading.Thread(target=read_slowly)
     reader.start()
     received = read_until_closed(
-        connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+        connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     )
     stored = finished(api, user_headers, job["id"])
     reader.join(timeout=30)
@@ -248,7 +246,7 @@ def test_two_hundred_sockets_on_one_process_each_get_every_event(
 
     def follow() -> None:
         try:
-            ws = connect(relay_server.url, job["links"]["ws"], _token(user_headers), timeout=30)
+            ws = connect(relay_server.url, job["links"]["ws"], token_of(user_headers), timeout=30)
             results.append(read_until_closed(ws))
         except BaseException as error:
             results.append(error)
@@ -285,7 +283,7 @@ def test_a_lost_redis_subscription_is_resumed_without_gap_or_repeat(
     again and the stream replays what was published meanwhile."""
     double.configure(token_delay_s=0.02)
     job = submit(api, user_headers, options={"num_predict": 150})
-    ws = connect(relay_server.url, job["links"]["ws"], _token(user_headers))
+    ws = connect(relay_server.url, job["links"]["ws"], token_of(user_headers))
     received = Received()
     while len(received.of_type("token")) < 5:
         frame = next_frame(ws, received)

@@ -13,7 +13,15 @@ from tests.conftest import LiveServer
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Double, Worker, start_double
 from tests.pipeline.jobs import finished, submit
-from tests.support.ws import Frame, Received, connect, next_frame, next_non_heartbeat, send
+from tests.support.ws import (
+    Frame,
+    Received,
+    connect,
+    next_frame,
+    next_non_heartbeat,
+    send,
+    token_of,
+)
 
 POLICY_VIOLATION = 1008
 
@@ -23,10 +31,6 @@ pytestmark = pytest.mark.usefixtures("fresh_double")
 @pytest.fixture(scope="module", autouse=True)
 def worker(double: Double, start_worker: Callable[..., Worker]) -> Worker:
     return start_worker(double.url, name="topics-w1", slots=2)
-
-
-def _token(headers: dict[str, str]) -> str:
-    return headers["Authorization"].removeprefix("Bearer ")
 
 
 def _subscribe(ws: websocket.WebSocket, *topics: str, kind: str = "subscribe") -> Frame:
@@ -51,7 +55,7 @@ def _wait_for(
 def test_subscribe_unsubscribe_and_bad_messages_keep_the_socket_open(
     user_headers: dict[str, str], relay_server: LiveServer
 ) -> None:
-    ws = connect(relay_server.url, "/ws", _token(user_headers))
+    ws = connect(relay_server.url, "/ws", token_of(user_headers))
     assert _subscribe(ws, "node_status", "model_update") == {
         "type": "subscribed",
         "topics": ["model_update", "node_status"],
@@ -81,7 +85,7 @@ def test_subscribe_unsubscribe_and_bad_messages_keep_the_socket_open(
 def test_heartbeats_arrive_while_idle(
     user_headers: dict[str, str], relay_server: LiveServer
 ) -> None:
-    ws = connect(relay_server.url, "/ws", _token(user_headers))
+    ws = connect(relay_server.url, "/ws", token_of(user_headers))
     frames = [next_frame(ws) for _ in range(2)]  # WS_HEARTBEAT_S=0.5 on this server
     assert [f and f["type"] for f in frames] == ["heartbeat", "heartbeat"]
     ws.close()
@@ -91,7 +95,7 @@ def test_a_client_that_stops_answering_pings_is_dropped(
     user_headers: dict[str, str], relay_server: LiveServer
 ) -> None:
     """WS_PING_INTERVAL_S=2: a client that does not read answers no ping and is dropped."""
-    ws = connect(relay_server.url, "/ws", _token(user_headers))
+    ws = connect(relay_server.url, "/ws", token_of(user_headers))
     time.sleep(6)  # not reading: websocket-client answers pings only while it reads
     received = Received()
     while next_frame(ws, received) is not None:
@@ -118,9 +122,9 @@ def test_inference_topic_carries_own_status_changes_and_operators_may_see_all(
     operator_headers: dict[str, str],
     relay_server: LiveServer,
 ) -> None:
-    mine = connect(relay_server.url, "/ws", _token(user_headers))
+    mine = connect(relay_server.url, "/ws", token_of(user_headers))
     _subscribe(mine, "inference")
-    everything = connect(relay_server.url, "/ws", _token(operator_headers))
+    everything = connect(relay_server.url, "/ws", token_of(operator_headers))
     assert _subscribe(everything, "inference:all")["topics"] == ["inference:all"]
 
     theirs = submit(api, other_headers, options={"num_predict": 2})
@@ -160,7 +164,7 @@ def test_system_metrics_reach_operators_with_the_live_load(
 ) -> None:
     double.configure(first_token_delay_s=5)
     job = submit(api, user_headers)
-    ws = connect(relay_server.url, "/ws", _token(operator_headers))
+    ws = connect(relay_server.url, "/ws", token_of(operator_headers))
     _subscribe(ws, "system_metrics")
     metrics = _wait_for(ws, lambda f: f.get("topic") == "system_metrics" and f["running"] >= 1)
     assert metrics["type"] == "system_metrics"
@@ -178,7 +182,7 @@ def test_node_status_and_model_update_come_from_the_fleet(
     relay_server: LiveServer,
     start_worker: Callable[..., Worker],
 ) -> None:
-    ws = connect(relay_server.url, "/ws", _token(user_headers))
+    ws = connect(relay_server.url, "/ws", token_of(user_headers))
     _subscribe(ws, "node_status", "model_update")
     extra = start_double(("llama3.2:latest", "relay-news:latest"))
     try:
@@ -215,7 +219,7 @@ def test_logging_out_closes_the_open_socket(
 ) -> None:
     """WS_ACCESS_RECHECK_S=0.5 here: the credential is checked again while the socket stays
     open, so a logout (or a revoked key) ends it instead of streaming on for hours."""
-    ws = connect(relay_server.url, "/ws", _token(user_headers))
+    ws = connect(relay_server.url, "/ws", token_of(user_headers))
     _subscribe(ws, "node_status")
     assert api.post("/api/v1/users/logout", headers=user_headers).status_code == 204
     received = Received()

@@ -30,6 +30,11 @@ class Received:
         return "".join(frame["text"] for frame in self.of_type("token"))
 
 
+def token_of(headers: dict[str, str]) -> str:
+    """The bearer token of test headers, for ?token= or the Authorization header."""
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
 def ws_url(base_url: str, path: str) -> str:
     return base_url.replace("http://", "ws://", 1) + path
 

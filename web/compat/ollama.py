@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from db.fleet import canonical_model_name
+from db.inference import METRIC_COLUMNS as METRICS
 from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, RequestKind
 from web.database import end_unit_of_work, get_session
 from web.errors import APIError
@@ -32,14 +33,6 @@ from web.security.principal import require
 
 bp = Blueprint("ollama_compat", __name__)
 
-METRICS = (
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
 DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
 ZERO_TIME = "0001-01-01T00:00:00Z"
 IDLE_CHECKS = 2  # quiet periods before the database is asked whether the job ended

@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from db.models import TERMINAL_STATUSES
 from web.realtime.mailbox import Mailbox
 from web.realtime.relay import Relay
 from workers.events import CHANNEL
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
 PAGE = 1000
 
 
@@ -52,7 +52,7 @@ def follow(relay: Relay, request_id: uuid.UUID, idle_s: float) -> Iterator[dict[
                     break
                 last = event["seq"]
                 yield event
-                if event["type"] == "status" and event.get("status") in TERMINAL:
+                if event["type"] == "status" and event.get("status") in TERMINAL_STATUSES:
                     return
             pending = []
     finally:

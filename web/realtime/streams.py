@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.models import InferenceRequest, RequestStatus
+from db.models import TERMINAL_STATUSES, InferenceRequest
 from web.database import get_db
 from web.realtime.hub import HubUnavailable
 from web.realtime.relay import Relay
@@ -31,16 +31,12 @@ log = logging.getLogger(__name__)
 DB_CHECK_EVERY = 2
 REPLAY_PAGE = 1000  # stored events read and sent at a time
 
-TERMINAL = frozenset(
-    {str(RequestStatus.COMPLETED), str(RequestStatus.FAILED), str(RequestStatus.CANCELLED)}
-)
-
 
 def final_state(request_id: uuid.UUID) -> dict[str, Any] | None:
     """The request as the REST API shows it, if it has finished."""
     with get_db().unit_of_work() as session:
         row = session.get(InferenceRequest, request_id)
-        if row is None or str(row.status) not in TERMINAL:
+        if row is None or row.status not in TERMINAL_STATUSES:
             return None
         return RequestRead.model_validate(row).model_dump(mode="json")
 
@@ -143,7 +139,7 @@ class RequestStream:
             return
         frames.append(raw)
         self.last_seq = event["seq"]
-        if event.get("type") == "status" and event.get("status") in TERMINAL:
+        if event.get("type") == "status" and event.get("status") in TERMINAL_STATUSES:
             self.ended = True
 
     def _send_final(self) -> None:

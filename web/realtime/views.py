@@ -22,6 +22,7 @@ from flask_jwt_extended import get_jwt
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed, Server
 
+from db.models import TERMINAL_STATUSES
 from web.database import end_unit_of_work, get_db
 from web.errors import BadRequest, Forbidden
 from web.extensions import current_settings
@@ -34,7 +35,7 @@ from web.realtime.socket import (
     TRY_AGAIN_LATER,
     RelaySocket,
 )
-from web.realtime.streams import TERMINAL, RequestStream
+from web.realtime.streams import RequestStream
 from web.realtime.topics import TopicSocket
 from web.security.policy import Permission
 from web.security.principal import Principal, authenticated
@@ -114,7 +115,7 @@ def request_stream(ws: Server, request_id: uuid.UUID) -> None:
         if not principal.can(Permission.INFERENCE_READ_OWN):
             raise Forbidden()
         row = visible_request(request_id)
-        return _access(principal), _after_seq(), str(row.status) in TERMINAL
+        return _access(principal), _after_seq(), row.status in TERMINAL_STATUSES
 
     def handle(relay_socket: RelaySocket) -> None:
         admitted = _admit(relay_socket, check)
