@@ -37,7 +37,8 @@ from tests.factories import TEST_PASSWORD_HASH
 from web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_TEST_DB = 15
+# Two suites can run side by side with their own DATABASE_URL and TEST_REDIS_DB.
+REDIS_TEST_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 
 
 def _test_database_url(suffix: str = "test") -> str:
@@ -46,7 +47,7 @@ def _test_database_url(suffix: str = "test") -> str:
 
 
 def _test_redis_url() -> str:
-    """The configured Redis server, logical database 15 (whatever database it names)."""
+    """The configured Redis server, logical database REDIS_TEST_DB (whatever it names)."""
     parts = urlsplit(get_settings().redis_url)
     return urlunsplit(parts._replace(path=f"/{REDIS_TEST_DB}"))
 
