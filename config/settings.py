@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Development and tests only; as long as HS256 wants (32 bytes) so PyJWT does not warn.
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=50, ge=1)
 
     ollama_host: str = "http://127.0.0.1:11434"
+    # A worker's engine: "ollama" at OLLAMA_HOST, or "openai" (any OpenAI-compatible server)
+    # at ENGINE_URL. ENGINE_API_KEY is sent to servers that want one (vLLM --api-key).
+    engine_kind: Literal["ollama", "openai"] = "ollama"
+    engine_url: str | None = None
+    engine_api_key: SecretStr | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 11400

@@ -13,6 +13,7 @@ from db.session import Database
 from web import cli, health
 from web.auth import views as auth_views
 from web.compat import ollama as ollama_compat
+from web.compat import openai as openai_compat
 from web.database import init_database
 from web.errors import register_error_handlers
 from web.fleet import models as fleet_models
@@ -108,6 +109,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         fleet_nodes.bp,
         system_views.bp,
         ollama_compat.bp,
+        openai_compat.bp,
     ):
         app.register_blueprint(blueprint)
     init_realtime(app)

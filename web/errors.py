@@ -179,6 +179,20 @@ def handle_unexpected_error(error: Exception) -> Response:
     )
 
 
+def render_error(error: Exception) -> Response:
+    """Any exception as our JSON error response: for front doors that reshape it into
+    another protocol's error object (their blueprint handler sees every exception first)."""
+    if isinstance(error, APIError):
+        return handle_api_error(error)
+    if isinstance(error, HTTPException):
+        return handle_http_exception(error)
+    if isinstance(error, ValidationError):
+        return handle_validation_error(error)
+    if isinstance(error, IntegrityError):
+        return handle_integrity_error(error)
+    return handle_unexpected_error(error)
+
+
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(APIError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)

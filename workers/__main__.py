@@ -1,12 +1,14 @@
 """One GPU-pinned worker in one command:
 
     python -m workers run --gpu 0 --engine-url http://127.0.0.1:11434 --slots 4
+    python -m workers run --engine openai --engine-url http://127.0.0.1:8000 --slots 2
 
 It pins CUDA_VISIBLE_DEVICES, registers its node (host, GPU from NVML, engine, slots) and
 the engine's models, then runs a Celery worker with a pool of `--slots` threads named
 `gpu<N>@<host>` that consumes `model.<name>` for every model the engine has, its own
 `node.<name>` queue and `default` (sweeps). `--slots` should equal the engine's
-OLLAMA_NUM_PARALLEL. Without --gpu it is a CPU node.
+OLLAMA_NUM_PARALLEL (or the OpenAI-compatible server's parallel sequences). Without --gpu it
+is a CPU node.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from db.models import EngineKind
 from db.session import Database
 from workers import runtime
 from workers.celery_app import celery_app, queue_for_node
-from workers.engines.ollama import OllamaEngine
+from workers.engines import make_engine
 from workers.events import EventLog
 from workers.live_config import LiveConfig
 from workers.node import Heartbeat, go_offline, register
@@ -39,8 +41,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a worker for one engine (one GPU)")
     run.add_argument("--gpu", type=int, default=None, help="GPU index (NVML); none = CPU node")
-    run.add_argument("--engine-url", default=None, help="default: OLLAMA_HOST")
-    run.add_argument("--engine", choices=[EngineKind.OLLAMA], default=EngineKind.OLLAMA)
+    run.add_argument("--engine-url", default=None, help="default: ENGINE_URL, else OLLAMA_HOST")
+    run.add_argument(
+        "--engine",
+        choices=[kind.value for kind in EngineKind],
+        default=None,
+        help="ollama, or openai for an OpenAI-compatible server; default: ENGINE_KIND",
+    )
     run.add_argument("--slots", type=int, default=1, help="concurrent jobs (OLLAMA_NUM_PARALLEL)")
     run.add_argument("--name", default=None, help="node name; default gpu<N>@<host> or cpu@<host>")
     return parser.parse_args(argv)
@@ -55,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     hostname = socket.gethostname()
     name = args.name or (f"gpu{args.gpu}@{hostname}" if args.gpu is not None else f"cpu@{hostname}")
-    engine_url = args.engine_url or settings.ollama_host
+    engine_kind = args.engine or settings.engine_kind
+    engine_url = args.engine_url or settings.engine_url or settings.ollama_host
     # Celery calls a worker "celery@<name>" when the name has no "@"; control commands
     # (add_consumer, shutdown) are addressed by that full name.
     celery_hostname = name if "@" in name else f"celery@{name}"
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 socket_connect_timeout=settings.redis_timeout_s,
             ),
         ),
-        engine=OllamaEngine(engine_url, stall_timeout_s=settings.engine_stall_timeout_s),
+        engine=make_engine(engine_kind, engine_url, settings),
         worker_name=celery_hostname,
         node_name=name,
         engine_url=engine_url,
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             name=name,
             hostname=hostname,
             gpu_index=args.gpu,
-            engine_kind=args.engine,
+            engine_kind=engine_kind,
             engine_url=engine_url,
             slots=args.slots,
             worker_name=celery_hostname,

@@ -8,25 +8,28 @@ mid-stream error lines.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, json, request, stream_with_context
-from pydantic import BaseModel, ValidationError
+from flask import Blueprint, Response, json, stream_with_context
 from sqlalchemy import select
 
 from db.fleet import canonical_model_name
 from db.inference import METRIC_COLUMNS as METRICS
 from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, RequestKind
-from web.database import end_unit_of_work, get_session
+from web.compat.jobs import (
+    RESTARTED,
+    JobFailed,
+    collect,
+    json_object_body,
+    outcomes,
+    start,
+    validated,
+)
+from web.database import get_session
 from web.errors import APIError
-from web.extensions import current_settings
-from web.inference.submission import abandon, accept
-from web.realtime.follow import follow
-from web.realtime.relay import current_relay
-from web.realtime.streams import final_state
+from web.inference.submission import abandon
 from web.schemas.inference import ChatRequest, GenerateRequest
 from web.security.policy import Permission
 from web.security.principal import require
@@ -35,11 +38,6 @@ bp = Blueprint("ollama_compat", __name__)
 
 DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
 ZERO_TIME = "0001-01-01T00:00:00Z"
-IDLE_CHECKS = 2  # quiet periods before the database is asked whether the job ended
-RESTARTED = (
-    "the job restarted after a fault and its streamed text is void; "
-    "the result will be at /api/v1/inference/requests/{}"
-)
 
 
 def _now() -> str:
@@ -151,19 +149,10 @@ def running_models() -> Response:
     return _json({"models": list(seen.values())})
 
 
-def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not request.get_data():
-        raise APIError("missing request body", code="bad_request")
-    if not isinstance(body, dict):
-        raise APIError("invalid JSON body", code="bad_request")
-    return body
-
-
 @bp.post("/api/show")
 @require(Permission.FLEET_READ)
 def show() -> Response:
-    body = _body()
+    body = json_object_body()
     name = str(body.get("model") or body.get("name") or "")
     if not name:
         raise APIError("model is required")
@@ -183,23 +172,11 @@ def show() -> Response:
     )
 
 
-def _parse(schema: type[BaseModel], body: dict[str, Any]) -> Any:
-    """Ollama ignores fields it does not know (the official client sends `stream`, `tools:
-    []` and more): keep ours, validate them."""
-    known = {k: v for k, v in body.items() if k in schema.model_fields}
-    try:
-        return schema.model_validate(known)
-    except ValidationError as error:
-        first = error.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise APIError(f"{field}: {first['msg']}" if field else first["msg"]) from None
-
-
 @bp.post("/api/generate")
 @require(Permission.INFERENCE_SUBMIT)
 def generate() -> Response:
-    body = _body()
-    parsed = _parse(GenerateRequest, body)
+    body = json_object_body()
+    parsed = validated(GenerateRequest, body, known_only=True)
     if not parsed.prompt and not parsed.images:
         return _load_reply(parsed.model, body)
     return _run(RequestKind.GENERATE, parsed, body)
@@ -208,10 +185,10 @@ def generate() -> Response:
 @bp.post("/api/chat")
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> Response:
-    body = _body()
+    body = json_object_body()
     if not body.get("messages"):
         return _load_reply(str(body.get("model") or ""), body, chat=True)
-    return _run(RequestKind.CHAT, _parse(ChatRequest, body), body)
+    return _run(RequestKind.CHAT, validated(ChatRequest, body, known_only=True), body)
 
 
 def _load_reply(name: str, body: dict[str, Any], chat: bool = False) -> Response:
@@ -252,25 +229,26 @@ class _Framer:
     def final(self, done: dict[str, Any], text: str = "") -> dict[str, Any]:
         metrics = {name: done[name] for name in METRICS if done.get(name)}
         reason = done.get("done_reason") or "stop"
-        return self.chunk(text, done_reason=reason, **metrics)
+        body = self.chunk(text, done_reason=reason, **metrics)
+        if self.chat and done.get("tool_calls"):  # Ollama puts them on the final message
+            body["message"]["tool_calls"] = done["tool_calls"]
+        return body
 
 
-def _run(kind: str, parsed: Any, body: dict[str, Any]) -> Response:
-    row, _ = accept(kind, parsed, source="ollama")  # type: ignore[arg-type]
-    request_id = row.id
-    # Commit now (and dispatch): the job must be in the queue before we wait for its events.
-    end_unit_of_work()
+def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
+    request_id = start(kind, parsed, source="ollama")
     framer = _Framer(kind, str(body.get("model")))
-    relay = current_relay()
-    idle_s = current_settings().ws_heartbeat_s
     if body.get("stream") is False:
-        return _collect(framer, _outcomes(relay, request_id, idle_s))
+        try:
+            text, final = collect(request_id)
+        except JobFailed as error:
+            return _error(str(error), 500)
+        return _json(framer.final(final, text))
 
     def lines() -> Iterator[str]:
         ended = False
         try:
-            for item in _outcomes(relay, request_id, idle_s):
-                kind_, payload = item
+            for kind_, payload in outcomes(request_id):
                 if kind_ == "token":
                     yield json.dumps(framer.chunk(payload)) + "\n"
                 elif kind_ == "done":
@@ -290,54 +268,3 @@ def _run(kind: str, parsed: Any, body: dict[str, Any]) -> Response:
                 abandon(request_id)
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
-
-
-def _outcomes(relay: Any, request_id: uuid.UUID, idle_s: float) -> Iterator[tuple[str, Any]]:
-    """("token", text) ..., then ("done", final event) or ("error", message)."""
-    done: dict[str, Any] = {}
-    sent_text = False
-    quiet = 0
-    for event in follow(relay, request_id, idle_s):
-        if event is None:
-            quiet += 1
-            state = final_state(request_id) if quiet % IDLE_CHECKS == 0 else None
-            if state is not None:  # it ended without announcing it (a worker died then)
-                if state["status"] == "completed":
-                    if not sent_text and state.get("output"):
-                        yield "token", state["output"]
-                    yield "done", {k: state.get(k) for k in (*METRICS, "done_reason")}
-                else:
-                    yield "error", state.get("error") or f"request {state['status']}"
-                return
-            continue
-        quiet = 0
-        if event["type"] == "token":
-            sent_text = True
-            yield "token", event["text"]
-        elif event["type"] == "done":
-            done = event
-        elif event["type"] == "status":
-            status = event.get("status")
-            if status == "restarted" and sent_text:
-                sent_text = False
-                yield "restarted", None
-            if status == "completed":
-                yield "done", done
-                return
-            if status in ("failed", "cancelled"):
-                yield "error", event.get("error") or f"request {status}"
-                return
-
-
-def _collect(framer: _Framer, outcomes: Iterator[tuple[str, Any]]) -> Response:
-    parts: list[str] = []
-    for kind_, payload in outcomes:
-        if kind_ == "token":
-            parts.append(payload)
-        elif kind_ == "restarted":
-            parts.clear()  # the new attempt's text replaces the old
-        elif kind_ == "done":
-            return _json(framer.final(payload, "".join(parts)))
-        else:
-            return _error(str(payload), 500)
-    return _error("the request ended without an answer", 500)

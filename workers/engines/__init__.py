@@ -1,1 +1,18 @@
 """Clients for the inference engines a worker can front."""
+
+from __future__ import annotations
+
+from config.settings import Settings
+from workers.engines.base import Engine
+
+
+def make_engine(kind: str, url: str, settings: Settings) -> Engine:
+    """The client for an engine of `kind` ("ollama" or "openai") at `url`."""
+    if kind == "openai":
+        from workers.engines.openai import OpenAIEngine
+
+        key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
+        return OpenAIEngine(url, stall_timeout_s=settings.engine_stall_timeout_s, api_key=key)
+    from workers.engines.ollama import OllamaEngine
+
+    return OllamaEngine(url, stall_timeout_s=settings.engine_stall_timeout_s)

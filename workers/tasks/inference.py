@@ -227,9 +227,12 @@ def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
 
 def _announce(rt: Runtime, job: ClaimedJob, outcome: Outcome) -> None:
     if outcome.status == RequestStatus.COMPLETED:
-        metrics = {k: v for k, v in (outcome.metrics or {}).items() if v is not None}
+        final = {k: v for k, v in (outcome.metrics or {}).items() if v is not None}
+        # Tool calls belong on the final chunk of every protocol we speak.
+        if calls := (outcome.output_message or {}).get("tool_calls"):
+            final["tool_calls"] = calls
         rt.events.publish(
-            job.id, "done", done_reason=outcome.done_reason, attempt=job.attempt, **metrics
+            job.id, "done", done_reason=outcome.done_reason, attempt=job.attempt, **final
         )
     rt.events.publish(
         job.id,

@@ -1,0 +1,190 @@
+"""The official `openai` client, unchanged, pointed at OllamaMax's /v1 with an API key as its
+key: every call is a persisted, queued, tracked job run by a real worker against the Ollama
+double."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import openai
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from tests.conftest import LiveServer
+from tests.factories import TEST_PASSWORD
+from tests.pipeline.conftest import Double, Worker, wait_for
+from tests.pipeline.jobs import read
+
+pytestmark = pytest.mark.usefixtures("fresh_double")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(double: Double, start_worker: Callable[..., Worker]) -> Worker:
+    return start_worker(double.url, name="openai-door@test", slots=2)
+
+
+@pytest.fixture
+def key(api: FlaskClient, user_headers: dict[str, str]) -> str:
+    created = api.post(
+        "/api/v1/users/api-keys",
+        json={"name": "openai", "scopes": ["inference"], "current_password": TEST_PASSWORD},
+        headers=user_headers,
+    )
+    return str(created.get_json()["key"])
+
+
+@pytest.fixture
+def client(key: str, live_server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0)
+
+
+def _jobs(api: FlaskClient, headers: dict[str, str]) -> list[dict]:
+    return api.get("/api/v1/inference/requests", headers=headers).get_json()["items"]
+
+
+def test_chat_completions_whole_and_streamed_are_tracked_jobs(
+    client: openai.OpenAI, api: FlaskClient, user_headers: dict[str, str]
+) -> None:
+    messages = [{"role": "user", "content": "why is the sky blue?"}]
+    whole = client.chat.completions.create(model="llama3.2", messages=messages, max_tokens=12)
+    choice = whole.choices[0]
+    assert whole.object == "chat.completion"
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens == 12
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 12
+
+    stream = client.chat.completions.create(
+        model="llama3.2",
+        messages=messages,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content  # the double is deterministic
+    finishing = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishing[-1] in ("stop", "length")
+    assert set(finishing[:-1]) == {None}
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 12
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].id.startswith("chatcmpl-")
+
+    jobs = _jobs(api, user_headers)
+    assert [(j["source"], j["kind"], j["status"]) for j in jobs] == [
+        ("openai", "chat", "completed")
+    ] * 2
+    assert chunks[0].id == f"chatcmpl-{jobs[0]['id'].replace('-', '')}"  # same job, findable
+
+
+def test_completions_whole_streamed_and_echoed(client: openai.OpenAI) -> None:
+    whole = client.completions.create(model="llama3.2", prompt="The sky is", max_tokens=8)
+    assert whole.object == "text_completion"
+    assert whole.choices[0].text
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens == 8
+    parts = list(
+        client.completions.create(model="llama3.2", prompt="The sky is", max_tokens=8, stream=True)
+    )
+    assert "".join(p.choices[0].text for p in parts) == whole.choices[0].text
+    assert parts[-1].choices[0].finish_reason in ("stop", "length")
+    echoed = client.completions.create(
+        model="llama3.2", prompt="The sky is", max_tokens=8, echo=True
+    )
+    assert echoed.choices[0].text == "The sky is" + whole.choices[0].text
+
+
+def test_models_list_and_read(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert "llama3.2:latest" in ids
+    assert client.models.retrieve("llama3.2").id == "llama3.2:latest"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
+
+
+def test_errors_come_in_openais_shape(
+    client: openai.OpenAI, key: str, live_server: LiveServer
+) -> None:
+    stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="omx_nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.chat.completions.create(
+            model="llama3.2", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert refused.value.code == "invalid_api_key"
+    assert refused.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert unknown.value.code == "model_not_found"
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="llama3.2", messages=[{"role": "user", "content": "hi"}], temperature=7
+        )
+    assert bad.value.body["param"] == "temperature"  # type: ignore[index]
+
+    broken = requests.post(
+        f"{live_server.url}/v1/completions",
+        data=b"{not json",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert broken.status_code == 400
+    assert set(broken.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_remote_images_are_refused_and_data_urls_accepted(
+    client: openai.OpenAI, key: str, live_server: LiveServer
+) -> None:
+    tiny_png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9"
+        "awAAAABJRU5ErkJggg=="
+    )
+
+    def ask(url: str) -> requests.Response:
+        parts = [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]
+        return requests.post(
+            f"{live_server.url}/v1/chat/completions",
+            json={
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": parts}],
+                "max_tokens": 2,
+            },
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+
+    refused = ask("http://169.254.169.254/latest/meta-data")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "messages.0.content"
+    assert ask(f"data:image/png;base64,{tiny_png}").status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_stream_cancels_its_job(
+    client: openai.OpenAI, api: FlaskClient, user_headers: dict[str, str], double: Double
+) -> None:
+    double.configure(token_delay_s=0.1)
+    stream = client.chat.completions.create(
+        model="llama3.2",
+        messages=[{"role": "user", "content": "tell me a long story"}],
+        max_tokens=200,
+        stream=True,
+    )
+    for _, _chunk in zip(range(4), stream, strict=False):
+        pass
+    stream.close()  # the HTTP response is closed
+    job_id = _jobs(api, user_headers)[0]["id"]
+    wait_for(lambda: read(api, user_headers, job_id)["status"] == "cancelled", timeout=20)
+    wait_for(lambda: double.stats()["disconnects"], timeout=5)  # and the engine stream closed

