@@ -3,6 +3,9 @@ is a persisted, queued, tracked job run by a real worker against the Ollama doub
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import ollama
@@ -90,6 +93,30 @@ def test_list_ps_show_and_the_liveness_probe(
 
     assert requests.get(live_server.url + "/", timeout=5).text == "Ollama is running"
     assert requests.get(live_server.url + "/api/version", timeout=5).json()["version"]
+
+
+def test_an_unchanged_script_needs_only_two_environment_variables(
+    client: ollama.Client, api: FlaskClient, user_headers: dict[str, str], live_server: LiveServer
+) -> None:
+    """What a new user does: OLLAMA_HOST at us, OLLAMA_API_KEY (which the official client
+    sends as a bearer token) set to an OllamaMax key, and their script as it was."""
+    script = (
+        "import ollama; "
+        "reply = ollama.chat(model='llama3.2', messages=[{'role': 'user', 'content': 'hi'}]); "
+        "print(reply.message.content)"
+    )
+    key = client._client.headers["authorization"].removeprefix("Bearer ")
+    env = {**os.environ, "OLLAMA_HOST": live_server.url, "OLLAMA_API_KEY": key}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    jobs = _jobs(api, user_headers)
+    assert [(j["source"], j["kind"], j["status"]) for j in jobs] == [
+        ("ollama", "chat", "completed")
+    ]
+    assert jobs[0]["output"] == done.stdout.strip()
 
 
 def test_errors_come_in_ollamas_shape(client: ollama.Client, live_server: LiveServer) -> None:
