@@ -7,9 +7,18 @@ blocking the whole worker.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 from config.settings import get_settings
 
 _settings = get_settings()
+
+# Each worker process writes its Prometheus samples here and GET /metrics sums them all
+# (prometheus_client's multiprocess mode). Set before any worker imports the client; one
+# folder per master, emptied at start so a restart never adds old counts.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ollamamax-metrics-"))
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 worker_class = "gevent"
@@ -40,7 +49,18 @@ def post_fork(server: object, worker: object) -> None:
     patch_psycopg()
 
 
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    # A dead worker's live gauges (open sockets, pool in use) must stop counting.
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
 def on_starting(server: object) -> None:
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+
     from config.logging import configure_logging
 
     configure_logging(_settings.log_level, _settings.log_format)

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     engine_kind: Literal["ollama", "openai"] = "ollama"
     engine_url: str | None = None
     engine_api_key: SecretStr | None = None
+    # A worker serves its own /metrics here (none when unset); the API serves the fleet's.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # When set, GET /metrics on the API wants `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: SecretStr | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 11400

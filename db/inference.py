@@ -32,6 +32,7 @@ class ClaimedJob:
     queued_at: datetime
     started_at: datetime
     user_id: uuid.UUID | None  # events name the owner, so topic sockets can filter by it
+    priority: int = 5
 
 
 def find_by_idempotency_key(
@@ -83,6 +84,7 @@ def claim(
             InferenceRequest.queued_at,
             InferenceRequest.started_at,
             InferenceRequest.user_id,
+            InferenceRequest.priority,
         )
     ).first()
     return ClaimedJob(*row) if row else None

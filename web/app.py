@@ -20,6 +20,7 @@ from web.fleet import models as fleet_models
 from web.fleet import nodes as fleet_nodes
 from web.inference import views as inference_views
 from web.inference.dispatch_marks import DispatchMarks
+from web.metrics import init_metrics
 from web.realtime.hub import Hub
 from web.realtime.pulse import Pulse
 from web.realtime.relay import Relay
@@ -113,6 +114,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     ):
         app.register_blueprint(blueprint)
     init_realtime(app)
+    init_metrics(app)
     init_rate_limits(app, settings)
     cli.register(app)
     return app

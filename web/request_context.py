@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from config.logging import request_id_var
 from web.errors import UnsupportedMediaType
+from web.metrics import record_request
 
 log = logging.getLogger("ollamamax.access")
 
@@ -80,6 +81,7 @@ def finish_request(response: Response) -> Response:
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
     started = g.get("request_started")
+    record_request(response.status_code)
     log.info(
         "%s %s %s",
         request.method,

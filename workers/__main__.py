@@ -26,7 +26,7 @@ from config.settings import get_settings
 from db.fleet import NodeReport
 from db.models import EngineKind
 from db.session import Database
-from workers import runtime
+from workers import metrics, runtime
 from workers.celery_app import celery_app, queue_for_node
 from workers.engines import make_engine
 from workers.events import EventLog
@@ -50,6 +50,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument("--slots", type=int, default=1, help="concurrent jobs (OLLAMA_NUM_PARALLEL)")
     run.add_argument("--name", default=None, help="node name; default gpu<N>@<host> or cpu@<host>")
+    run.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics; default WORKER_METRICS_PORT"
+    )
     return parser.parse_args(argv)
 
 
@@ -117,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         heartbeat.consumer = sender  # how the heartbeat applies slot changes
 
     heartbeat.start()
+    metrics_port = args.metrics_port or settings.worker_metrics_port
+    if metrics_port:
+        metrics.serve(metrics_port)
+        log.info("metrics on :%d/metrics", metrics_port)
     try:
         celery_app.worker_main(
             [

@@ -7,7 +7,6 @@ tests assert flow, counts and stored metrics, never text.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from tests.conftest import ROOT, LiveServer
+from tests.conftest import ROOT, LiveServer, free_port
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Worker, wait_for
 from tests.pipeline.jobs import finished, submit
@@ -37,15 +36,9 @@ class LlamaServer:
     log_path: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

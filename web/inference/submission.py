@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 from datetime import timedelta
+from typing import Literal
 
 from flask import Response, current_app, jsonify, request, url_for
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +30,7 @@ from web.security.principal import authenticated
 from workers.celery_app import celery_app
 from workers.dispatch import dispatch
 from workers.events import EventLog
+from workers.metrics import INFERENCE_REQUESTS
 from workers.runtime import cancel_key
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -148,27 +150,30 @@ def accept(
         return _replay(existing, request_hash), False
 
     request_id, priority, owner = row.id, row.priority, row.user_id
-    after_commit(lambda: _announce_and_dispatch(request_id, owner, model_name, priority))
+    # Only registered names become metric labels: a queued typo must not add a series.
+    label = model_name if served.model_id else "<unregistered>"
+    after_commit(lambda: _announce_and_dispatch(request_id, owner, model_name, priority, label))
     return row, True
 
 
 def _announce_and_dispatch(
-    request_id: uuid.UUID, owner: uuid.UUID | None, model_name: str, priority: int
+    request_id: uuid.UUID, owner: uuid.UUID | None, model_name: str, priority: int, label: str
 ) -> None:
     _events().publish(request_id, "status", status="queued", attempt=1, user_id=owner)
+    INFERENCE_REQUESTS.labels("queued", label).inc()
     if dispatch(request_id, model_name, priority):
         marks: DispatchMarks = current_app.extensions["dispatch_marks"]
         marks.add(request_id)
 
 
-def cancel(row: InferenceRequest) -> str:
+def cancel(row: InferenceRequest) -> Literal["cancelled", "cancelling"]:
     """Cancel a queued job outright, or ask the worker running it to stop. Returns the
     status the caller will see: `cancelled` now, or `cancelling` until the worker acts."""
-    request_id, attempt, owner = row.id, row.attempt, row.user_id
+    request_id, attempt, owner, model = row.id, row.attempt, row.user_id, row.model_name
     status = cancel_job(session=get_session(), request_id=request_id)
     if status is None:
         raise Conflict("The request has already ended.", code="request_ended")
-    after_commit(lambda: _after_cancel(request_id, status, attempt, owner))
+    after_commit(lambda: _after_cancel(request_id, status, attempt, owner, model))
     return "cancelled" if status == RequestStatus.CANCELLED else "cancelling"
 
 
@@ -180,20 +185,21 @@ def abandon(request_id: uuid.UUID) -> None:
         row = session.get(InferenceRequest, request_id)
         if row is None:
             return
-        attempt, owner = row.attempt, row.user_id
+        attempt, owner, model = row.attempt, row.user_id, row.model_name
         status = cancel_job(session=session, request_id=request_id)
     if status is not None:
-        _after_cancel(request_id, status, attempt, owner)
+        _after_cancel(request_id, status, attempt, owner, model)
 
 
 def _after_cancel(
-    request_id: uuid.UUID, status: str, attempt: int, owner: uuid.UUID | None
+    request_id: uuid.UUID, status: str, attempt: int, owner: uuid.UUID | None, model: str
 ) -> None:
     """Once the cancel is committed: a queued job is over (announce it; its message is
     revoked, and the claim would refuse it anyway); a running one's worker is told to stop.
     The row records the request too, so a cancel survives a lost Redis write or a requeue."""
     if status == RequestStatus.CANCELLED:
         _events().publish(request_id, "status", status="cancelled", attempt=attempt, user_id=owner)
+        INFERENCE_REQUESTS.labels("cancelled", model).inc()  # no worker will count this one
         celery_app.control.revoke(str(request_id))
     else:
         _events().redis.set(cancel_key(request_id), 1, ex=current_settings().event_ttl_s)

@@ -12,11 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from flask import request
 from simple_websocket import ConnectionClosed, Server
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from config.settings import Settings
+from web.metrics import WEBSOCKET_FRAMES, WEBSOCKETS
 from web.realtime.access import Access
 from web.realtime.mailbox import Mailbox
 
@@ -97,14 +99,17 @@ class RelaySocket:
         self.last_sent = time.monotonic()
         self._registry = registry
         self.access: Access | None = None  # set once the caller is admitted
+        self.kind = "request" if request.path.startswith("/ws/inference/") else "topics"
 
     def __enter__(self) -> RelaySocket:
         self._registry.opened()
+        WEBSOCKETS.labels(self.kind).inc()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.mailbox.closed = True
         self._registry.closed()
+        WEBSOCKETS.labels(self.kind).dec()
 
     @property
     def connected(self) -> bool:
@@ -130,6 +135,7 @@ class RelaySocket:
             self.ws.connected = False
             raise ConnectionClosed() from error
         self.last_sent = time.monotonic()
+        WEBSOCKET_FRAMES.labels(self.kind).inc(len(frames))
 
     def discard_client_messages(self) -> None:
         """For sockets that take no messages: drop what the client sent, so it cannot pile

@@ -18,13 +18,14 @@ from jwt import PyJWTError
 from config.settings import Settings
 from web.errors import APIError
 from web.extensions import current_config
+from web.metrics import RATE_LIMITED, route_label
 from web.security.principal import current_principal
 
 log = logging.getLogger(__name__)
 
 # Endpoint -> the settings field holding its stricter limit (keyed by IP: no user yet).
 STRICT_LIMITS = {"auth.login": "ratelimit_login", "auth.register": "ratelimit_register"}
-EXEMPT_ENDPOINTS = ("health.liveness", "health.readiness")
+EXEMPT_ENDPOINTS = ("health.liveness", "health.readiness", "metrics.metrics")
 
 
 def caller_key() -> str:
@@ -54,6 +55,7 @@ def configured_limit(name: str) -> Callable[[], str]:
 
 def _log_breach(limit: RequestLimit) -> None:
     log.info("rate limit exceeded: %s for %s", limit.limit, limit.key)
+    RATE_LIMITED.labels(route_label()).inc()
 
 
 def init_rate_limits(app: Flask, settings: Settings) -> Limiter:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.inference import ClaimedJob, Outcome, claim, finish, renew_lease
 from db.models import RequestStatus
-from workers import runtime
+from workers import metrics, runtime
 from workers.engines.base import EngineError
 from workers.runtime import Runtime, cancel_key
 
@@ -115,6 +115,7 @@ class JobRunner:
             try:
                 return self._stream_once()
             except EngineError as error:
+                metrics.ENGINE_FAULTS.labels(error.code, self.rt.node_name).inc()
                 self._check_stop()
                 if not error.retryable or try_number == attempts:
                     return Outcome(
@@ -290,6 +291,16 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
     if won:
         _announce(rt, job, outcome)
         rt.redis.delete(cancel_key(job.id))
+        measured = outcome.metrics or {}
+        metrics.job_finished(
+            status=str(outcome.status),
+            model=job.model_name,
+            node=rt.node_name,
+            started_at=job.started_at,
+            first_token_at=runner.first_token_at,
+            eval_count=measured.get("eval_count"),
+            eval_duration_ns=measured.get("eval_duration"),
+        )
 
 
 @shared_task(
@@ -312,6 +323,7 @@ def run(self: Task, request_id: str) -> None:
         log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
         return
     rt.job_started()
+    metrics.job_claimed(job.model_name, job.priority, job.queued_at, job.started_at)
     watch = JobWatch(rt, job)
     watch.start()
     try:

@@ -1,0 +1,79 @@
+"""What a worker measures about the jobs it runs, served on its own /metrics.
+
+A worker is one process (a pool of threads), so prometheus_client's default registry is
+exact here; Prometheus scrapes each worker (`--metrics-port`) as well as the API, whose
+/metrics carries the fleet-wide view read from the database (queue depth, slots, GPUs).
+Labels are bounded: models come from the registry, nodes from the fleet, statuses are fixed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+# Seconds: from 10 ms (a warm engine) to 10 min (a long queue).
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+
+# The API counts the same family for what it accepts ("queued") and cancels before a worker
+# claims it; sum over instances for the whole picture.
+INFERENCE_REQUESTS = Counter(
+    "ollamamax_inference_requests",
+    "Inference requests by the status they reached here, and model.",
+    ["status", "model"],
+)
+QUEUE_WAIT = Histogram(
+    "ollamamax_queue_wait_seconds",
+    "Time from submission to a worker claiming the job.",
+    ["model", "priority"],
+    buckets=WAIT_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ollamamax_time_to_first_token_seconds",
+    "Time from the worker starting the job to the engine's first token.",
+    ["model", "node"],
+    buckets=TTFT_BUCKETS,
+)
+TOKENS_PER_SECOND = Histogram(
+    "ollamamax_tokens_per_second",
+    "Generation speed of a completed job (eval_count / eval_duration).",
+    ["model", "node"],
+    buckets=RATE_BUCKETS,
+)
+ENGINE_FAULTS = Counter(
+    "ollamamax_engine_faults",
+    "Engine faults seen while running jobs, by code (retried or not).",
+    ["code", "node"],
+)
+
+
+def job_claimed(model: str, priority: int, queued_at: datetime, started_at: datetime) -> None:
+    QUEUE_WAIT.labels(model, str(priority)).observe(
+        max((started_at - queued_at).total_seconds(), 0.0)
+    )
+
+
+def job_finished(
+    *,
+    status: str,
+    model: str,
+    node: str,
+    started_at: datetime,
+    first_token_at: datetime | None,
+    eval_count: int | None,
+    eval_duration_ns: int | None,
+) -> None:
+    INFERENCE_REQUESTS.labels(status, model).inc()
+    if first_token_at is not None:
+        TIME_TO_FIRST_TOKEN.labels(model, node).observe(
+            max((first_token_at - started_at).total_seconds(), 0.0)
+        )
+    if status == "completed" and eval_count and eval_duration_ns:
+        TOKENS_PER_SECOND.labels(model, node).observe(eval_count / (eval_duration_ns / 1e9))
+
+
+def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - Prometheus scrapes it
+    """GET /metrics on `port`, from a daemon thread."""
+    start_http_server(port, addr=host)
