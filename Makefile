@@ -26,9 +26,10 @@ migrate: services
 	$(BIN)/flask --app wsgi db create
 	$(BIN)/flask --app wsgi db upgrade
 
+# The whole system: admin, web, a worker per GPU, beat, Flower, an engine (web/stack.py).
 run: migrate
-	@echo "[run] API on http://$${API_HOST:-127.0.0.1}:$${API_PORT:-11400} (Ctrl-C stops it)"
-	$(BIN)/gunicorn -c config/gunicorn.py wsgi:app
+	@echo "[run] starting the stack (Ctrl-C stops every process)"
+	$(BIN)/python -m web.stack
 
 lint: install
 	$(BIN)/ruff check .

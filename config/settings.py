@@ -160,6 +160,15 @@ class Settings(BaseSettings):
     admin_email: str | None = None
     admin_password: str | None = None
 
+    # The one-command local stack (`make run`, web/stack.py).
+    flower_port: int = Field(default=11555, ge=1, le=65535)
+    # "user:password" for Flower's basic auth; the stack generates one when unset.
+    flower_basic_auth: SecretStr | None = None
+    # Where the embedded llama.cpp server listens when no Ollama answers at OLLAMA_HOST.
+    embedded_engine_port: int = Field(default=11480, ge=1, le=65535)
+    # Generated credentials and beat's schedule, kept between runs (git-ignored).
+    stack_state_dir: str = ".ollamamax"
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import socket
+import time
 
 from celery.signals import worker_ready
 from redis import Redis
@@ -29,6 +30,7 @@ from db.session import Database
 from workers import metrics, runtime
 from workers.celery_app import celery_app, queue_for_node
 from workers.engines import make_engine
+from workers.engines.base import Engine, EngineError
 from workers.events import EventLog
 from workers.live_config import LiveConfig
 from workers.node import Heartbeat, go_offline, register
@@ -52,6 +54,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--name", default=None, help="node name; default gpu<N>@<host> or cpu@<host>")
     run.add_argument(
         "--metrics-port", type=int, default=None, help="serve /metrics; default WORKER_METRICS_PORT"
+    )
+    run.add_argument(
+        "--wait-engine-s",
+        type=float,
+        default=0,
+        help="wait this long for the engine to list its models before registering",
     )
     return parser.parse_args(argv)
 
@@ -98,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         gpu_index=args.gpu,
         slots=args.slots,
     )
+    if args.wait_engine_s:
+        wait_for_engine(rt.engine, args.wait_engine_s)
     model_queues = register(
         rt,
         NodeReport(
@@ -145,6 +155,20 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         heartbeat.stop.set()
         go_offline(rt, reason="worker stopped")
+
+
+def wait_for_engine(engine: Engine, timeout_s: float) -> None:
+    """An engine started beside its worker (the embedded model, a compose pair) may still be
+    loading: registering now would find no models and consume no model queue."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if engine.models():
+                return
+        except EngineError as error:
+            log.info("waiting for the engine: %s", error)
+        time.sleep(1)
+    # Still nothing: register anyway; the node shows degraded until the engine answers.
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The one-command stack (`make run` -> `python -m web.stack`) as a new user meets it: no
+Ollama anywhere, so the embedded model; an admin generated and shown once; a first streamed
+answer; Flower behind auth; and Ctrl-C stopping every process it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import text
+
+from db.session import Database
+from tests.conftest import REQUEST_TABLES, ROOT, free_port
+from tests.pipeline.conftest import wait_for
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    state: Path
+    api: str
+    flower: str
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("stack")
+    api_port, flower_port = free_port(), free_port()
+    env = {
+        **pipeline_env,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(api_port),
+        "FLOWER_PORT": str(flower_port),
+        "EMBEDDED_ENGINE_PORT": str(free_port()),
+        "WORKER_METRICS_PORT": str(free_port()),
+        "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",  # nothing answers there
+        "STACK_STATE_DIR": str(folder / "state"),
+        "WEB_CONCURRENCY": "1",
+        "LOG_FORMAT": "console",
+    }
+    for name in ("ADMIN_USERNAME", "ADMIN_EMAIL", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH"):
+        env.pop(name, None)
+    log_path = folder / "stack.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "web.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: we can find every child
+        )
+    running = Stack(
+        process,
+        log_path,
+        folder / "state",
+        f"http://127.0.0.1:{api_port}",
+        f"http://127.0.0.1:{flower_port}",
+    )
+    try:
+        wait_for(
+            lambda: "the stack is up" in running.log() or process.poll() is not None,
+            timeout=240,
+            interval=0.5,
+        )
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"the stack did not come up:\n{running.log()[-6000:]}") from None
+    yield running
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clean_database(database: Database) -> Iterator[None]:
+    yield  # the stack wrote its admin, node and model for real
+    tables = ", ".join((*REQUEST_TABLES, "nodes", "models"))
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+
+
+def test_it_comes_up_with_an_admin_and_streams_a_first_answer(stack: Stack) -> None:
+    log = stack.log()
+    assert stack.process.poll() is None, log[-4000:]
+    assert "running the embedded model (gemma3-270m)" in log
+    password = (stack.state / "admin-password").read_text().strip()
+    assert f"admin@example.com / {password}" in log  # shown once, on creation
+    assert re.search(r"completed: \d+ token events", log), log[-4000:]
+    assert requests.get(f"{stack.api}/health", timeout=5).ok
+
+    login = requests.post(
+        f"{stack.api}/api/v1/auth/login",
+        json={"username": "admin", "password": password},
+        timeout=10,
+    )
+    assert login.ok
+    headers: dict[str, Any] = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    jobs = requests.get(f"{stack.api}/api/v1/inference/requests", headers=headers, timeout=10)
+    [first] = jobs.json()["items"]
+    assert first["status"] == "completed"
+    assert first["model"] == "gemma3-270m:latest"
+    assert first["eval_count"] == 48
+
+
+def test_flower_runs_behind_basic_auth(stack: Stack) -> None:
+    assert requests.get(stack.flower, timeout=10).status_code == 401
+    password = (stack.state / "flower-password").read_text().strip()
+    shown = requests.get(f"{stack.flower}/workers", auth=("operator", password), timeout=10)
+    assert shown.status_code == 200
+
+
+def test_metrics_answer(stack: Stack) -> None:
+    body = requests.get(f"{stack.api}/metrics", timeout=10).text
+    assert "ollamamax_node_up" in body
+
+
+def test_ctrl_c_stops_every_process(stack: Stack) -> None:
+    stack.process.send_signal(signal.SIGINT)
+    stack.process.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(stack.process.pid, 0)  # anything left in its process group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    survivors = subprocess.run(
+        ["ps", "-o", "pid,cmd", "-g", str(stack.process.pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    raise AssertionError(f"processes outlived the stack:\n{survivors}")
