@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from config.settings import get_settings
 
@@ -47,6 +48,22 @@ def post_fork(server: object, worker: object) -> None:
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+
+
+def post_worker_init(worker: Any) -> None:
+    """Watch for the worker being told to stop (SIGTERM sets `alive` False; gunicorn then
+    waits up to graceful_timeout for open connections): close WebSockets with 1001 at once,
+    so clients reconnect elsewhere instead of hanging until they are cut."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while worker.alive:
+            time.sleep(0.2)
+        closed = worker.wsgi.extensions["relay"].sockets.going_away()
+        worker.log.info("stopping: closed %d websockets with 1001", closed)
+
+    threading.Thread(target=watch, name="going-away", daemon=True).start()
 
 
 def child_exit(server: object, worker: object) -> None:

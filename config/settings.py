@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     engine_max_attempts: int = Field(default=3, ge=1)  # tries per job on engine faults
     engine_retry_backoff_s: float = Field(default=0.5, ge=0)  # doubled per try, with jitter
     engine_stall_timeout_s: float = Field(default=60.0, gt=0)  # no byte for this long = fault
+    # A stopping worker lets running jobs finish for this long, then hands them back to the
+    # queue. Keep it under the supervisor's stop timeout (honcho 35 s, compose 30 s default).
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     event_ttl_s: int = Field(default=3600, ge=60)  # how long a request's events can be replayed
     token_coalesce_ms: int = Field(default=20, ge=0)  # tokens within this window share an event
     heartbeat_interval_s: float = Field(default=10.0, gt=0)

@@ -227,6 +227,28 @@ class Requeued:
     user_id: uuid.UUID | None
 
 
+def hand_back(*, session: Session, job: ClaimedJob, worker_name: str) -> bool:
+    """A stopping worker returns a job it still runs to the queue: attempt + 1 (readers drop
+    the text streamed so far), partial output dropped. False if the job is no longer ours."""
+    handed = session.execute(
+        update(InferenceRequest)
+        .where(_ours(job.id, worker_name, job.attempt))
+        .values(
+            status=RequestStatus.QUEUED,
+            attempt=InferenceRequest.attempt + 1,
+            output=None,
+            worker_name=None,
+            node_id=None,
+            lease_until=None,
+            started_at=None,
+            first_token_at=None,
+            dispatched_at=None,
+        )
+        .returning(InferenceRequest.id)
+    ).first()
+    return handed is not None
+
+
 def requeue_expired_leases(
     *, session: Session, max_attempts: int, limit: int = 100
 ) -> list[Requeued]:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 from redis import Redis
 
 from config.logging import configure_logging
@@ -128,6 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     @worker_ready.connect
     def remember_consumer(sender: object, **_: object) -> None:
         heartbeat.consumer = sender  # how the heartbeat applies slot changes
+
+    @worker_shutting_down.connect
+    def stop_taking_time(**_: object) -> None:
+        # Celery's warm shutdown waits for running tasks: give them SHUTDOWN_GRACE_S to
+        # finish, then they hand their jobs back (workers/tasks/inference.py).
+        log.info("stopping: running jobs have %g s to finish", settings.shutdown_grace_s)
+        rt.begin_stopping()
 
     heartbeat.start()
     metrics_port = args.metrics_port or settings.worker_metrics_port

@@ -4,6 +4,7 @@ engine and its node. Built once by `python -m workers run` before Celery starts.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -32,6 +33,17 @@ class Runtime:
     node_id: uuid.UUID | None = None
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set when the worker is asked to stop: running jobs then get `shutdown_grace_s` to
+    # finish before they are handed back to the queue.
+    stopping_since: float | None = None
+
+    def begin_stopping(self) -> None:
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+
+    def hand_back_due(self) -> bool:
+        since = self.stopping_since
+        return since is not None and time.monotonic() - since >= self.settings.shutdown_grace_s
 
     def job_started(self) -> None:
         with self.lock:

@@ -9,6 +9,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,7 +103,7 @@ class RelaySocket:
         self.kind = "request" if request.path.startswith("/ws/inference/") else "topics"
 
     def __enter__(self) -> RelaySocket:
-        self._registry.opened()
+        self._registry.opened(self)
         WEBSOCKETS.labels(self.kind).inc()
         return self
 
@@ -204,18 +205,36 @@ class RelaySocket:
 
 
 class SocketRegistry:
-    """Counts for this process's sockets (system_metrics and the benchmark read them)."""
+    """This process's open sockets: counts (system_metrics and the benchmark read them), and
+    the sockets themselves, to say goodbye when the process stops."""
 
     def __init__(self) -> None:
         self.open = 0
         self.opened_total = 0
         self.cut_off_total = 0
         self._lock = threading.Lock()
+        self._sockets: weakref.WeakSet[RelaySocket] = weakref.WeakSet()
 
-    def opened(self) -> None:
+    def opened(self, sock: RelaySocket) -> None:
         with self._lock:
             self.open += 1
             self.opened_total += 1
+            self._sockets.add(sock)
+
+    def going_away(self) -> int:
+        """Close every open socket with 1001 (the server is stopping; reconnect and resume
+        with `after`), all at once: each close waits for its client's answer."""
+        with self._lock:
+            sockets = list(self._sockets)
+        closers = [
+            threading.Thread(target=s.close, args=(GOING_AWAY, "server_shutdown"), daemon=True)
+            for s in sockets
+        ]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join(timeout=CLOSE_HANDSHAKE_S + 1)
+        return len(sockets)
 
     def closed(self) -> None:
         with self._lock:

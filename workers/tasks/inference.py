@@ -20,7 +20,15 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.inference import ClaimedJob, Outcome, claim, finish, renew_lease
+from db.inference import (
+    ClaimedJob,
+    Outcome,
+    claim,
+    finish,
+    hand_back,
+    mark_dispatched,
+    renew_lease,
+)
 from db.models import RequestStatus
 from workers import metrics, runtime
 from workers.engines.base import EngineError
@@ -41,6 +49,10 @@ class Cancelled(Exception):
 
 class LostLease(Exception):
     pass
+
+
+class HandBack(Exception):
+    """The worker is stopping and the job did not finish within the grace period."""
 
 
 class JobWatch(threading.Thread):
@@ -157,6 +169,8 @@ class JobRunner:
             raise LostLease()
         if self.watch.cancelled.is_set():
             raise Cancelled()
+        if self.rt.hand_back_due():
+            raise HandBack()
 
     def _check(self) -> None:
         self._check_stop()
@@ -272,6 +286,9 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
     except LostLease:
         log.warning("request %s: lease lost; another attempt owns it now", job.id)
         return
+    except HandBack:
+        _hand_back(rt, job)
+        return
     except Exception as error:  # a bug or a poison input: end the job, never leave it running
         log.exception("request %s failed inside the worker", job.id)
         outcome = Outcome(
@@ -301,6 +318,30 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
             eval_count=measured.get("eval_count"),
             eval_duration_ns=measured.get("eval_duration"),
         )
+
+
+def _hand_back(rt: Runtime, job: ClaimedJob) -> None:
+    """Return the job to the queue (the engine stream is already closed) and publish it
+    again, so another worker runs it now rather than after the lease expires."""
+    from workers.dispatch import dispatch  # it imports this module's task
+
+    with rt.database.unit_of_work() as session:
+        handed = hand_back(session=session, job=job, worker_name=rt.worker_name)
+    if not handed:
+        return
+    log.warning("request %s: the worker is stopping; handed back to the queue", job.id)
+    attempt = job.attempt + 1
+    rt.events.publish(
+        job.id,
+        "status",
+        status="restarted",
+        attempt=attempt,
+        reason="worker_stopping",
+        user_id=job.user_id,
+    )
+    if dispatch(job.id, job.model_name, job.priority):
+        with rt.database.unit_of_work() as session:
+            mark_dispatched(session=session, request_ids=[job.id])
 
 
 @shared_task(
