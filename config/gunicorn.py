@@ -26,6 +26,10 @@ worker_class = "gevent"
 workers = _settings.web_concurrency
 worker_connections = _settings.web_worker_connections
 timeout = 60
+if _settings.gunicorn_certfile or _settings.gunicorn_keyfile:
+    # Direct TLS, for deployments without a terminating proxy (docs/deploy.md).
+    certfile = _settings.gunicorn_certfile
+    keyfile = _settings.gunicorn_keyfile
 graceful_timeout = 30
 keepalive = 5
 # Our app writes one structured access line per request; gunicorn's would duplicate it.

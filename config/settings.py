@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 11400
+    # Direct TLS in gunicorn (both or neither); usually a reverse proxy terminates TLS.
+    gunicorn_certfile: str | None = None
+    gunicorn_keyfile: str | None = None
     # Gunicorn (config/gunicorn.py): processes, and connections each gevent worker holds.
     web_concurrency: int = Field(default=2, ge=1)
     web_worker_connections: int = Field(default=2000, ge=1)
@@ -213,6 +216,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> Self:
+        if bool(self.gunicorn_certfile) != bool(self.gunicorn_keyfile):
+            raise ValueError("set both GUNICORN_CERTFILE and GUNICORN_KEYFILE, or neither")
+        return self
 
     @model_validator(mode="after")
     def _secrets_fit_environment(self) -> Self:
