@@ -28,6 +28,7 @@ import requests
 from honcho import manager as honcho_manager
 from honcho.manager import Manager
 from honcho.printer import Printer
+from websocket import WebSocketException, create_connection
 
 from config.settings import Settings, get_settings
 from workers import llama_server
@@ -200,10 +201,23 @@ def banner(settings: Settings, credentials: Credentials, auth: str) -> None:
 
 
 def first_answer(settings: Settings) -> None:
-    """Log in as the admin, wait for a model, stream one answer to the console, then stay
-    (honcho stops everything when any process ends)."""
-    from websocket import create_connection
+    """Stream one answer to the console, then stay: honcho stops everything when any process
+    ends, and a demo that could not run is no reason to stop the system."""
+    try:
+        _stream_first_answer(settings)
+    except (GiveUp, WebSocketException, requests.RequestException, OSError, KeyError) as error:
+        _say(f"no first answer: {error}")
+    _say("the stack is up; Ctrl-C stops it")
+    while True:
+        time.sleep(3600)
 
+
+class GiveUp(Exception):
+    pass
+
+
+def _stream_first_answer(settings: Settings) -> None:
+    """Log in as the admin, wait for a model, submit a job and print its token events."""
     state = _state_dir(settings)
     credentials = admin_credentials(settings, state)
     api = f"http://{settings.api_host}:{settings.api_port}"
@@ -235,9 +249,6 @@ def first_answer(settings: Settings) -> None:
             _say(f"{event['status']}: {tokens} token events in {time.monotonic() - started:.1f} s")
             break
     ws.close()
-    _say("the stack is up; Ctrl-C stops it")
-    while True:
-        time.sleep(3600)
 
 
 def _wait(attempt: object, what: str, timeout_s: float) -> str:
@@ -250,7 +261,7 @@ def _wait(attempt: object, what: str, timeout_s: float) -> str:
         if value:
             return str(value)
         time.sleep(1)
-    raise SystemExit(f"[stack] gave up waiting for {what} after {timeout_s:g} s")
+    raise GiveUp(f"gave up waiting for {what} after {timeout_s:g} s")
 
 
 def _login(session: requests.Session, api: str, credentials: Credentials) -> str | None:
