@@ -104,6 +104,9 @@ class Knobs:
     fault_count: int = 1
     fault_after_tokens: int = 2  # for midstream_error and stall
     stall_s: float = 30.0
+    # A chat request that offers tools calls the first one with these arguments, in one
+    # chunk of its own after the text, as Ollama streams a tool call.
+    tool_arguments: dict[str, Any] | None = None
 
 
 @dataclass

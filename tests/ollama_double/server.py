@@ -7,6 +7,7 @@ client hung up: generation stops there and the prompt is recorded in `disconnect
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -265,9 +266,13 @@ class OllamaHandler(BaseHTTPRequestHandler):
             base["done"] = done
             return base
 
+        calls = self._tool_calls(body) if chat else []
+
         if body.get("stream") is False:
             time.sleep(state.knobs.first_token_delay_s + state.knobs.token_delay_s * count)
             final = chunk("".join(tokens), True)
+            if calls:
+                final["message"]["tool_calls"] = calls
             final.update(self._metrics(prompt, count, started, done_reason))
             self._reply(200, final)
             with state.lock:
@@ -296,6 +301,10 @@ class OllamaHandler(BaseHTTPRequestHandler):
                 if index:
                     time.sleep(state.knobs.token_delay_s)
                 self._line(chunk(token, False))
+            if calls:  # whole, in one chunk of its own, before the final one
+                call_chunk = chunk("", False)
+                call_chunk["message"]["tool_calls"] = calls
+                self._line(call_chunk)
             final = chunk("", True)
             final.update(self._metrics(prompt, count, started, done_reason, eval_started))
             self._line(final)
@@ -306,6 +315,15 @@ class OllamaHandler(BaseHTTPRequestHandler):
         self._end_stream()
         with state.lock:
             state.completed.append(prompt)
+
+    def _tool_calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        arguments = self.server.state.knobs.tool_arguments
+        tools = body.get("tools") or []
+        if arguments is None or not tools:
+            return []
+        name = tools[0].get("function", {}).get("name", "")
+        call_id = "call_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+        return [{"id": call_id, "function": {"index": 0, "name": name, "arguments": arguments}}]
 
     @staticmethod
     def _metrics(

@@ -78,6 +78,7 @@ class Double:
             fault=None,
             fault_count=1,
             fault_after_tokens=2,
+            tool_arguments=None,
             stall_s=30.0,
             models=list(MODELS),
         )

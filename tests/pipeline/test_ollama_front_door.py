@@ -81,6 +81,37 @@ def test_chat_streamed_and_not(client: ollama.Client) -> None:
     assert parts[-1].done_reason
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tool_calls_reach_the_client_streamed_and_not(
+    client: ollama.Client, double: Double, api: FlaskClient, user_headers: dict[str, str]
+) -> None:
+    double.configure(tool_arguments={"city": "Tokyo"})
+    messages = [{"role": "user", "content": "weather in Tokyo?"}]
+    whole = client.chat(model="llama3.2", messages=messages, tools=[WEATHER_TOOL])
+    [call] = whole.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == {"city": "Tokyo"}
+    parts = list(
+        client.chat(model="llama3.2", messages=messages, tools=[WEATHER_TOOL], stream=True)
+    )
+    streamed = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [
+        ("get_weather", {"city": "Tokyo"})
+    ]
+    assert parts[-1].done_reason == "stop"  # Ollama's word, even after tool calls
+    stored = _jobs(api, user_headers)[0]["output_message"]
+    assert stored["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
 def test_list_ps_show_and_the_liveness_probe(
     client: ollama.Client, live_server: LiveServer
 ) -> None:

@@ -4,6 +4,7 @@ double."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import openai
@@ -98,6 +99,50 @@ def test_completions_whole_streamed_and_echoed(client: openai.OpenAI) -> None:
         model="llama3.2", prompt="The sky is", max_tokens=8, echo=True
     )
     assert echoed.choices[0].text == "The sky is" + whole.choices[0].text
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tool_calls_come_as_openai_sends_them(client: openai.OpenAI, double: Double) -> None:
+    double.configure(tool_arguments={"city": "Tokyo"})
+    messages = [{"role": "user", "content": "weather in Tokyo?"}]
+    whole = client.chat.completions.create(
+        model="llama3.2", messages=messages, tools=[WEATHER_TOOL]
+    )
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Tokyo"}
+
+    chunks = list(
+        client.chat.completions.create(
+            model="llama3.2", messages=messages, tools=[WEATHER_TOOL], stream=True
+        )
+    )
+    calls = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
+    assert [(c.index, c.function.name) for c in calls] == [(0, "get_weather")]
+    assert json.loads(calls[0].function.arguments or "") == {"city": "Tokyo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # The answer goes back as a tool message, as OpenAI clients send it.
+    follow_up = client.chat.completions.create(
+        model="llama3.2",
+        messages=[
+            *messages,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+        ],
+    )
+    assert follow_up.choices[0].message.content
 
 
 def test_models_list_and_read(client: openai.OpenAI) -> None:
