@@ -21,6 +21,7 @@ from web.fleet import nodes as fleet_nodes
 from web.inference import views as inference_views
 from web.inference.dispatch_marks import DispatchMarks
 from web.metrics import init_metrics
+from web.openapi import views as openapi_views
 from web.realtime.hub import Hub
 from web.realtime.pulse import Pulse
 from web.realtime.relay import Relay
@@ -109,6 +110,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         fleet_models.bp,
         fleet_nodes.bp,
         system_views.bp,
+        openapi_views.bp,
         ollama_compat.bp,
         openai_compat.bp,
     ):

@@ -21,6 +21,8 @@ from sqlalchemy import text
 
 from config.settings import Settings
 from db.session import Database
+from web.openapi import PUBLIC, Reply, documented
+from web.schemas.health import Liveness, Readiness
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -83,11 +85,21 @@ def run_checks(app: Flask, timeout_s: float) -> dict[str, dict[str, object]]:
 
 
 @bp.get("/health")
+@documented("Liveness: the process serves", responses={200: Liveness}, security=PUBLIC)
 def liveness() -> Response:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/health/ready")
+@documented(
+    "Readiness: PostgreSQL, Redis and the broker answer",
+    description="Each dependency is checked at once, each within HEALTH_CHECK_TIMEOUT_S.",
+    responses={
+        200: Readiness,
+        503: Reply(Readiness, "At least one dependency failed; `error` names which."),
+    },
+    security=PUBLIC,
+)
 def readiness() -> tuple[Response, int]:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     settings: Settings = app.extensions["settings"]

@@ -39,6 +39,7 @@ from db.models import InferenceRequest, Node, NodeStatus, RequestStatus
 from db.session import Database
 from web.errors import Unauthorized
 from web.extensions import current_settings
+from web.openapi import METRICS_TOKEN, Reply, documented
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -182,6 +183,15 @@ def _authorize() -> None:
 
 
 @bp.get("/metrics")
+@documented(
+    "Prometheus metrics of the web processes and the fleet",
+    description="Open when METRICS_TOKEN is unset; otherwise send it as a bearer token.",
+    responses={
+        200: Reply(media_types=("text/plain",)),
+        401: "METRICS_TOKEN is set and was not sent.",
+    },
+    security=[METRICS_TOKEN],
+)
 def metrics() -> Response:
     _authorize()
     fleet = CollectorRegistry(auto_describe=False)

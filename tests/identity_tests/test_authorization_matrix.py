@@ -17,6 +17,7 @@ from tests.factories import TEST_PASSWORD, InferenceRequestFactory, ModelReplica
 from tests.identity_tests.matrix_fleet import FLEET_MATRIX
 from tests.identity_tests.matrix_system import SYSTEM_MATRIX
 from tests.support.identity import bearer, login, make_user
+from web.openapi.views import ASSETS
 
 CALLERS = ("anonymous", "owner", "other", "operator", "admin")
 OK = "ok"  # allowed: any 2xx, or 422/400 for the body these probes send
@@ -27,9 +28,14 @@ OWNER_ONLY = {"anonymous": 401, "owner": OK, "other": 404, "operator": 404, "adm
 ADMIN_ONLY = {"anonymous": 401, "owner": 403, "other": 403, "operator": 403, "admin": OK}
 OWNER_OR_STAFF = {"anonymous": 401, "owner": OK, "other": 404, "operator": OK, "admin": OK}
 
+DOCS_ASSET = "/docs/assets/<any(" + ", ".join(map(repr, ASSETS)) + "):name>"
+
 MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/health/ready"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", DOCS_ASSET): PUBLIC,
     ("POST", "/api/v1/auth/register"): PUBLIC,
     ("POST", "/api/v1/auth/login"): PUBLIC,
     # Only a refresh token opens it; these callers present access tokens (or nothing).
@@ -102,6 +108,7 @@ def test_route_answers_each_caller_as_the_policy_says(
         .replace("<uuid:request_id>", str(job.id))
         .replace("<uuid:key_id>", key["id"])
         .replace("<uuid:user_id>", str(owner.id))
+        .replace(DOCS_ASSET.removeprefix("/docs/assets/"), "docs.js")
     )
     callers = {
         "owner": owner_headers,

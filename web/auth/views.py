@@ -26,6 +26,7 @@ from web.audit import audit
 from web.database import get_session, keep_changes_on_error
 from web.errors import APIError, Conflict, Unauthorized
 from web.extensions import current_settings
+from web.openapi import PUBLIC, REFRESH_TOKEN, documented
 from web.schemas.users import LoginRequest, TokenPair, UserCreate, UserRead
 from web.security.passwords import hash_password, spend_verification_time, verify_password
 from web.security.tokens import issue_tokens
@@ -83,6 +84,14 @@ def _count_phantom_failure(login: str, settings: Settings) -> int:
 
 
 @bp.post("/register")
+@documented(
+    "Create an account (a plain user)",
+    description="Any role or other extra field in the body is dropped. Rate limited per IP "
+    "(RATELIMIT_REGISTER).",
+    body=UserCreate,
+    responses={201: UserRead, 409: "The username or email is taken."},
+    security=PUBLIC,
+)
 def register() -> tuple[Response, int]:
     account = load_body(UserCreate)
     try:
@@ -99,6 +108,18 @@ def register() -> tuple[Response, int]:
 
 
 @bp.post("/login")
+@documented(
+    "Log in: a token pair",
+    description="Takes a username or an email. Rate limited per IP (RATELIMIT_LOGIN); "
+    "LOGIN_MAX_FAILURES wrong passwords lock the account for LOGIN_LOCKOUT_S.",
+    body=LoginRequest,
+    responses={
+        200: TokenPair,
+        401: "The username or password is incorrect (invalid_credentials).",
+        429: "The account is locked (account_locked; see Retry-After).",
+    },
+    security=PUBLIC,
+)
 def login() -> Response:
     credentials = load_body(LoginRequest)
     settings = current_settings()
@@ -155,6 +176,15 @@ def login() -> Response:
 
 
 @bp.post("/refresh")
+@documented(
+    "Swap a refresh token for a new pair",
+    responses={
+        200: TokenPair,
+        401: "The refresh token is unknown, spent (the whole login is then revoked), "
+        "revoked or expired.",
+    },
+    security=[REFRESH_TOKEN],
+)
 @jwt_required(refresh=True)
 def refresh() -> Response:
     """Rotate: the presented refresh token is spent and a new pair issued in the same family."""

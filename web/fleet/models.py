@@ -24,14 +24,19 @@ from web.audit import audit
 from web.database import after_commit, get_session
 from web.errors import Conflict, NotFound
 from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
+from web.openapi import documented
 from web.pagination import paginate
+from web.schemas.common import Items, Page
 from web.schemas.fleet import (
     ModelCreate,
     ModelListQuery,
     ModelRead,
     ModelUpdate,
+    NodeRef,
+    PullAccepted,
     PullRequest,
     ReplicaRead,
+    ReplicaRemovalAccepted,
 )
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
@@ -54,6 +59,12 @@ def _read(model: Model) -> dict[str, object]:
 
 
 @bp.get("/")
+@documented(
+    "Search the model registry",
+    description="Disabled models are listed to operators and admins only.",
+    query=ModelListQuery,
+    responses={200: Page[ModelRead]},
+)
 @require(Permission.FLEET_READ)
 def list_models() -> Response:
     query = load_query(ModelListQuery)
@@ -72,6 +83,12 @@ def list_models() -> Response:
 
 
 @bp.post("/")
+@documented(
+    "Register a model before any node has it",
+    description="It is unavailable until a node's engine has it (or a pull finishes).",
+    body=ModelCreate,
+    responses={201: ModelRead, 409: "A model with this name exists."},
+)
 @require(Permission.FLEET_WRITE)
 def register_model() -> tuple[Response, int]:
     body = load_body(ModelCreate)
@@ -88,12 +105,19 @@ def register_model() -> tuple[Response, int]:
 
 
 @bp.get("/<uuid:model_id>")
+@documented("One model", responses={200: ModelRead})
 @require(Permission.FLEET_READ)
 def read_model(model_id: uuid.UUID) -> Response:
     return jsonify(_read(_model(model_id)))
 
 
 @bp.put("/<uuid:model_id>")
+@documented(
+    "Change a model's details, or disable it",
+    description="A null tags or parameters clears them.",
+    body=ModelUpdate,
+    responses={200: ModelRead},
+)
 @require(Permission.FLEET_WRITE)
 def update_model(model_id: uuid.UUID) -> Response:
     body = load_body(ModelUpdate)
@@ -115,6 +139,7 @@ def update_model(model_id: uuid.UUID) -> Response:
 
 
 @bp.delete("/<uuid:model_id>")
+@documented("Remove a model from the registry", responses={204: None})
 @require(Permission.FLEET_WRITE)
 def delete_model(model_id: uuid.UUID) -> tuple[str, int]:
     """Removes the registry entry (and its replica records). A node whose engine still has
@@ -129,6 +154,7 @@ def delete_model(model_id: uuid.UUID) -> tuple[str, int]:
 
 
 @bp.get("/<uuid:model_id>/replicas")
+@documented("Where a model is, and whether it is loaded", responses={200: Items[ReplicaRead]})
 @require(Permission.FLEET_READ)
 def list_replicas(model_id: uuid.UUID) -> Response:
     model = _model(model_id)
@@ -137,6 +163,15 @@ def list_replicas(model_id: uuid.UUID) -> Response:
 
 
 @bp.post("/<uuid:model_id>/pull")
+@documented(
+    "Pull a model onto one node or every online one",
+    body=PullRequest,
+    responses={
+        202: PullAccepted,
+        404: "No such node.",
+        409: "No online node can take the pull, or the node is offline.",
+    },
+)
 @require(Permission.FLEET_WRITE)
 def pull_model(model_id: uuid.UUID) -> tuple[Response, int]:
     """Queue a pull on the node's own queue; its worker streams the engine's progress as
@@ -176,10 +211,15 @@ def pull_model(model_id: uuid.UUID) -> tuple[Response, int]:
         details={"nodes": [n for _, n in targets]},
     )
     invalidate_after_commit(MODELS, NODES)
-    return jsonify({"model": name, "nodes": [{"id": i, "name": n} for i, n in targets]}), 202
+    accepted = PullAccepted(model=name, nodes=[NodeRef(id=i, name=n) for i, n in targets])
+    return jsonify(accepted.model_dump(mode="json")), 202
 
 
 @bp.delete("/<uuid:model_id>/replicas/<uuid:node_id>")
+@documented(
+    "Remove a model from one node's engine",
+    responses={202: ReplicaRemovalAccepted},
+)
 @require(Permission.FLEET_WRITE)
 def remove_replica(model_id: uuid.UUID, node_id: uuid.UUID) -> tuple[Response, int]:
     model = _model(model_id)
@@ -200,4 +240,5 @@ def remove_replica(model_id: uuid.UUID, node_id: uuid.UUID) -> tuple[Response, i
         details={"node": node_name},
     )
     invalidate_after_commit(MODELS, NODES)
-    return jsonify({"model": name, "node": {"id": node_id, "name": node_name}}), 202
+    body = ReplicaRemovalAccepted(model=name, node=NodeRef(id=node_id, name=node_name))
+    return jsonify(body.model_dump(mode="json")), 202

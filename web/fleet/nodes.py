@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
 from db.base import utcnow
@@ -17,8 +17,16 @@ from web.database import get_session
 from web.errors import Conflict, NotFound
 from web.extensions import current_settings
 from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
+from web.openapi import documented
 from web.pagination import paginate
-from web.schemas.fleet import NodeHealth, NodeListQuery, NodeRead, NodeUpdate
+from web.schemas.common import Page
+from web.schemas.fleet import (
+    NodeDecommissionQuery,
+    NodeHealth,
+    NodeListQuery,
+    NodeRead,
+    NodeUpdate,
+)
 from web.security.policy import Permission
 from web.security.principal import require
 from web.validation import load_body, load_query
@@ -55,6 +63,7 @@ def _read(node: Node) -> dict[str, object]:
 
 
 @bp.get("/")
+@documented("List nodes with their load", query=NodeListQuery, responses={200: Page[NodeRead]})
 @require(Permission.FLEET_READ)
 def list_nodes() -> Response:
     query = load_query(NodeListQuery)
@@ -71,12 +80,14 @@ def list_nodes() -> Response:
 
 
 @bp.get("/<uuid:node_id>")
+@documented("One node with its load", responses={200: NodeRead})
 @require(Permission.FLEET_READ)
 def read_node(node_id: uuid.UUID) -> Response:
     return jsonify(_read(_node(node_id)))
 
 
 @bp.put("/<uuid:node_id>")
+@documented("Label, resize, drain or undrain a node", body=NodeUpdate, responses={200: NodeRead})
 @require(Permission.FLEET_WRITE)
 def update_node(node_id: uuid.UUID) -> Response:
     """Labels, slots (the worker applies them at its next heartbeat, up to the threads it
@@ -97,13 +108,19 @@ def update_node(node_id: uuid.UUID) -> Response:
 
 
 @bp.delete("/<uuid:node_id>")
+@documented(
+    "Decommission a node",
+    query=NodeDecommissionQuery,
+    responses={204: None, 409: "Jobs run on the node and force is not set (node_busy)."},
+)
 @require(Permission.FLEET_WRITE)
 def decommission_node(node_id: uuid.UUID) -> tuple[str, int]:
     """Forget the node; its worker notices at its next heartbeat and stops. Refused while
     jobs run on it, unless ?force=true (they finish or are re-queued by the lease sweep)."""
+    force = load_query(NodeDecommissionQuery).force
     node = _node(node_id)
     running = node_load(session=get_session(), node_ids=[node.id])[node.id].running
-    if running and request.args.get("force", "").lower() not in ("1", "true", "yes"):
+    if running and not force:
         raise Conflict(
             f"{running} job(s) are running on {node.name}; drain it first or pass ?force=true.",
             code="node_busy",
@@ -121,6 +138,12 @@ def decommission_node(node_id: uuid.UUID) -> tuple[str, int]:
 
 
 @bp.get("/<uuid:node_id>/health")
+@documented(
+    "Whether a node is alive, by its heartbeat",
+    description="A node whose heartbeat is older than NODE_STALE_AFTER_S shows offline even "
+    "before beat marks it.",
+    responses={200: NodeHealth},
+)
 @require(Permission.FLEET_READ)
 def node_health(node_id: uuid.UUID) -> Response:
     node = _node(node_id)

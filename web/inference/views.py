@@ -10,23 +10,65 @@ from sqlalchemy import select
 from db.models import InferenceRequest, RequestKind, RequestStatus
 from web.database import get_session
 from web.errors import Conflict, NotFound
-from web.inference.submission import cancel, submit
+from web.inference.submission import IDEMPOTENCY_KEY, cancel, submit
+from web.openapi import Header, documented
 from web.pagination import paginate
-from web.schemas.inference import ChatRequest, GenerateRequest, RequestListQuery, RequestRead
+from web.schemas.common import Page
+from web.schemas.inference import (
+    CancelAccepted,
+    ChatRequest,
+    GenerateRequest,
+    RequestDetail,
+    RequestListQuery,
+    RequestRead,
+    Submitted,
+)
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
 from web.validation import load_body, load_query
 
 bp = Blueprint("inference", __name__, url_prefix="/api/v1/inference")
 
+SUBMIT_ANSWERS = {
+    202: Submitted,
+    200: Submitted,
+    400: "The Idempotency-Key is malformed.",
+    409: "The model is disabled, no online node serves it (unless the system queues while "
+    "unavailable), or the Idempotency-Key was used with a different request.",
+}
+IDEMPOTENCY = {
+    "Idempotency-Key": Header(
+        "Send the same key again to get the job it created (200) instead of a second one.",
+        {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+    )
+}
+SUBMIT_NOTE = (
+    "The job is persisted, then queued; follow it over `links.ws` or read it at "
+    "`links.self`. 202: accepted now; 200: the job this Idempotency-Key created earlier."
+)
+
 
 @bp.post("/generate")
+@documented(
+    "Submit a completion job (Ollama's generate)",
+    description=SUBMIT_NOTE,
+    body=GenerateRequest,
+    headers=IDEMPOTENCY,
+    responses=SUBMIT_ANSWERS,
+)
 @require(Permission.INFERENCE_SUBMIT)
 def generate() -> tuple[Response, int]:
     return submit(RequestKind.GENERATE, load_body(GenerateRequest))
 
 
 @bp.post("/chat")
+@documented(
+    "Submit a chat job (Ollama's chat)",
+    description=SUBMIT_NOTE,
+    body=ChatRequest,
+    headers=IDEMPOTENCY,
+    responses=SUBMIT_ANSWERS,
+)
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> tuple[Response, int]:
     return submit(RequestKind.CHAT, load_body(ChatRequest))
@@ -44,6 +86,12 @@ def visible_request(request_id: uuid.UUID) -> InferenceRequest:
 
 
 @bp.get("/requests")
+@documented(
+    "List jobs, newest first",
+    description="The caller's own, or everyone's for callers with inference:read_all.",
+    query=RequestListQuery,
+    responses={200: Page[RequestRead]},
+)
 @require(Permission.INFERENCE_READ_OWN)
 def list_requests() -> Response:
     query = load_query(RequestListQuery)
@@ -70,6 +118,7 @@ def list_requests() -> Response:
 
 
 @bp.get("/requests/<uuid:request_id>")
+@documented("One job: its state, output and metrics", responses={200: RequestDetail})
 @require(Permission.INFERENCE_READ_OWN)
 def read_request(request_id: uuid.UUID) -> Response:
     row = visible_request(request_id)
@@ -82,6 +131,12 @@ def read_request(request_id: uuid.UUID) -> Response:
 
 
 @bp.post("/requests/<uuid:request_id>/cancel")
+@documented(
+    "Cancel a job",
+    description="A queued job is cancelled at once; a running one stops within a second and "
+    "keeps its partial output.",
+    responses={202: CancelAccepted, 409: "The job has already ended."},
+)
 @require(Permission.INFERENCE_READ_OWN)
 def cancel_request(request_id: uuid.UUID) -> tuple[Response, int]:
     row = visible_request(request_id)
@@ -90,5 +145,5 @@ def cancel_request(request_id: uuid.UUID) -> tuple[Response, int]:
         raise NotFound("No such request.")
     if row.status not in (RequestStatus.QUEUED, RequestStatus.RUNNING):
         raise Conflict(f"The request has already ended ({row.status}).", code="request_ended")
-    status = cancel(row)
-    return jsonify({"id": str(row.id), "status": status}), 202
+    body = CancelAccepted(id=row.id, status=cancel(row))
+    return jsonify(body.model_dump(mode="json")), 202

@@ -27,6 +27,7 @@ from web.database import end_unit_of_work, get_db
 from web.errors import BadRequest, Forbidden
 from web.extensions import current_settings
 from web.inference.views import visible_request
+from web.openapi import SOCKET, documented
 from web.realtime.access import Access
 from web.realtime.relay import current_relay
 from web.realtime.socket import (
@@ -37,6 +38,7 @@ from web.realtime.socket import (
 )
 from web.realtime.streams import RequestStream
 from web.realtime.topics import TopicSocket
+from web.schemas.realtime import StreamQuery, TopicQuery
 from web.security.policy import Permission
 from web.security.principal import Principal, authenticated
 
@@ -44,6 +46,20 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("realtime", __name__)
 sock = Sock()
+
+# OpenAPI has no words for a WebSocket conversation (AsyncAPI does). The document lists each
+# socket as what HTTP sees, a GET answered 101, and describes the conversation under
+# `x-websocket`: tools skip x- keys, readers find frames and close codes there and in
+# docs/realtime.md.
+CLOSE_CODES = {
+    "1000": "The stream ended (its request finished).",
+    "1001": "The server is shutting down; reconnect (and resume with ?after=).",
+    "1008": "Refused: no or bad credentials, not allowed, no such request. An error frame "
+    "with the REST API's code comes first.",
+    "1011": "Internal error.",
+    "1013": "Too slow to keep up, or the event feed is down; reconnect and resume.",
+}
+ERROR_FRAME = '{"type": "error", "code": "<the REST API\'s code>", "message": "..."}'
 
 
 @bp.before_request
@@ -109,6 +125,28 @@ def _serve(ws: Server, handler: Callable[[RelaySocket], None]) -> None:
 
 
 @sock.route("/ws/inference/<uuid:request_id>", bp=bp)
+@documented(
+    "WebSocket: one request's events, live and resumable",
+    description="Replays the stored events after `after`, then streams live, each exactly "
+    "once; ends with the terminal status and close code 1000. Owner, operators, admins.",
+    query=StreamQuery,
+    security=SOCKET,
+    extensions={
+        "x-websocket": {
+            "server_frames": {
+                "status": "seq, status, attempt, worker, reason, error, error_code",
+                "token": "seq, text, attempt",
+                "done": "seq, done_reason, eval_count, prompt_eval_count, durations (ns)",
+                "heartbeat": "ts (no seq), after WS_HEARTBEAT_S of quiet",
+                "final": "request: the request as GET /api/v1/inference/requests/{id} shows it",
+                "error": ERROR_FRAME,
+            },
+            "client_frames": "none (ignored)",
+            "close_codes": CLOSE_CODES,
+            "see": "docs/realtime.md",
+        }
+    },
+)
 def request_stream(ws: Server, request_id: uuid.UUID) -> None:
     def check() -> tuple[Access, int, bool]:
         principal = authenticated()
@@ -127,6 +165,30 @@ def request_stream(ws: Server, request_id: uuid.UUID) -> None:
 
 
 @sock.route("/ws", bp=bp)
+@documented(
+    "WebSocket: fleet topics",
+    description="Subscribe to node_status, model_update, inference (your own jobs), "
+    "inference:all and system_metrics (operators and admins).",
+    query=TopicQuery,
+    security=SOCKET,
+    extensions={
+        "x-websocket": {
+            "client_frames": {
+                "subscribe": '{"type": "subscribe", "topics": [...]}',
+                "unsubscribe": '{"type": "unsubscribe", "topics": [...]}',
+                "ping": '{"type": "ping"}',
+            },
+            "server_frames": {
+                "subscribed": '{"type": "subscribed", "topics": [...]}',
+                "event": '{"topic": "...", "type": "...", ...}',
+                "pong": '{"type": "pong"}',
+                "error": ERROR_FRAME,
+            },
+            "close_codes": CLOSE_CODES,
+            "see": "docs/realtime.md",
+        }
+    },
+)
 def topic_socket(ws: Server) -> None:
     def check() -> Access:
         return _access(authenticated())

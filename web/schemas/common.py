@@ -25,3 +25,9 @@ class Page(BaseModel, Generic[ItemT]):
     total: int
     page: int
     per_page: int
+
+
+class Items(BaseModel, Generic[ItemT]):
+    """A short, complete list (no paging)."""
+
+    items: list[ItemT]

@@ -110,6 +110,21 @@ class PullRequest(BaseModel):
     )
 
 
+class NodeRef(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
+class PullAccepted(BaseModel):
+    model: str
+    nodes: list[NodeRef] = Field(description="Where the pull was queued.")
+
+
+class ReplicaRemovalAccepted(BaseModel):
+    model: str
+    node: NodeRef
+
+
 class NodeRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -172,6 +187,14 @@ class NodeSort(StrEnum):
 class NodeListQuery(PageQuery):
     status: NodeStatus | None = None
     sort: NodeSort = NodeSort.NAME
+
+
+class NodeDecommissionQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    force: bool = Field(
+        default=False, description="Decommission although jobs run there (they finish or requeue)."
+    )
 
 
 class NodeHealth(BaseModel):

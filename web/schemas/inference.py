@@ -129,6 +129,19 @@ class RequestRead(BaseModel):
     completed_at: datetime | None
 
 
+class RequestDetail(RequestRead):
+    """One request, with where to find it and where to follow it."""
+
+    links: Links
+
+
+class CancelAccepted(BaseModel):
+    id: uuid.UUID
+    status: Literal["cancelled", "cancelling"] = Field(
+        description="cancelled: it was queued; cancelling: its worker stops it within a second."
+    )
+
+
 class RequestListQuery(PageQuery):
     status: Literal["queued", "running", "completed", "failed", "cancelled"] | None = None
     model: str | None = Field(default=None, max_length=255)

@@ -8,15 +8,31 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
+from config.runtime import RuntimeConfig
 from web.schemas.common import PageQuery
 
 
-class ConfigChange(RootModel[dict[str, Any]]):
-    """PUT body: setting -> new value, or null to go back to the environment's default.
+def _describe_settings(schema: dict[str, Any]) -> None:
+    """Document the body as what the view accepts: RuntimeConfig's fields, each also null."""
+    fields = RuntimeConfig.model_json_schema()["properties"]
+    schema.update(
+        properties={
+            name: {"anyOf": [field, {"type": "null"}], "description": field.get("description")}
+            for name, field in fields.items()
+        },
+        additionalProperties=False,
+        minProperties=1,
+    )
 
-    Only the shape is checked here; the values are validated as a whole against
-    config/runtime.py's RuntimeConfig by the view, which knows the current values.
-    """
+
+class ConfigChange(RootModel[dict[str, Any]]):
+    """Setting -> new value, or null to go back to the environment's default. The values
+    are checked together, against the settings as they are now."""
+
+    # Only the shape is checked here; the view validates the values as a whole against
+    # config/runtime.py's RuntimeConfig, as it knows the current ones. The schema still
+    # lists each setting with its type, for the OpenAPI document.
+    model_config = ConfigDict(json_schema_extra=_describe_settings)
 
 
 class ConfigEntry(BaseModel):

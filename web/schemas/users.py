@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
@@ -132,6 +132,17 @@ class ApiKeyRead(BaseModel):
 
 class ApiKeyCreated(ApiKeyRead):
     key: str = Field(description="The secret. It is shown once and cannot be recovered.")
+
+
+class AccountExport(BaseModel):
+    """Everything held about the caller (secrets and their hashes left out)."""
+
+    exported_at: datetime
+    account: dict[str, Any]
+    sessions: list[dict[str, Any]]
+    api_keys: list[dict[str, Any]]
+    inference_requests: list[dict[str, Any]]
+    audit_log: list[dict[str, Any]]
 
 
 class UserAdminUpdate(BaseModel):

@@ -17,7 +17,9 @@ from web.audit import audit
 from web.database import after_commit, get_session
 from web.errors import ValidationFailed, validation_details
 from web.extensions import current_settings
+from web.openapi import documented
 from web.pagination import paginate
+from web.schemas.common import Page
 from web.schemas.system import (
     AuditEntryRead,
     AuditListQuery,
@@ -109,12 +111,20 @@ def _checked_change(
 
 
 @bp.get("/config")
+@documented("The run-time config: each setting's value and default", responses={200: ConfigRead})
 @require(Permission.SYSTEM_CONFIG)
 def read_config() -> Response:
     return jsonify(_config_body(get_session()))
 
 
 @bp.put("/config")
+@documented(
+    "Change run-time settings",
+    description="Set some settings; a null value removes the stored one (the environment's "
+    "default applies again). Every process uses the change within LIVE_CONFIG_TTL_S.",
+    body=ConfigChange,
+    responses={200: ConfigRead},
+)
 @require(Permission.SYSTEM_CONFIG)
 def update_config() -> Response:
     """Set some settings; a null value removes the stored one (the default applies again)."""
@@ -175,6 +185,11 @@ def _stats_body(row: dict[str, Any] | None, live: LiveStats) -> dict[str, Any]:
 
 
 @bp.get("/stats")
+@documented(
+    "Fleet statistics: the dashboard and live figures",
+    query=StatsQuery,
+    responses={200: StatsRead},
+)
 @require(Permission.SYSTEM_STATS)
 def read_stats() -> Response:
     """The dashboard view (refreshed first when older than DASHBOARD_MAX_AGE_S, or when
@@ -187,6 +202,11 @@ def read_stats() -> Response:
 
 
 @bp.get("/audit")
+@documented(
+    "The audit trail, newest first",
+    query=AuditListQuery,
+    responses={200: Page[AuditEntryRead]},
+)
 @require(Permission.AUDIT_READ)
 def list_audit() -> Response:
     query = load_query(AuditListQuery)

@@ -12,7 +12,9 @@ from db.models import Role, User
 from web.audit import audit
 from web.database import get_session
 from web.errors import NotFound
+from web.openapi import documented
 from web.pagination import paginate
+from web.schemas.common import Page
 from web.schemas.users import UserAdminUpdate, UserListQuery, UserRead
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
@@ -30,6 +32,7 @@ def _live_user(user_id: uuid.UUID) -> User:
 
 
 @bp.get("")
+@documented("List accounts", query=UserListQuery, responses={200: Page[UserRead]})
 @require(Permission.USERS_MANAGE)
 def list_users() -> Response:
     query = load_query(UserListQuery)
@@ -51,6 +54,12 @@ def list_users() -> Response:
 
 
 @bp.put("/<uuid:user_id>")
+@documented(
+    "Change an account's role or state, or unlock it",
+    description="Disabling an account ends its logins and revokes its API keys.",
+    body=UserAdminUpdate,
+    responses={200: UserRead, 409: "It is the last active admin (demote or disable)."},
+)
 @require(Permission.USERS_MANAGE)
 def update_user(user_id: uuid.UUID) -> Response:
     change = load_body(UserAdminUpdate)
@@ -90,6 +99,10 @@ def update_user(user_id: uuid.UUID) -> Response:
 
 
 @bp.delete("/<uuid:user_id>")
+@documented(
+    "Delete an account",
+    responses={204: None, 409: "It is the last active admin."},
+)
 @require(Permission.USERS_MANAGE)
 def delete_user(user_id: uuid.UUID) -> tuple[str, int]:
     user = _live_user(user_id)

@@ -22,8 +22,11 @@ from web.audit import audit
 from web.database import get_session
 from web.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from web.extensions import current_settings
+from web.openapi import documented
+from web.schemas.common import Items
 from web.schemas.users import (
     AccountDelete,
+    AccountExport,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
@@ -54,6 +57,11 @@ def _confirm_password(password: str) -> None:
 
 
 @bp.post("/logout")
+@documented(
+    "Log out: end this login now",
+    description="The login's refresh token and every access token it issued stop working at once.",
+    responses={204: None, 400: "Called with an API key, which has no login to end."},
+)
 @require(Permission.PROFILE)
 def logout() -> tuple[str, int]:
     principal = authenticated()
@@ -72,6 +80,7 @@ def logout() -> tuple[str, int]:
 
 
 @bp.get("/sessions")
+@documented("The caller's live logins", responses={200: Items[SessionRead]})
 @require(Permission.PROFILE)
 def sessions() -> Response:
     principal = authenticated()
@@ -91,6 +100,7 @@ def sessions() -> Response:
 
 
 @bp.delete("/sessions/<uuid:session_id>")
+@documented("End one of the caller's logins", responses={204: None})
 @require(Permission.PROFILE)
 def end_session(session_id: uuid.UUID) -> tuple[str, int]:
     principal = authenticated()
@@ -112,12 +122,25 @@ def end_session(session_id: uuid.UUID) -> tuple[str, int]:
 
 
 @bp.get("/profile")
+@documented("The caller's account", responses={200: UserRead})
 @require(Permission.PROFILE)
 def profile() -> Response:
     return jsonify(UserRead.model_validate(authenticated().user).model_dump(mode="json"))
 
 
 @bp.put("/profile")
+@documented(
+    "Change the caller's email or password",
+    description="Needs the current password. A new password ends the caller's other logins "
+    "and revokes every API key.",
+    body=ProfileUpdate,
+    responses={
+        200: UserRead,
+        401: "The current password is incorrect.",
+        409: "Another account has this email.",
+        422: "The new password breaks the password policy.",
+    },
+)
 @require(Permission.PROFILE)
 def update_profile() -> Response:
     change = load_body(ProfileUpdate)
@@ -155,6 +178,15 @@ def update_profile() -> Response:
 
 
 @bp.post("/api-keys")
+@documented(
+    "Create an API key (its secret is shown once)",
+    body=ApiKeyCreate,
+    responses={
+        201: ApiKeyCreated,
+        401: "The current password is incorrect.",
+        409: f"The caller already has {MAX_LIVE_API_KEYS} live keys.",
+    },
+)
 @require(Permission.PROFILE)
 def create_api_key() -> tuple[Response, int]:
     request_body = load_body(ApiKeyCreate)
@@ -197,6 +229,7 @@ def create_api_key() -> tuple[Response, int]:
 
 
 @bp.get("/api-keys")
+@documented("The caller's API keys (revoked ones too)", responses={200: Items[ApiKeyRead]})
 @require(Permission.PROFILE)
 def api_key_list() -> Response:
     rows = list_api_keys(session=get_session(), user_id=authenticated().user_id)
@@ -204,6 +237,7 @@ def api_key_list() -> Response:
 
 
 @bp.delete("/api-keys/<uuid:key_id>")
+@documented("Revoke one of the caller's API keys", responses={204: None})
 @require(Permission.PROFILE)
 def revoke_api_key(key_id: uuid.UUID) -> tuple[str, int]:
     principal = authenticated()
@@ -237,6 +271,7 @@ def _rows(model: Any, *conditions: Any) -> list[dict[str, Any]]:
 
 
 @bp.get("/me/export")
+@documented("Export everything held about the caller", responses={200: AccountExport})
 @require(Permission.PROFILE)
 def export_me() -> Response:
     """Everything we hold about the caller, in one document."""
@@ -265,6 +300,17 @@ def export_me() -> Response:
 
 
 @bp.delete("/me")
+@documented(
+    "Delete the caller's account",
+    description="Needs the password. Every credential is revoked and personal data erased; "
+    "usage figures stay, anonymous.",
+    body=AccountDelete,
+    responses={
+        204: None,
+        401: "The password is incorrect.",
+        409: "The caller is the last active admin.",
+    },
+)
 @require(Permission.PROFILE)
 def delete_me() -> tuple[str, int]:
     confirmation = load_body(AccountDelete)
