@@ -5,12 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+)
 
 from db.models import ModelStatus, NodeStatus
-from web.schemas.common import PageQuery
+from web.schemas.common import MODEL_NAME_MAX, PageQuery, fits_with_its_tag
 
 # An Ollama model reference: [namespace/]name[:tag], lower-case names as Ollama requires.
 MODEL_NAME = r"^[a-z0-9][a-z0-9._\-]*(/[a-z0-9][a-z0-9._\-]*)*(:[A-Za-z0-9][A-Za-z0-9._\-]*)?$"
@@ -47,7 +54,13 @@ class ModelFields(BaseModel):
 
 
 class ModelCreate(ModelFields):
-    name: str = Field(min_length=1, max_length=255, pattern=MODEL_NAME, description="name[:tag]")
+    name: Annotated[
+        str,
+        Field(
+            min_length=1, max_length=MODEL_NAME_MAX, pattern=MODEL_NAME, description="name[:tag]"
+        ),
+        AfterValidator(fits_with_its_tag),
+    ]
 
 
 class ModelUpdate(ModelFields):

@@ -8,9 +8,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from web.schemas.common import PageQuery
+from web.schemas.common import MODEL_NAME_MAX, PageQuery, UtcDateTime, fits_with_its_tag
 
 
 def _strict_base64(images: list[str] | None) -> list[str] | None:
@@ -27,7 +34,9 @@ def _strict_base64(images: list[str] | None) -> list[str] | None:
 Images = Annotated[
     list[str] | None, Field(default=None, max_length=16), AfterValidator(_strict_base64)
 ]
-ModelName = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+ModelName = Field(
+    min_length=1, max_length=MODEL_NAME_MAX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+)
 Format = Literal["json"] | dict[str, Any] | None
 KeepAlive = float | str | None
 
@@ -43,6 +52,8 @@ class SubmitBase(BaseModel):
     priority: int | None = Field(
         default=None, ge=0, le=9, description="9 runs first; default: the system's default."
     )
+
+    _model_fits = field_validator("model")(fits_with_its_tag)
 
 
 class GenerateRequest(SubmitBase):
@@ -145,5 +156,5 @@ class CancelAccepted(BaseModel):
 class RequestListQuery(PageQuery):
     status: Literal["queued", "running", "completed", "failed", "cancelled"] | None = None
     model: str | None = Field(default=None, max_length=255)
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcDateTime | None = Field(default=None, description="Inclusive; UTC if no offset.")
+    until: UtcDateTime | None = Field(default=None, description="Exclusive; UTC if no offset.")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from config.runtime import RuntimeConfig
-from web.schemas.common import PageQuery
+from web.schemas.common import PageQuery, UtcDateTime
 
 
 def _describe_settings(schema: dict[str, Any]) -> None:
@@ -123,13 +123,6 @@ class StatsQuery(BaseModel):
     refresh: bool = Field(default=False, description="Refresh the dashboard view first.")
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A time without an offset is taken as UTC (never the database session's zone)."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 class AuditListQuery(PageQuery):
     user_id: uuid.UUID | None = None
     action: str | None = Field(
@@ -137,10 +130,8 @@ class AuditListQuery(PageQuery):
     )
     resource_type: str | None = Field(default=None, max_length=64)
     resource_id: str | None = Field(default=None, max_length=64)
-    since: datetime | None = Field(default=None, description="Inclusive; UTC if no offset.")
-    until: datetime | None = Field(default=None, description="Exclusive; UTC if no offset.")
-
-    _as_utc = field_validator("since", "until", mode="after")(_utc)
+    since: UtcDateTime | None = Field(default=None, description="Inclusive; UTC if no offset.")
+    until: UtcDateTime | None = Field(default=None, description="Exclusive; UTC if no offset.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
