@@ -140,6 +140,7 @@ def test_errors_each_route_can_give_are_documented_with_the_error_object(
     assert detail["404"]["content"]["application/json"]["schema"] == error
     assert "415" not in detail
     assert "422" not in detail
+    assert detail["414"] == {"description": detail["414"]["description"]}  # not our body
     assert "429" not in document["paths"]["/health"]["get"]["responses"]  # exempt
 
 
@@ -171,7 +172,7 @@ def test_query_models_become_one_parameter_per_field(document: dict[str, Any]) -
 
 def test_websockets_are_listed_as_their_handshake(document: dict[str, Any]) -> None:
     stream = document["paths"]["/ws/inference/{request_id}"]["get"]
-    assert set(stream["responses"]) == {"101", "400", "404", "429"}
+    assert set(stream["responses"]) == {"101", "400", "404", "414", "429"}
     assert {"queryToken": []} in stream["security"]
     assert "1008" in stream["x-websocket"]["close_codes"]
     assert "after" in [parameter["name"] for parameter in stream["parameters"]]

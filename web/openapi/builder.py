@@ -8,6 +8,7 @@ answers; the builder adds what follows from the route's kind, so views cannot fo
 - a path parameter can answer 404 (a malformed id is a 404 from routing, a missing or foreign
   one a 404 from the view: ids cannot be probed);
 - a JSON body can answer 400, 413, 415 and 422, a query string 400 and 422;
+- parameters make a URL that can outgrow the HTTP server's limit: 414 (gunicorn's own page);
 - every route but the probes can answer 429 (web/security/ratelimit.py).
 
 Routes without a record (the Ollama door in web/compat/ until it is decorated, Flask's static
@@ -72,6 +73,11 @@ QUERY_ERRORS = {
 }
 NOT_FOUND = "Nothing the caller may see at this path (an unknown, foreign or malformed id)."
 MALFORMED = "A path parameter is not well-formed (an unknown id is refused on the socket)."
+# gunicorn refuses a request line over limit_request_line (4094 bytes) itself, with its own
+# HTML page: the app never sees it. Valid parameters fit (even percent-encoded 4-byte
+# characters at their maxLength); over-long invalid ones may not.
+URI_TOO_LONG = "The URL is longer than the HTTP server takes (4094 bytes); refused before the app."
+SERVER_REFUSALS = frozenset({414})
 UNAUTHORIZED = "No credential, or one that is invalid, expired or revoked."
 FORBIDDEN = "The caller's role (or API key's scopes) lacks the `{}` permission."
 RATE_LIMITED = "Over the caller's rate limit (per user, or per IP when anonymous); see Retry-After."
@@ -257,6 +263,8 @@ def _implied_errors(
             errors[503] = BLOCKLIST_DOWN
         if route.permission is not None:
             errors[403] = FORBIDDEN.format(route.permission)
+    if has_path_parameters or operation.query is not None:
+        errors[414] = URI_TOO_LONG
     if route.rule.endpoint not in EXEMPT_ENDPOINTS:
         errors[429] = RATE_LIMITED
     return errors
@@ -282,6 +290,9 @@ def _responses(
     for status, why in errors.items():
         if status in responses:
             continue  # the view documented this status with its own body (e.g. readiness 503)
+        if status in SERVER_REFUSALS:
+            responses[status] = {"description": why}
+            continue
         model = ValidationErrorResponse if status == 422 else ErrorResponse
         responses[status] = {
             "description": why,
