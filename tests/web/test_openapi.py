@@ -10,8 +10,9 @@ from typing import Any
 
 import jsonschema_rs
 import pytest
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
+from pydantic import BaseModel
 
 # The official OpenAPI 3.1 schema (2022-10-07), as schemathesis (pinned) ships it.
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
@@ -190,6 +191,32 @@ def test_the_decorator_only_records(base_app: Flask) -> None:
     assert operation.description == "What it does."
     with pytest.raises(TypeError):
         documented("Bad", responses={404: dict})
+
+
+def test_a_front_door_can_name_its_own_error_body_and_drop_implied_errors() -> None:
+    class OllamaError(BaseModel):
+        error: str
+
+    bp = Blueprint("door", __name__)
+
+    @bp.post("/door/<uuid:thing>")
+    @documented(
+        "A front door",
+        body=OllamaError,
+        responses={200: OllamaError, 422: None, 400: "Bad input."},
+        error_body=OllamaError,
+    )
+    def door(thing: str) -> str:
+        return thing
+
+    app = Flask(__name__)
+    app.register_blueprint(bp)
+    responses = build_document(app)["paths"]["/door/{thing}"]["post"]["responses"]
+    assert "422" not in responses
+    own = {"$ref": "#/components/schemas/OllamaError"}
+    assert responses["400"]["content"]["application/json"]["schema"] == own
+    assert responses["404"]["content"]["application/json"]["schema"] == own
+    assert responses["400"]["description"].startswith("Bad input.")
 
 
 def test_openapi_json_is_public_and_built_once(client: FlaskClient, base_app: Flask) -> None:

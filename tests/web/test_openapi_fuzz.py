@@ -107,11 +107,19 @@ def api_schema(fuzzed_server: tuple[LiveServer, Admin]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def cases_run(api_schema: Any) -> Iterator[Counter[str]]:
-    """Cases per operation; once every operation has run, there must be enough of them."""
+def cases_run(api_schema: Any, fuzzed_server: tuple[LiveServer, Admin]) -> Iterator[Counter[str]]:
+    """Cases per operation; once every operation has run, there must be enough of them, and
+    the run must still have been an admin's at its end (see _keep_the_run_alive)."""
     counts: Counter[str] = Counter()
     started = time.monotonic()
     yield counts
+    server, admin = fuzzed_server
+    profile = requests.get(
+        f"{server.url}/api/v1/users/profile",
+        headers={"Authorization": f"Bearer {admin.key}"},
+        timeout=10,
+    )
+    assert (profile.status_code, profile.json().get("role")) == (200, "admin"), profile.text
     operations = sum(1 for _ in api_schema.get_all_operations())
     total = sum(counts.values())
     print(  # the figure docs/api.md quotes; shown with -s
@@ -123,8 +131,8 @@ def cases_run(api_schema: Any) -> Iterator[Counter[str]]:
 
 
 def _keep_the_run_alive(case: Any, admin: Admin) -> None:
-    """Steer off the few requests that would sabotage the run itself (the fuzzer learns real
-    ids from answers, so it would find them): revoking the key it uses, demoting, disabling
+    """Steer off the few requests that would sabotage the run itself (schemathesis can reuse
+    ids it saw in answers, so it may find them): revoking the key it uses, demoting, disabling
     or deleting its admin (possible once it made another admin), or a rate limit so low that
     every later request is a 429. Everything else goes through as generated."""
     parameters = case.path_parameters or {}

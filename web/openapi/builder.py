@@ -157,6 +157,8 @@ def _register(operation: Operation | None, registry: SchemaRegistry) -> None:
     for reply in operation.responses.values():
         if isinstance(reply, Reply) and reply.schema is not None:
             registry.add(reply.schema, "serialization")
+    if operation.error_body is not None:
+        registry.add(operation.error_body, "serialization")
 
 
 def _unique_id(route: Route, taken: set[str]) -> str:
@@ -282,7 +284,9 @@ def _responses(
         responses[101] = {"description": SWITCHING}
     errors = _implied_errors(route, operation, security, has_path_parameters)
     for status, reply in operation.responses.items():
-        if isinstance(reply, str):
+        if reply is None:
+            errors.pop(status, None)  # the view never gives it
+        elif isinstance(reply, str):
             # The view's own reason comes first; the implied one still holds.
             errors[status] = f"{reply} {errors[status]}" if status in errors else reply
         else:
@@ -293,7 +297,9 @@ def _responses(
         if status in SERVER_REFUSALS:
             responses[status] = {"description": why}
             continue
-        model = ValidationErrorResponse if status == 422 else ErrorResponse
+        model = operation.error_body or (
+            ValidationErrorResponse if status == 422 else ErrorResponse
+        )
         responses[status] = {
             "description": why,
             "content": {JSON: {"schema": registry.schema(model, "serialization")}},

@@ -58,18 +58,24 @@ class Operation:
     query: type[BaseModel] | None = None
     headers: Mapping[str, Header] = field(default_factory=dict)
     # Success answers (Reply) and the errors this view raises itself (status -> why); the
-    # builder adds the errors every route of its kind can give (401, 403, 404, 415, 422, 429...).
-    responses: Mapping[int, Reply | str] = field(default_factory=dict)
+    # builder adds the errors every route of its kind can give (401, 403, 404, 415, 422, 429...)
+    # unless the view says it never gives one (status -> None).
+    responses: Mapping[int, Reply | str | None] = field(default_factory=dict)
+    # The body of this view's errors; None: the error object. A front door that speaks another
+    # API's error shape (Ollama's {"error": "..."}) names its own.
+    error_body: Any = None
     # Names of security schemes, any one of which admits the caller. None: as the view's guard
     # says (web.security.principal.require -> access token or API key; no guard -> public).
     security: tuple[str, ...] | None = None
     extensions: Mapping[str, Any] = field(default_factory=dict)  # x-... keys, as they are
 
 
-def _reply(status: int, value: Any) -> Reply | str:
+def _reply(status: int, value: Any) -> Reply | str | None:
     if isinstance(value, Reply | str):
         return value
     if status >= 400:
+        if value is None:
+            return None  # never given, although the route's kind suggests it
         raise TypeError(f"describe error {status} with a string (its body is the error object)")
     return Reply(schema=value)
 
@@ -83,14 +89,16 @@ def documented(
     query: type[BaseModel] | None = None,
     headers: Mapping[str, Header] | None = None,
     responses: Mapping[int, Any] | None = None,
+    error_body: Any = None,
     security: Sequence[str] | None = None,
     extensions: Mapping[str, Any] | None = None,
 ) -> Callable[[ViewT], ViewT]:
     """Record how the view is called and what it answers.
 
     `responses` maps a status to a schema type (a JSON body), None (no body), a `Reply`, or,
-    for 4xx, a string saying when this view gives it. `description` defaults to the view's
-    docstring.
+    for 4xx, a string saying when this view gives it (None: it never does, although the
+    route's kind suggests it). `error_body` replaces the error object as the schema of every
+    error answer. `description` defaults to the view's docstring.
     """
     replies = {status: _reply(status, value) for status, value in (responses or {}).items()}
 
@@ -103,6 +111,7 @@ def documented(
             query=query,
             headers=dict(headers or {}),
             responses=replies,
+            error_body=error_body,
             security=None if security is None else tuple(security),
             extensions=dict(extensions or {}),
         )
