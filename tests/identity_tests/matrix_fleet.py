@@ -24,13 +24,4 @@ FLEET_MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/nodes/<uuid:node_id>"): WRITE,
     ("DELETE", "/api/v1/nodes/<uuid:node_id>"): WRITE,
     ("GET", "/api/v1/nodes/<uuid:node_id>/health"): READ,
-    # The Ollama-compatible front door (web/compat/ollama.py): a liveness probe and the
-    # version are public, as on Ollama; everything else needs a key or a JWT.
-    ("GET", "/"): dict.fromkeys(READ, OK),
-    ("GET", "/api/version"): dict.fromkeys(READ, OK),
-    ("GET", "/api/tags"): READ,
-    ("GET", "/api/ps"): READ,
-    ("POST", "/api/show"): READ,
-    ("POST", "/api/generate"): READ,
-    ("POST", "/api/chat"): READ,
 }

@@ -12,8 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from db.models import Role
+from db.models import ModelStatus, Role
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory, ModelReplicaFactory
+from tests.identity_tests.matrix_compat import COMPAT_MATRIX
 from tests.identity_tests.matrix_fleet import FLEET_MATRIX
 from tests.identity_tests.matrix_system import SYSTEM_MATRIX
 from tests.support.identity import bearer, login, make_user
@@ -60,6 +61,7 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/inference/requests/<uuid:request_id>/cancel"): OWNER_OR_STAFF,
     **FLEET_MATRIX,
     **SYSTEM_MATRIX,
+    **COMPAT_MATRIX,
 }
 
 # WebSocket routes: the test client cannot open them, so tests/pipeline/test_relay_streams.py
@@ -100,7 +102,7 @@ def test_route_answers_each_caller_as_the_policy_says(
     ).get_json()
     family = client.get("/api/v1/users/sessions", headers=owner_headers).get_json()["items"][0]
     job = InferenceRequestFactory(user_id=owner.id)
-    replica = ModelReplicaFactory()
+    replica = ModelReplicaFactory(model__status=ModelStatus.AVAILABLE)
     url = (
         rule.replace("<uuid:session_id>", family["id"])
         .replace("<uuid:model_id>", str(replica.model_id))
@@ -108,6 +110,7 @@ def test_route_answers_each_caller_as_the_policy_says(
         .replace("<uuid:request_id>", str(job.id))
         .replace("<uuid:key_id>", key["id"])
         .replace("<uuid:user_id>", str(owner.id))
+        .replace("<path:name>", replica.model.name)
         .replace(DOCS_ASSET.removeprefix("/docs/assets/"), "docs.js")
     )
     callers = {

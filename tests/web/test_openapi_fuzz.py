@@ -134,16 +134,20 @@ def _keep_the_run_alive(case: Any, admin: Admin) -> None:
     """Steer off the few requests that would sabotage the run itself (schemathesis can reuse
     ids it saw in answers, so it may find them): revoking the key it uses, demoting, disabling
     or deleting its admin (possible once it made another admin), or a rate limit so low that
-    every later request is a 429. Everything else goes through as generated."""
+    every later request is a 429, or jobs queued for models no node serves (this run has no
+    worker, so a front door waiting for such a job would never answer). Everything else goes
+    through as generated."""
     parameters = case.path_parameters or {}
     if parameters.get("key_id") == admin.key_id:
         parameters["key_id"] = str(uuid.uuid4())
     if parameters.get("user_id") == str(admin.user_id):
         parameters["user_id"] = str(uuid.uuid4())
     body = case.body
-    too_low = isinstance(body, dict) and body.get("ratelimit_default") is not None
-    if case.path == "/api/v1/system/config" and too_low:
-        body["ratelimit_default"] = None  # back to the environment's (large) budget
+    if case.path == "/api/v1/system/config" and isinstance(body, dict):
+        if body.get("ratelimit_default") is not None:
+            body["ratelimit_default"] = None  # back to the environment's (large) budget
+        # No worker runs here: a queued job would keep a front door's answer open forever.
+        body["queue_while_unavailable"] = None
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")

@@ -28,14 +28,35 @@ from web.compat.jobs import (
     validated,
 )
 from web.database import get_session
-from web.errors import APIError
+from web.errors import APIError, render_error
 from web.inference.submission import abandon
+from web.openapi.metadata import Reply, documented
 from web.schemas.inference import ChatRequest, GenerateRequest
+from web.schemas.ollama import (
+    OllamaChatBody,
+    OllamaChunk,
+    OllamaError,
+    OllamaGenerateBody,
+    OllamaRunningModels,
+    OllamaShowBody,
+    OllamaShown,
+    OllamaTags,
+    OllamaVersion,
+)
 from web.security.policy import Permission
 from web.security.principal import require
 
 bp = Blueprint("ollama_compat", __name__)
 
+# NDJSON chunks when streaming (a failure mid-stream is a last {"error"} line), else one object.
+INFERENCE_ANSWERS = {
+    200: Reply(OllamaChunk, media_types=("application/x-ndjson", "application/json")),
+    400: "Bad input (Ollama's status for what OllamaMax calls a validation error).",
+    404: "No online node serves the model.",
+    409: "The Idempotency-Key was used with a different request.",
+    422: None,
+    500: "The job failed (stream false).",
+}
 DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -52,25 +73,41 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
-@bp.errorhandler(APIError)
-def _ollama_error(error: APIError) -> Response:
-    # Ollama answers bad input with 400, an unknown model with 404, and every error as
-    # {"error": "<message>"}.
-    status = 400 if error.status_code == 422 else error.status_code
-    message = error.message
-    if error.code == "model_unavailable":
-        status, message = 404, f"model '{(error.details or {}).get('model', '')}' not found"
+@bp.errorhandler(Exception)
+def _ollama_error(error: Exception) -> Response:
+    """Every error as Ollama sends it, `{"error": "<message>"}`: bad input is a 400 and an
+    unknown model a 404, as on Ollama."""
+    ours = render_error(error)
+    body = (ours.get_json(silent=True) or {}).get("error") or {}
+    status, message = ours.status_code, str(body.get("message", "error"))
+    if status == 422:
+        status = 400
+    if body.get("code") in ("model_unavailable", "model_disabled"):
+        status, message = 404, f"model '{(body.get('details') or {}).get('model', '')}' not found"
     response = _error(message, status)
-    response.headers.update(error.headers)
+    for name in ("Retry-After", "WWW-Authenticate", "Allow"):
+        if name in ours.headers:
+            response.headers[name] = ours.headers[name]
     return response
 
 
 @bp.route("/", methods=["GET", "HEAD"])
+@documented(
+    "Liveness, as Ollama answers it",
+    tags=["ollama_compat"],
+    responses={200: Reply(str, "Ollama is running", ("text/plain",))},
+)
 def root() -> Response:
     return Response("Ollama is running", mimetype="text/plain")
 
 
 @bp.get("/api/version")
+@documented(
+    "The newest engine version among online nodes",
+    tags=["ollama_compat"],
+    responses={200: OllamaVersion},
+    error_body=OllamaError,
+)
 def version() -> Response:
     versions = [
         v
@@ -99,6 +136,12 @@ def _digest(model: Model) -> str:
 
 
 @bp.get("/api/tags")
+@documented(
+    "Models available across the fleet",
+    tags=["ollama_compat"],
+    responses={200: OllamaTags},
+    error_body=OllamaError,
+)
 @require(Permission.FLEET_READ)
 def tags() -> Response:
     models = get_session().scalars(
@@ -122,6 +165,12 @@ def tags() -> Response:
 
 
 @bp.get("/api/ps")
+@documented(
+    "Models loaded on online nodes",
+    tags=["ollama_compat"],
+    responses={200: OllamaRunningModels},
+    error_body=OllamaError,
+)
 @require(Permission.FLEET_READ)
 def running_models() -> Response:
     rows = get_session().execute(
@@ -150,6 +199,13 @@ def running_models() -> Response:
 
 
 @bp.post("/api/show")
+@documented(
+    "A model's details",
+    tags=["ollama_compat"],
+    body=OllamaShowBody,
+    responses={200: OllamaShown, 404: "No such model.", 422: None},
+    error_body=OllamaError,
+)
 @require(Permission.FLEET_READ)
 def show() -> Response:
     body = json_object_body()
@@ -173,6 +229,13 @@ def show() -> Response:
 
 
 @bp.post("/api/generate")
+@documented(
+    "Generate: a queued, tracked job, framed as Ollama frames it",
+    tags=["ollama_compat"],
+    body=OllamaGenerateBody,
+    responses=INFERENCE_ANSWERS,
+    error_body=OllamaError,
+)
 @require(Permission.INFERENCE_SUBMIT)
 def generate() -> Response:
     body = json_object_body()
@@ -183,6 +246,13 @@ def generate() -> Response:
 
 
 @bp.post("/api/chat")
+@documented(
+    "Chat: a queued, tracked job, framed as Ollama frames it",
+    tags=["ollama_compat"],
+    body=OllamaChatBody,
+    responses=INFERENCE_ANSWERS,
+    error_body=OllamaError,
+)
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> Response:
     body = json_object_body()
@@ -255,7 +325,7 @@ def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
                     ended = True
                     yield json.dumps(framer.final(payload)) + "\n"
                 elif kind_ == "restarted":
-                    # Streamed text cannot be taken back: say so; the job goes on and its
+                    # OllamaStreamed text cannot be taken back: say so; the job goes on and its
                     # result is at GET /api/v1/inference/requests/<id>.
                     ended = True
                     yield json.dumps({"error": RESTARTED.format(request_id)}) + "\n"

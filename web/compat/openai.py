@@ -31,19 +31,35 @@ from web.compat.jobs import (
 from web.database import get_session
 from web.errors import APIError, render_error
 from web.inference.submission import abandon
+from web.inference.views import IDEMPOTENCY
+from web.openapi.metadata import Reply, documented
 from web.schemas.inference import ChatRequest, GenerateRequest
 from web.schemas.openai import (
+    ChatCompletion,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
-    ContentPart,
-    Message,
-    Sampling,
+    OpenAIContentPart,
+    OpenAIErrorResponse,
+    OpenAIMessage,
+    OpenAIModel,
+    OpenAIModelList,
+    OpenAISampling,
 )
 from web.security.policy import Permission
 from web.security.principal import require
 
 bp = Blueprint("openai_compat", __name__, url_prefix="/v1")
 
+# One object, or (stream true) server-sent events of chunks ending in `data: [DONE]`.
+STREAMED_OR_NOT = ("application/json", "text/event-stream")
+INFERENCE_ERRORS = {
+    400: "Bad input (type invalid_request_error, `param` names the field).",
+    404: "No online node serves the model (code model_not_found).",
+    409: "The Idempotency-Key was used with a different request.",
+    422: None,  # OpenAI says 400
+    502: "The job failed (code request_failed; x-should-retry: false).",
+}
 FINGERPRINT = "ollamamax"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # OpenAI's error `type` by HTTP status.
@@ -106,6 +122,12 @@ def _card(model: Model) -> dict[str, Any]:
 
 
 @bp.get("/models")
+@documented(
+    "Models available across the fleet, as OpenAI model objects",
+    tags=["openai_compat"],
+    responses={200: OpenAIModelList},
+    error_body=OpenAIErrorResponse,
+)
 @require(Permission.FLEET_READ)
 def list_models() -> Response:
     models = get_session().scalars(
@@ -115,6 +137,12 @@ def list_models() -> Response:
 
 
 @bp.get("/models/<path:name>")
+@documented(
+    "One model",
+    tags=["openai_compat"],
+    responses={200: OpenAIModel, 404: "No available model of that name (code model_not_found)."},
+    error_body=OpenAIErrorResponse,
+)
 @require(Permission.FLEET_READ)
 def read_model(name: str) -> Response:
     model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
@@ -126,7 +154,7 @@ def read_model(name: str) -> Response:
 # --- translation into OllamaMax jobs ----------------------------------------------------
 
 
-def _options(req: Sampling, max_tokens: int | None) -> dict[str, Any] | None:
+def _options(req: OpenAISampling, max_tokens: int | None) -> dict[str, Any] | None:
     options: dict[str, Any] = {
         "num_predict": max_tokens,
         "temperature": req.temperature,
@@ -139,7 +167,7 @@ def _options(req: Sampling, max_tokens: int | None) -> dict[str, Any] | None:
     return {k: v for k, v in options.items() if v is not None} or None
 
 
-def _content(parts: str | list[ContentPart] | None, where: str) -> tuple[str, list[str]]:
+def _content(parts: str | list[OpenAIContentPart] | None, where: str) -> tuple[str, list[str]]:
     """Text and base64 images of a message's content."""
     if parts is None or isinstance(parts, str):
         return parts or "", []
@@ -160,7 +188,7 @@ def _content(parts: str | list[ContentPart] | None, where: str) -> tuple[str, li
     return "\n".join(texts), images
 
 
-def _tool_calls(message: Message, where: str) -> list[dict[str, Any]] | None:
+def _tool_calls(message: OpenAIMessage, where: str) -> list[dict[str, Any]] | None:
     if not message.tool_calls:
         return None
     calls = []
@@ -339,6 +367,14 @@ def _stream_error(message: str, code: str) -> str:
 
 
 @bp.post("/chat/completions")
+@documented(
+    "Chat completions: a queued, tracked job",
+    tags=["openai_compat"],
+    body=ChatCompletionRequest,
+    headers=IDEMPOTENCY,
+    responses={200: Reply(ChatCompletion, media_types=STREAMED_OR_NOT), **INFERENCE_ERRORS},
+    error_body=OpenAIErrorResponse,
+)
 @require(Permission.INFERENCE_SUBMIT)
 def chat_completions() -> Response:
     req: ChatCompletionRequest = validated(
@@ -348,6 +384,14 @@ def chat_completions() -> Response:
 
 
 @bp.post("/completions")
+@documented(
+    "Completions: a queued, tracked job (raw prompt, no template)",
+    tags=["openai_compat"],
+    body=CompletionRequest,
+    headers=IDEMPOTENCY,
+    responses={200: Reply(Completion, media_types=STREAMED_OR_NOT), **INFERENCE_ERRORS},
+    error_body=OpenAIErrorResponse,
+)
 @require(Permission.INFERENCE_SUBMIT)
 def completions() -> Response:
     req: CompletionRequest = validated(CompletionRequest, json_object_body(), known_only=False)
@@ -355,7 +399,7 @@ def completions() -> Response:
     return _answer(RequestKind.GENERATE, job, req, prefix=job.prompt if req.echo else "")
 
 
-def _answer(kind: RequestKind, job: Any, req: Sampling, prefix: str) -> Response:
+def _answer(kind: RequestKind, job: Any, req: OpenAISampling, prefix: str) -> Response:
     request_id = start(kind, job, source="openai")
     framer = _Framer(kind == RequestKind.CHAT, request_id, req.model)
     if not req.stream:

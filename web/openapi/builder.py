@@ -11,9 +11,9 @@ answers; the builder adds what follows from the route's kind, so views cannot fo
 - parameters make a URL that can outgrow the HTTP server's limit: 414 (gunicorn's own page);
 - every route but the probes can answer 429 (web/security/ratelimit.py).
 
-Routes without a record (the Ollama door in web/compat/ until it is decorated, Flask's static
-route) are still listed, with their path parameters and a `default` answer, so the document
-never hides a route. The document is built once per app, on first use (see views.py).
+Routes without a record (Flask's static route) are still listed, with their path parameters
+and a `default` answer, so the document never hides a route. The document is built once per
+app, on first use (see views.py).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ TAG_DESCRIPTIONS = {
     "system": "Run-time config, stats and the audit trail.",
     "realtime": "WebSockets: one request's events, and fleet topics.",
     "ollama_compat": "The Ollama API on OllamaMax (docs/compat.md).",
+    "openai_compat": "The OpenAI API on OllamaMax (docs/compat.md).",
     "openapi": "This document and its human view.",
 }
 

@@ -9,34 +9,37 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from web.schemas.common import fits_with_its_tag
 from web.schemas.inference import ModelName
 
 Stop = str | list[str] | None
 
 
-class StreamOptions(BaseModel):
+class OpenAIStreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
 
 
-class ResponseFormat(BaseModel):
+class OpenAIResponseFormat(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: dict[str, Any] | None = None
 
 
-class Sampling(BaseModel):
+class OpenAISampling(BaseModel):
     """Parameters both endpoints take, and our own `priority` (send it in `extra_body`)."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str = ModelName
     stream: bool = False
-    stream_options: StreamOptions | None = None
+
+    _model_fits = field_validator("model")(fits_with_its_tag)
+    stream_options: OpenAIStreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -48,50 +51,50 @@ class Sampling(BaseModel):
     priority: int | None = Field(default=None, ge=0, le=9, description="OllamaMax: 9 runs first.")
 
 
-class ImageURL(BaseModel):
+class OpenAIImageURL(BaseModel):
     url: str
 
 
-class ContentPart(BaseModel):
+class OpenAIContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text", "image_url"]
     text: str | None = None
-    image_url: ImageURL | None = None
+    image_url: OpenAIImageURL | None = None
 
 
-class FunctionCall(BaseModel):
+class OpenAIFunctionCall(BaseModel):
     name: str
     arguments: str = Field(description="JSON text, as OpenAI sends it.")
 
 
-class ToolCall(BaseModel):
+class OpenAIToolCall(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str | None = None
     type: Literal["function"] = "function"
-    function: FunctionCall
+    function: OpenAIFunctionCall
 
 
-class Message(BaseModel):
+class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: str | list[OpenAIContentPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[OpenAIToolCall] | None = None
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(Sampling):
-    messages: list[Message] = Field(min_length=1, max_length=1000)
+class ChatCompletionRequest(OpenAISampling):
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=1000)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    response_format: ResponseFormat | None = None
+    response_format: OpenAIResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     logprobs: Literal[False] | None = Field(default=None, description="Not served.")
 
 
-class CompletionRequest(Sampling):
+class CompletionRequest(OpenAISampling):
     prompt: str | list[str] = Field(description="One prompt (a list of exactly one string).")
     suffix: str | None = None
     echo: bool = False
@@ -103,21 +106,21 @@ class CompletionRequest(Sampling):
 # Responses (documented in the OpenAPI document; built as dicts on the hot path).
 
 
-class Usage(BaseModel):
+class OpenAIUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class AssistantMessage(BaseModel):
+class OpenAIAssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[OpenAIToolCall] | None = None
 
 
-class ChatChoice(BaseModel):
+class OpenAIChatChoice(BaseModel):
     index: int
-    message: AssistantMessage
+    message: OpenAIAssistantMessage
     finish_reason: str | None
     logprobs: None = None
 
@@ -128,11 +131,11 @@ class ChatCompletion(BaseModel):
     created: int
     model: str
     system_fingerprint: str
-    choices: list[ChatChoice]
-    usage: Usage
+    choices: list[OpenAIChatChoice]
+    usage: OpenAIUsage
 
 
-class CompletionChoice(BaseModel):
+class OpenAICompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
@@ -145,28 +148,28 @@ class Completion(BaseModel):
     created: int
     model: str
     system_fingerprint: str
-    choices: list[CompletionChoice]
-    usage: Usage
+    choices: list[OpenAICompletionChoice]
+    usage: OpenAIUsage
 
 
-class ModelCard(BaseModel):
+class OpenAIModel(BaseModel):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
 
 
-class ModelList(BaseModel):
+class OpenAIModelList(BaseModel):
     object: Literal["list"]
-    data: list[ModelCard]
+    data: list[OpenAIModel]
 
 
-class ErrorObject(BaseModel):
+class OpenAIErrorObject(BaseModel):
     message: str
     type: str
     param: str | None
     code: str | None
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorObject
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorObject
