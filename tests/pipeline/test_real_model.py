@@ -65,7 +65,14 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 
 @pytest.fixture(scope="module", autouse=True)
 def worker(llama: LlamaServer, start_worker: Callable[..., Worker]) -> Worker:
-    return start_worker(llama.url, name="llama@test", slots=1, env={"ENGINE_KIND": "openai"})
+    # A real model on a busy 2-core machine can think for seconds before its first token: the
+    # pipeline tests' 2 s stall limit (made for the double) would call that a fault.
+    return start_worker(
+        llama.url,
+        name="llama@test",
+        slots=1,
+        env={"ENGINE_KIND": "openai", "ENGINE_STALL_TIMEOUT_S": "60"},
+    )
 
 
 @pytest.fixture

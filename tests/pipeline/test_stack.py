@@ -53,6 +53,7 @@ def stack(
         "STACK_STATE_DIR": str(folder / "state"),
         "WEB_CONCURRENCY": "1",
         "LOG_FORMAT": "console",
+        "ENGINE_STALL_TIMEOUT_S": "60",  # a real model on a busy machine, not the double
     }
     for name in ("ADMIN_USERNAME", "ADMIN_EMAIL", "ADMIN_PASSWORD", "FLOWER_BASIC_AUTH"):
         env.pop(name, None)
