@@ -179,7 +179,9 @@ def build(settings: Settings, engine: EngineChoice, auth: str, state: Path) -> M
         if gpu is not None:
             args.append(f"--gpu {gpu}")
         manager.add_process(f"worker.{name}", _python(*args), env=env)
-    manager.add_process("first-answer", _python("-m web.stack first-answer"), env=env)
+    # The embedded engine serves one known model; with Ollama, the first the fleet offers.
+    model = f" --model {llama_server.MODEL_ALIAS}" if engine.embedded else ""
+    manager.add_process("first-answer", _python(f"-m web.stack first-answer{model}"), env=env)
     return manager
 
 
@@ -200,11 +202,11 @@ def banner(settings: Settings, credentials: Credentials, auth: str) -> None:
     print("=" * width, *lines, "=" * width, sep="\n", flush=True)
 
 
-def first_answer(settings: Settings) -> None:
+def first_answer(settings: Settings, model: str | None) -> None:
     """Stream one answer to the console, then stay: honcho stops everything when any process
     ends, and a demo that could not run is no reason to stop the system."""
     try:
-        _stream_first_answer(settings)
+        _stream_first_answer(settings, model)
     except (GiveUp, WebSocketException, requests.RequestException, OSError, KeyError) as error:
         _say(f"no first answer: {error}")
     _say("the stack is up; Ctrl-C stops it")
@@ -216,7 +218,7 @@ class GiveUp(Exception):
     pass
 
 
-def _stream_first_answer(settings: Settings) -> None:
+def _stream_first_answer(settings: Settings, model: str | None) -> None:
     """Log in as the admin, wait for a model, submit a job and print its token events."""
     state = _state_dir(settings)
     credentials = admin_credentials(settings, state)
@@ -224,12 +226,11 @@ def _stream_first_answer(settings: Settings) -> None:
     session = requests.Session()
     token = _wait(lambda: _login(session, api, credentials), "the API", 120)
     session.headers["Authorization"] = f"Bearer {token}"
-    model = _wait(lambda: _a_model(session, api), "a model on a node", 600)
-    submitted = session.post(
-        f"{api}/api/v1/inference/generate",
-        json={"model": model, "prompt": PROMPT, "options": {"num_predict": 48}},
-        timeout=10,
-    ).json()
+    model = model or _wait(lambda: _a_model(session, api), "a model on a node", 600)
+    # Accepted once a node serves the model (409 until its worker has registered it).
+    submitted = json.loads(
+        _wait(lambda: _submit(session, api, model), f"a node serving {model}", 600)
+    )
     _say(f"first answer from {model} (request {submitted['id']}):")
     ws_url = api.replace("http", "ws", 1) + submitted["links"]["ws"] + f"?token={token}"
     ws = create_connection(ws_url, timeout=120)
@@ -273,6 +274,15 @@ def _login(session: requests.Session, api: str, credentials: Credentials) -> str
     return str(response.json()["access_token"]) if response.ok else None
 
 
+def _submit(session: requests.Session, api: str, model: str) -> str | None:
+    response = session.post(
+        f"{api}/api/v1/inference/generate",
+        json={"model": model, "prompt": PROMPT, "options": {"num_predict": 48}},
+        timeout=10,
+    )
+    return response.text if response.status_code == 202 else None
+
+
 def _a_model(session: requests.Session, api: str) -> str | None:
     response = session.get(f"{api}/api/tags", timeout=5)
     models = [m["name"] for m in response.json().get("models", [])] if response.ok else []
@@ -282,10 +292,11 @@ def _a_model(session: requests.Session, api: str) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m web.stack", description=__doc__)
     parser.add_argument("command", nargs="?", default="up", choices=["up", "first-answer"])
+    parser.add_argument("--model", default=None, help="first-answer: the model to ask")
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "first-answer":
-        first_answer(settings)
+        first_answer(settings, args.model)
         return
     state = _state_dir(settings)
     credentials = admin_credentials(settings, state)
