@@ -39,5 +39,10 @@ lint: install
 test: services lint
 	$(BIN)/python -m pytest
 
+# Every benchmark and the report (bench/results/report.md); about 20 min. BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench
+bench: services
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -12,6 +12,7 @@ It starts its own stack on a scratch database (`<db>_bench`): the Ollama double,
     double in the same run.
 
 Numbers go to stdout and to bench/results/pipeline.md. Needs `wrk` (Debian package).
+`measure()` returns them for the full report (`python -m bench`).
 """
 
 from __future__ import annotations
@@ -32,29 +33,43 @@ import ollama
 from redis import Redis
 from sqlalchemy import create_engine, text
 
-from bench.stack import RESULTS, Stack, post_json, summary
+from bench.stack import RESULTS, Stack, post_json, progress, summary
 from workers.events import EventLog
 
 # --- (a) submission throughput ------------------------------------------------------------
 
 
-def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if script is not None:
-        argv[1:1] = ["-s", str(script)]
+# wrk's --latency table stops at 90% and 99%; the p95 goal needs its own line.
+P95_SCRIPT = """
+done = function(summary, latency, requests)
+  io.write(string.format("p95_us %d\\n", latency:percentile(95)))
+end
+"""
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, float]:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, out)
+        if found is None:
+            raise RuntimeError(f"wrk printed no {pattern!r}:\n{out}")
+        return float(found.group(1))
 
     def latency(label: str) -> float:
-        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        found = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+        if found is None:
+            raise RuntimeError(f"wrk printed no {label} latency:\n{out}")
+        return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
-        "rps": rps,
+        "rps": number(r"Requests/sec:\s+([\d.]+)"),
         "p50_ms": latency("50%"),
-        "p99_ms": latency("99%"),
         "p90_ms": latency("90%"),
+        "p95_ms": number(r"p95_us (\d+)") / 1000,
+        "p99_ms": latency("99%"),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
     }
 
@@ -66,9 +81,11 @@ def submission(stack: Stack, token: str, seconds: int, connections: int) -> dict
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(body)}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n' + P95_SCRIPT
     )
-    health = wrk(f"{stack.base}/health", seconds, connections)
+    plain = stack.logs / "p95.lua"
+    plain.write_text(P95_SCRIPT)
+    health = wrk(f"{stack.base}/health", seconds, connections, plain)
     submit = wrk(f"{stack.base}/api/v1/inference/generate", seconds, connections, script)
     return {"health": health, "submit": submit}
 
@@ -81,14 +98,17 @@ def engine_ttft(stack: Stack, samples: int) -> list[float]:
     times = []
     for n in range(samples):
         started = time.perf_counter()
-        stream = client.generate(model="llama3.2", prompt=f"direct {n}", stream=True)
-        next(iter(stream))
+        stream = iter(client.generate(model="llama3.2", prompt=f"direct {n}", stream=True))
+        next(stream)
         times.append((time.perf_counter() - started) * 1000)
-        stream.close()
+        for _ in stream:  # finish it, as the pipeline's streams do
+            pass
     return times
 
 
-def pipeline_ttft(stack: Stack, token: str, streams: int, jobs: int) -> list[float]:
+def pipeline_ttft(
+    stack: Stack, token: str, streams: int, jobs: int
+) -> tuple[list[float], list[float]]:
     """Submit, then follow the request the way the WebSocket relay will: subscribe to its
     channel, then replay what was stored before the subscription, first token wins."""
     redis = Redis.from_url(stack.redis_url)
@@ -164,6 +184,52 @@ def stages(stack: Stack) -> dict[str, float]:
     }
 
 
+def measure(
+    seconds: int = 15,
+    connections: int = 64,
+    streams: int = 20,
+    jobs: int = 200,
+    slots: int | None = None,
+) -> dict[str, Any]:
+    """Both parts on a fresh stack; every figure as a number (milliseconds, requests/s)."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    slots = slots or streams
+    stack = Stack(slots=slots)
+    stack.start()
+    try:
+        token = stack.token()
+        stack.configure_double(first_token_delay_s=0.02, token_delay_s=0.005)
+        # (a) runs before any worker exists: it measures the web process alone, and the
+        # jobs it queues are on a model the streams in (b) do not use.
+        progress(f"pipeline (a): wrk, {connections} connections, {seconds} s per endpoint")
+        load = submission(stack, token, seconds, connections)
+        stack.start_worker()
+        progress(f"pipeline (b): {jobs} jobs over {streams} streams, engine alone first")
+        direct = engine_ttft(stack, 50)
+        through, submit_ms = pipeline_ttft(stack, token, streams, jobs)
+        where = stages(stack)
+    finally:
+        stack.stop()
+    engine = summary(direct)
+    total = summary(through)
+    return {
+        "args": {
+            "seconds": seconds,
+            "connections": connections,
+            "streams": streams,
+            "jobs": jobs,
+            "slots": slots,
+        },
+        "load": load,
+        "engine": engine,
+        "total": total,
+        "added": {k: total[k] - engine["p50"] for k in ("p50", "p95", "p99")},
+        "submit": summary(submit_ms),
+        "where": where,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
@@ -172,58 +238,37 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--slots", type=int, default=None, help="worker slots (default: streams)")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk")
-
-    stack = Stack(slots=args.slots or args.streams)
-    stack.start()
-    try:
-        token = stack.token()
-        stack.configure_double(first_token_delay_s=0.02, token_delay_s=0.005)
-        # (a) runs before any worker exists: it measures the web process alone, and the
-        # jobs it queues are on a model the streams in (b) do not use.
-        load = submission(stack, token, args.seconds, args.connections)
-        stack.start_worker()
-        direct = engine_ttft(stack, 50)
-        through, submit_ms = pipeline_ttft(stack, token, args.streams, args.jobs)
-        where = stages(stack)
-    finally:
-        stack.stop()
-
-    engine = summary(direct)
-    total = summary(through)
-    added = {k: total[k] - engine["p50"] for k in ("p50", "p95", "p99")}
-    report = render(args, load, engine, total, added, summary(submit_ms), where)
+    result = measure(args.seconds, args.connections, args.streams, args.jobs, args.slots)
+    report = render(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline.md").write_text(report)
     print(report)
 
 
-def render(
-    args: Any,
-    load: dict[str, Any],
-    engine: dict[str, float],
-    total: dict[str, float],
-    added: dict[str, float],
-    submit: dict[str, float],
-    where: dict[str, float],
-) -> str:
+def render(result: dict[str, Any]) -> str:
+    a, load, where = result["args"], result["load"], result["where"]
+    engine, total, added, submit = (
+        result["engine"],
+        result["total"],
+        result["added"],
+        result["submit"],
+    )
     h, s = load["health"], load["submit"]
     return f"""# Pipeline benchmark
 
-`python -m bench.pipeline --seconds {args.seconds} --connections {args.connections} --streams {args.streams} --jobs {args.jobs}`
-on {os.cpu_count()} cores; web = gunicorn, 2 gevent workers; 1 worker with {args.slots or args.streams} slots; the Ollama double.
+`python -m bench.pipeline --seconds {a["seconds"]} --connections {a["connections"]} --streams {a["streams"]} --jobs {a["jobs"]}`
+on {os.cpu_count()} cores; web = gunicorn, 2 gevent workers; 1 worker with {a["slots"]} slots; the Ollama double.
 
 ## (a) Submission: persist + enqueue, with a JWT
 
-| | requests/s | p50 ms | p90 ms | p99 ms | non-2xx |
-|---|---:|---:|---:|---:|---:|
-| GET /health (framework floor) | {h["rps"]:.0f} | {h["p50_ms"]:.1f} | {h["p90_ms"]:.1f} | {h["p99_ms"]:.1f} | {h["non_2xx"]:.0f} |
-| POST /api/v1/inference/generate | {s["rps"]:.0f} | {s["p50_ms"]:.1f} | {s["p90_ms"]:.1f} | {s["p99_ms"]:.1f} | {s["non_2xx"]:.0f} |
+| | requests/s | p50 ms | p90 ms | p95 ms | p99 ms | non-2xx |
+|---|---:|---:|---:|---:|---:|---:|
+| GET /health (framework floor) | {h["rps"]:.0f} | {h["p50_ms"]:.1f} | {h["p90_ms"]:.1f} | {h["p95_ms"]:.1f} | {h["p99_ms"]:.1f} | {h["non_2xx"]:.0f} |
+| POST /api/v1/inference/generate | {s["rps"]:.0f} | {s["p50_ms"]:.1f} | {s["p90_ms"]:.1f} | {s["p95_ms"]:.1f} | {s["p99_ms"]:.1f} | {s["non_2xx"]:.0f} |
 
 Submission reaches {s["rps"] / h["rps"]:.0%} of the floor's throughput. Goal: >= 1000/s, p95 < 50 ms.
 
-## (b) Time to first token at {args.streams} concurrent streams
+## (b) Time to first token at {a["streams"]} concurrent streams
 
 | | p50 ms | p95 ms | p99 ms |
 |---|---:|---:|---:|

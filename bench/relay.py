@@ -16,7 +16,11 @@ what is measured is the relay alone: Redis pub/sub -> web process -> socket -> c
 
 The client runs in this process on asyncio (the `websockets` library), the publisher in
 another; all share the machine's cores with Redis, PostgreSQL and the web process.
-Numbers go to stdout and to bench/results/relay.md.
+A subscriber on Redis itself (another process, a sample of the streams' channels) is the
+baseline: publish -> receipt with nothing of ours in between, in the same run.
+
+Numbers go to stdout and to bench/results/relay.md; `measure()` returns them for the full
+report (`python -m bench`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,10 +39,20 @@ import websockets
 from redis import Redis
 from sqlalchemy import create_engine, text
 
-from bench.stack import RESULTS, Stack, get_json, percentile
-from workers.events import EventLog
+from bench.stack import (
+    RESULTS,
+    Stack,
+    cpu_seconds,
+    get_json,
+    percentile,
+    progress,
+    rss_bytes,
+    summary,
+)
+from workers.events import CHANNEL, EventLog
 
 CONNECT_BATCH = 50  # sockets opened at once
+BASELINE_CHANNELS = 10  # streams the direct Redis subscriber samples
 
 
 @dataclass
@@ -49,26 +62,6 @@ class Stream:
     repeats: int = 0
     last_seq: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-
-
-def web_worker_pid(stack: Stack) -> int:
-    master = next(p for p in stack.processes if "gunicorn" in " ".join(map(str, p.args)))
-    out = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True)
-    return int(out.stdout.split()[0])
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_requests(stack: Stack, user_id: str, count: int) -> list[str]:
@@ -104,6 +97,30 @@ def publish(redis_url: str, ids: list[str], rate: int, seconds: float, start_at:
     events.publish_many([(rid, "status", {"status": "completed"}) for rid in ids])
 
 
+def subscribe_directly(
+    redis_url: str, ids: list[str], ready: Any, results: Any, stop_at: float
+) -> None:
+    """The baseline: the same events read straight off Redis pub/sub, no relay between."""
+    pubsub = Redis.from_url(redis_url).pubsub()
+    pubsub.subscribe(*(CHANNEL.format(rid) for rid in ids))
+    for _ in ids:  # the subscribe confirmations
+        pubsub.get_message(timeout=5)
+    ready.set()
+    latencies: list[float] = []
+    ended = 0
+    while ended < len(ids) and time.time() < stop_at:
+        message = pubsub.get_message(timeout=1)
+        if message is None or message["type"] != "message":
+            continue
+        arrived = time.time()
+        event = json.loads(message["data"])
+        if event["type"] == "token":
+            latencies.append((arrived - event["sent_at"]) * 1000)
+        elif event.get("status") == "completed":
+            ended += 1
+    results.put(latencies)
+
+
 async def open_socket(url: str) -> Any:
     return await websockets.connect(url, compression=None, max_queue=None, open_timeout=60)
 
@@ -135,7 +152,7 @@ async def follow(ws: Any, stream: Stream) -> None:
 
 
 async def run(args: argparse.Namespace, stack: Stack, token: str, user_id: str) -> dict[str, Any]:
-    pid = web_worker_pid(stack)
+    pid = stack.web_pids()[0]
     ws_base = stack.base.replace("http://", "ws://")
     idle_ids = make_requests(stack, user_id, args.idle)
     stream_ids = make_requests(stack, user_id, args.streams)
@@ -153,6 +170,20 @@ async def run(args: argparse.Namespace, stack: Stack, token: str, user_id: str) 
     active = await open_many([f"{ws_base}/ws/inference/{rid}?token={token}" for rid in stream_ids])
     streams = [Stream() for _ in active]
     followers = [asyncio.create_task(follow(ws, s)) for ws, s in zip(active, streams, strict=True)]
+    ready = multiprocessing.Event()
+    baseline: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
+    direct = multiprocessing.Process(
+        target=subscribe_directly,
+        args=(
+            stack.redis_url,
+            stream_ids[:BASELINE_CHANNELS],
+            ready,
+            baseline,
+            time.time() + args.seconds + 60,
+        ),
+    )
+    direct.start()
+    await asyncio.get_running_loop().run_in_executor(None, ready.wait, 30)
     await asyncio.sleep(1)
     cpu_start = cpu_seconds(pid)
     publisher = multiprocessing.Process(
@@ -163,6 +194,10 @@ async def run(args: argparse.Namespace, stack: Stack, token: str, user_id: str) 
     await asyncio.get_running_loop().run_in_executor(None, publisher.join)
     await asyncio.wait_for(asyncio.gather(*followers), timeout=60)
     cpu_used = cpu_seconds(pid) - cpu_start
+    direct_ms: list[float] = await asyncio.get_running_loop().run_in_executor(
+        None, baseline.get, True, 60
+    )
+    direct.join(timeout=10)
     rss_busy = rss_bytes(pid)
     still_open = sum(1 for ws in idle if ws.state.name == "OPEN")
     for ws in [*idle, warm]:
@@ -171,6 +206,9 @@ async def run(args: argparse.Namespace, stack: Stack, token: str, user_id: str) 
     latencies = [ms for s in streams for ms in s.latencies_ms]
     delivered = sum(s.received for s in streams)
     return {
+        "args": vars(args),
+        "direct": summary(direct_ms),
+        "direct_events": len(direct_ms),
         "sockets": len(idle) + len(active) + 1,
         "idle_still_open": still_open,
         "connect_s": connect_s,
@@ -191,8 +229,10 @@ async def run(args: argparse.Namespace, stack: Stack, token: str, user_id: str) 
     }
 
 
-def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
+def render(r: dict[str, Any]) -> str:
     mb = 1024 * 1024
+    args = argparse.Namespace(**r["args"])
+    d = r["direct"]
     return f"""# Relay benchmark
 
 `python -m bench.relay --idle {args.idle} --streams {args.streams} --rate {args.rate} --seconds {args.seconds}`
@@ -215,12 +255,28 @@ client (asyncio, `websockets`), Redis and PostgreSQL share the same cores.
 |---:|---:|---:|---:|---:|
 | {r["delivered"]} of {r["expected"]} | {r["events_per_s"]:.0f} | {r["gaps"]} | {r["repeats"]} | {r["web_cpu"]:.2f} |
 
-| publish -> client receipt | p50 ms | p95 ms | p99 ms | max ms |
+| publish -> receipt | p50 ms | p95 ms | p99 ms | max ms |
 |---|---:|---:|---:|---:|
-| | {r["p50"]:.1f} | {r["p95"]:.1f} | {r["p99"]:.1f} | {r["max"]:.1f} |
+| through the relay (WebSocket client) | {r["p50"]:.1f} | {r["p95"]:.1f} | {r["p99"]:.1f} | {r["max"]:.1f} |
+| baseline: Redis pub/sub read directly ({BASELINE_CHANNELS} streams, {r["direct_events"]} events) | {d["p50"]:.1f} | {d["p95"]:.1f} | {d["p99"]:.1f} | |
 
 Goals: 1000 sockets on one web process; >= 10,000 token events/s delivered; p99 < 50 ms.
 """
+
+
+def measure(
+    idle: int = 900, streams: int = 100, rate: int = 100, seconds: int = 20
+) -> dict[str, Any]:
+    args = argparse.Namespace(idle=idle, streams=streams, rate=rate, seconds=seconds)
+    stack = Stack(slots=1, web_processes=1, LOG_LEVEL="WARNING")
+    stack.start()
+    try:
+        token = stack.token()
+        user_id = get_json(f"{stack.base}/api/v1/users/profile", token)["id"]
+        progress(f"relay: {idle} idle sockets, then {streams} streams x {rate}/s for {seconds} s")
+        return asyncio.run(run(args, stack, token, user_id))
+    finally:
+        stack.stop()
 
 
 def main() -> None:
@@ -230,16 +286,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=100, help="events per second per stream")
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
-
-    stack = Stack(slots=1, web_processes=1, LOG_LEVEL="WARNING")
-    stack.start()
-    try:
-        token = stack.token()
-        user_id = get_json(f"{stack.base}/api/v1/users/profile", token)["id"]
-        result = asyncio.run(run(args, stack, token, user_id))
-    finally:
-        stack.stop()
-    report = render(args, result)
+    report = render(measure(args.idle, args.streams, args.rate, args.seconds))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "relay.md").write_text(report)
     print(report)

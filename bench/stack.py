@@ -1,5 +1,9 @@
 """What the benchmarks share: a scratch stack (database, Redis, the Ollama double, the web
-process, a worker) and a few helpers for waiting and percentiles."""
+process, a worker), process memory, and a few helpers for waiting and percentiles.
+
+The stack is isolated from everything else on the machine: its own database
+(`<db>_bench`, dropped and created at each start) and Redis logical database 14.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ PASSWORD = "bench-password-long"
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
@@ -41,6 +47,7 @@ class Stack:
         self.port, self.double_port = free_port(), free_port()
         self.slots = slots
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
         self.logs = Path(tempfile.mkdtemp(prefix="omx-bench-"))
         self.env = {
             **os.environ,
@@ -52,16 +59,23 @@ class Stack:
             "LOG_LEVEL": "WARNING",
             "RATELIMIT_ENABLED": "false",
             "BCRYPT_ROUNDS": "4",
+            # A full report runs longer than an access token lives by default.
+            "ACCESS_TOKEN_TTL_S": "86400",
             # (a) submits for a model no node serves, so that no worker competes for the CPU.
             "QUEUE_WHILE_UNAVAILABLE": "true",
             **env,
         }
 
-    def spawn(self, name: str, *argv: str, **env: str) -> None:
+    def spawn(self, name: str, *argv: str, own_env: bool = True, **env: str) -> None:
+        """Run `argv` as part of the stack, logging to <logs>/<name>.log. `own_env=False`
+        gives it this process's environment instead of the stack's (an engine must not see
+        WEB_CONCURRENCY, which uvicorn also reads)."""
         log = (self.logs / f"{name}.log").open("wb")
+        self.names.append(name)
+        base = self.env if own_env else dict(os.environ)
         self.processes.append(
             subprocess.Popen(
-                argv, cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
+                argv, cwd=ROOT, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT
             )
         )
 
@@ -73,7 +87,7 @@ class Stack:
             "double",
             sys.executable,
             "-m",
-            "tests.ollama_double",
+            "bench.double",
             "--port",
             str(self.double_port),
             "--models",
@@ -83,15 +97,19 @@ class Stack:
         self.spawn("web", sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app")
         wait_http(f"http://127.0.0.1:{self.port}/health")
 
-    def start_worker(self) -> None:
+    def start_worker(self, engine_url: str | None = None, engine: str = "ollama") -> None:
+        """One worker (`python -m workers run`) with `slots` threads, in front of the double
+        unless another engine is named."""
         self.spawn(
             "worker",
             sys.executable,
             "-m",
             "workers",
             "run",
+            "--engine",
+            engine,
             "--engine-url",
-            f"http://127.0.0.1:{self.double_port}",
+            engine_url or f"http://127.0.0.1:{self.double_port}",
             "--slots",
             str(self.slots),
             "--name",
@@ -104,7 +122,28 @@ class Stack:
         for process in self.processes:
             process.terminate()
         for process in self.processes:
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def pid_of(self, name: str) -> int:
+        """The process spawned as `name` ("web" is gunicorn's master)."""
+        return self.processes[self.names.index(name)].pid
+
+    def web_pids(self) -> list[int]:
+        """The gunicorn worker processes (the master only supervises); read from /proc, as
+        slim images have no pgrep."""
+        master, children = self.pid_of("web"), []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+            except OSError:
+                continue  # gone meanwhile
+            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == master:
+                children.append(int(entry.name))
+        return sorted(children)
 
     @property
     def base(self) -> str:
@@ -124,6 +163,15 @@ class Stack:
                 "access_token"
             ]
         )
+
+    def api_key(self, token: str) -> str:
+        """An API key with the inference scope, as front-door clients use."""
+        created = post_json(
+            f"{self.base}/api/v1/users/api-keys",
+            {"name": "bench", "scopes": ["inference"], "current_password": PASSWORD},
+            token,
+        )
+        return str(created["key"])
 
 
 def post_json(url: str, body: dict[str, Any], token: str | None = None) -> Any:
@@ -160,10 +208,28 @@ def wait_until(condition: Any, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": percentile(values, 50),
         "p95": percentile(values, 95),
         "p99": percentile(values, 99),
-        "mean": statistics.fmean(values),
+        "mean": statistics.fmean(values) if values else float("nan"),
     }
