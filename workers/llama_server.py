@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=2048, help="context window in tokens")
     args = parser.parse_args(argv)
     argv_ = command(args.port, args.host, threads=args.threads, context=args.context)
+    # The server's uvicorn reads WEB_CONCURRENCY, our web process's variable: with it set,
+    # uvicorn tries to start several workers and exits. One process serves the model.
+    os.environ.pop("WEB_CONCURRENCY", None)
     # The server becomes this process, so a process manager's signals reach it directly.
     os.execv(argv_[0], argv_)  # noqa: S606
 
