@@ -101,6 +101,9 @@ class RelaySocket:
         self._registry = registry
         self.access: Access | None = None  # set once the caller is admitted
         self.kind = "request" if request.path.startswith("/ws/inference/") else "topics"
+        # The labelled child once, not per send: labels() takes the metric's lock, and on the
+        # hot path of every socket that alone let a fast reader fall behind (slow-reader test).
+        self._frames_sent = WEBSOCKET_FRAMES.labels(self.kind)
 
     def __enter__(self) -> RelaySocket:
         self._registry.opened(self)
@@ -136,7 +139,7 @@ class RelaySocket:
             self.ws.connected = False
             raise ConnectionClosed() from error
         self.last_sent = time.monotonic()
-        WEBSOCKET_FRAMES.labels(self.kind).inc(len(frames))
+        self._frames_sent.inc(len(frames))
 
     def discard_client_messages(self) -> None:
         """For sockets that take no messages: drop what the client sent, so it cannot pile
