@@ -1,5 +1,5 @@
-"""Inputs that schemathesis (tests/web/test_openapi_fuzz.py) found answered with a 500, kept
-here as plain regression tests: each is now a 200 or a 422."""
+"""Inputs that schemathesis (tests/web/test_openapi_fuzz.py) found answered with a 500 or
+off the document, kept here as plain regression tests."""
 
 from __future__ import annotations
 
@@ -42,3 +42,15 @@ def test_a_model_name_must_fit_with_its_tag(client: FlaskClient) -> None:
         "/api/v1/inference/generate", json={"model": "x" * 255, "prompt": "hi"}, headers=headers
     )
     assert job.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/v1/models/a%0Ab", "/v1/no-such-endpoint"])
+def test_a_path_no_route_takes_under_v1_answers_in_openais_shape(
+    client: FlaskClient, path: str
+) -> None:
+    """Routing refuses a model id with a newline before any blueprint sees the request."""
+    response = client.get(path, headers=auth_headers(client, make_user()))
+    assert response.status_code == 404
+    assert set(response.get_json()["error"]) == {"message", "type", "param", "code"}
+    elsewhere = client.get("/api/v1/no-such-endpoint")
+    assert error_code(elsewhere) == "not_found"  # our own error object outside /v1/

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, stream_with_context
+from flask import Blueprint, Response, request, stream_with_context
 from sqlalchemy import select
 
 from db.fleet import canonical_model_name
@@ -107,6 +107,16 @@ def _openai_error(error: Exception) -> Response:
         if name in ours.headers:
             response.headers[name] = ours.headers[name]
     return response
+
+
+@bp.app_errorhandler(404)
+def _no_route(error: Exception) -> Response:
+    """A path no route matches has no blueprint, so the handler above never sees it: a miss
+    under /v1/ (a model id routing cannot take, a mistyped endpoint) still answers as OpenAI
+    does; any other path gets the API's own error object."""
+    if request.path.startswith(f"{bp.url_prefix}/"):
+        return _openai_error(error)
+    return render_error(error)
 
 
 # --- models ---------------------------------------------------------------------------
