@@ -11,6 +11,7 @@ fuzzer writes (accounts, models, config) never meets another test's data.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -163,6 +164,9 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
+    # CI replays one fixed exploration, so a landing never hangs on a new random find; runs
+    # elsewhere explore afresh each time (and what they find becomes a test_fuzz_findings case).
+    derandomize=bool(os.environ.get("CI")),
     deadline=None,
     database=None,  # no .hypothesis/ folder in the repository
     suppress_health_check=list(HealthCheck),
