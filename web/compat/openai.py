@@ -92,7 +92,7 @@ def _openai_error(error: Exception) -> Response:
         param = details.get("field")
     if status == 422:
         status = 400
-    if code in ("model_unavailable", "model_disabled") or (code == "not_found" and param):
+    if code in ("model_unavailable", "model_disabled"):
         model = (details or {}).get("model", "")
         status, code, param = 404, "model_not_found", "model"
         message = f"The model `{model}` does not exist or you do not have access to it."
