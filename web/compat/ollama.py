@@ -15,9 +15,10 @@ from typing import Any
 from flask import Blueprint, Response, json, stream_with_context
 from sqlalchemy import select
 
-from db.fleet import canonical_model_name
 from db.inference import METRIC_COLUMNS as METRICS
-from db.models import Model, ModelReplica, ModelStatus, Node, NodeStatus, RequestKind
+from db.models import Model, ModelReplica, Node, NodeStatus, RequestKind
+from web.compat.catalog import available_models, model_named
+from web.compat.errors import error_facts
 from web.compat.jobs import (
     RESTARTED,
     JobFailed,
@@ -28,7 +29,7 @@ from web.compat.jobs import (
     validated,
 )
 from web.database import get_session
-from web.errors import APIError, render_error
+from web.errors import APIError
 from web.inference.submission import abandon
 from web.openapi.metadata import Reply, documented
 from web.schemas.inference import ChatRequest, GenerateRequest
@@ -77,18 +78,11 @@ def _error(message: str, status: int) -> Response:
 def _ollama_error(error: Exception) -> Response:
     """Every error as Ollama sends it, `{"error": "<message>"}`: bad input is a 400 and an
     unknown model a 404, as on Ollama."""
-    ours = render_error(error)
-    body = (ours.get_json(silent=True) or {}).get("error") or {}
-    status, message = ours.status_code, str(body.get("message", "error"))
-    if status == 422:
-        status = 400
-    if body.get("code") in ("model_unavailable", "model_disabled"):
-        status, message = 404, f"model '{(body.get('details') or {}).get('model', '')}' not found"
-    response = _error(message, status)
-    for name in ("Retry-After", "WWW-Authenticate", "Allow"):
-        if name in ours.headers:
-            response.headers[name] = ours.headers[name]
-    return response
+    facts = error_facts(error)
+    status, message = (400 if facts.status == 422 else facts.status), facts.message
+    if facts.code in ("model_unavailable", "model_disabled"):
+        status, message = 404, f"model '{(facts.details or {}).get('model', '')}' not found"
+    return facts.carry_headers(_error(message, status))
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -144,9 +138,7 @@ def _digest(model: Model) -> str:
 )
 @require(Permission.FLEET_READ)
 def tags() -> Response:
-    models = get_session().scalars(
-        select(Model).where(Model.status == ModelStatus.AVAILABLE).order_by(Model.name)
-    )
+    models = available_models()
     return _json(
         {
             "models": [
@@ -212,8 +204,8 @@ def show() -> Response:
     name = str(body.get("model") or body.get("name") or "")
     if not name:
         raise APIError("model is required")
-    model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
-    if model is None or model.status == ModelStatus.DISABLED:
+    model = model_named(name)
+    if model is None:
         return _error(f"model '{name}' not found", 404)
     return _json(
         {
@@ -266,8 +258,8 @@ def _load_reply(name: str, body: dict[str, Any], chat: bool = False) -> Response
     checks that the model exists."""
     if not name:
         raise APIError("model is required")
-    model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
-    if model is None or model.status == ModelStatus.DISABLED:
+    model = model_named(name)
+    if model is None:
         return _error(f"model '{name}' not found", 404)
     unload = body.get("keep_alive") in (0, "0", "0s")
     reply: dict[str, Any] = {"model": name, "created_at": _now(), "done": True}

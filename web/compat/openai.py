@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
-from sqlalchemy import select
 
-from db.fleet import canonical_model_name
-from db.models import Model, ModelStatus, RequestKind
+from db.models import Model, RequestKind
+from web.compat.catalog import available_models, model_named
+from web.compat.errors import error_facts
 from web.compat.jobs import (
     RESTARTED,
     JobFailed,
@@ -28,20 +28,17 @@ from web.compat.jobs import (
     start,
     validated,
 )
-from web.database import get_session
+from web.compat.openai_jobs import chat_job, generate_job
 from web.errors import APIError, render_error
 from web.inference.submission import abandon
 from web.inference.views import IDEMPOTENCY
 from web.openapi.metadata import Reply, documented
-from web.schemas.inference import ChatRequest, GenerateRequest
 from web.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
-    OpenAIContentPart,
     OpenAIErrorResponse,
-    OpenAIMessage,
     OpenAIModel,
     OpenAIModelList,
     OpenAISampling,
@@ -83,30 +80,23 @@ def _error_object(message: str, type_: str, code: str | None, param: str | None 
 def _openai_error(error: Exception) -> Response:
     """Every error as OpenAI's error object; status codes as OpenAI uses them (400 for bad
     input, 404 for an unknown model)."""
-    ours = render_error(error)
-    body = (ours.get_json(silent=True) or {}).get("error") or {}
-    status, code = ours.status_code, body.get("code")
-    message, param = body.get("message", "error"), None
-    details = body.get("details")
-    if isinstance(details, dict):
-        param = details.get("field")
+    facts = error_facts(error)
+    status, code, message = facts.status, facts.code, facts.message
+    details = facts.details if isinstance(facts.details, dict) else {}
+    param = details.get("field")
     if status == 422:
         status = 400
     if code in ("model_unavailable", "model_disabled"):
-        model = (details or {}).get("model", "")
         status, code, param = 404, "model_not_found", "model"
+        model = details.get("model", "")
         message = f"The model `{model}` does not exist or you do not have access to it."
     elif status == 401:
         code = "invalid_api_key"
     elif status == 429:
         code = "rate_limit_exceeded"
     fallback = "server_error" if status >= 500 else "invalid_request_error"
-    type_ = ERROR_TYPES.get(status, fallback)
-    response = _json(_error_object(message, type_, code, param), status)
-    for name in ("Retry-After", "WWW-Authenticate", "Allow"):
-        if name in ours.headers:
-            response.headers[name] = ours.headers[name]
-    return response
+    body = _error_object(message, ERROR_TYPES.get(status, fallback), code, param)
+    return facts.carry_headers(_json(body, status))
 
 
 @bp.app_errorhandler(404)
@@ -140,10 +130,7 @@ def _card(model: Model) -> dict[str, Any]:
 )
 @require(Permission.FLEET_READ)
 def list_models() -> Response:
-    models = get_session().scalars(
-        select(Model).where(Model.status == ModelStatus.AVAILABLE).order_by(Model.name)
-    )
-    return _json({"object": "list", "data": [_card(m) for m in models]})
+    return _json({"object": "list", "data": [_card(m) for m in available_models()]})
 
 
 @bp.get("/models/<path:name>")
@@ -155,121 +142,10 @@ def list_models() -> Response:
 )
 @require(Permission.FLEET_READ)
 def read_model(name: str) -> Response:
-    model = get_session().scalar(select(Model).where(Model.name == canonical_model_name(name)))
-    if model is None or model.status != ModelStatus.AVAILABLE:
+    model = model_named(name, available_only=True)
+    if model is None:
         raise APIError(code="model_unavailable", details={"model": name})
     return _json(_card(model))
-
-
-# --- translation into OllamaMax jobs ----------------------------------------------------
-
-
-def _options(req: OpenAISampling, max_tokens: int | None) -> dict[str, Any] | None:
-    options: dict[str, Any] = {
-        "num_predict": max_tokens,
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "seed": req.seed,
-        "stop": [req.stop] if isinstance(req.stop, str) else req.stop,
-        "presence_penalty": req.presence_penalty,
-        "frequency_penalty": req.frequency_penalty,
-    }
-    return {k: v for k, v in options.items() if v is not None} or None
-
-
-def _content(parts: str | list[OpenAIContentPart] | None, where: str) -> tuple[str, list[str]]:
-    """Text and base64 images of a message's content."""
-    if parts is None or isinstance(parts, str):
-        return parts or "", []
-    texts, images = [], []
-    for part in parts:
-        if part.type == "text":
-            texts.append(part.text or "")
-        elif part.image_url is not None:
-            url = part.image_url.url
-            head, _, data = url.partition(",")
-            if not (head.startswith("data:") and head.endswith(";base64") and data):
-                # Fetching a caller's URL from inside the fleet would be a way in (SSRF).
-                raise APIError(
-                    "image_url must be a base64 data: URL; remote images are not fetched",
-                    details={"field": f"{where}.content"},
-                )
-            images.append(data)
-    return "\n".join(texts), images
-
-
-def _tool_calls(message: OpenAIMessage, where: str) -> list[dict[str, Any]] | None:
-    if not message.tool_calls:
-        return None
-    calls = []
-    for call in message.tool_calls:
-        try:
-            arguments = json.loads(call.function.arguments or "{}")
-        except json.JSONDecodeError:
-            raise APIError(
-                "tool call arguments must be JSON text",
-                details={"field": f"{where}.tool_calls"},
-            ) from None
-        calls.append({"function": {"name": call.function.name, "arguments": arguments}})
-    return calls
-
-
-def _chat_job(req: ChatCompletionRequest) -> ChatRequest:
-    messages = []
-    for index, message in enumerate(req.messages):
-        where = f"messages.{index}"
-        text, images = _content(message.content, where)
-        converted: dict[str, Any] = {
-            "role": "system" if message.role == "developer" else message.role,
-            "content": text,
-            "images": images or None,
-            "tool_calls": _tool_calls(message, where),
-        }
-        if message.role == "tool":
-            converted["tool_call_id"] = message.tool_call_id
-            converted["tool_name"] = message.name
-        messages.append({k: v for k, v in converted.items() if v is not None})
-    response_format = req.response_format
-    fmt: Any = None
-    if response_format is not None and response_format.type == "json_object":
-        fmt = "json"
-    elif response_format is not None and response_format.type == "json_schema":
-        fmt = (response_format.json_schema or {}).get("schema") or {"type": "object"}
-    job = {
-        "model": req.model,
-        "messages": messages,
-        "tools": req.tools,
-        "format": fmt,
-        "options": _options(req, req.max_completion_tokens or req.max_tokens),
-        "priority": req.priority,
-    }
-    result: ChatRequest = validated(
-        ChatRequest, {k: v for k, v in job.items() if v is not None}, known_only=False
-    )
-    return result
-
-
-def _prompt(req: CompletionRequest) -> str:
-    if isinstance(req.prompt, str):
-        return req.prompt
-    if len(req.prompt) != 1:
-        raise APIError("prompt: send exactly one prompt", details={"field": "prompt"})
-    return req.prompt[0]
-
-
-def _generate_job(req: CompletionRequest) -> GenerateRequest:
-    job = {
-        "model": req.model,
-        "prompt": _prompt(req),
-        "suffix": req.suffix,
-        "raw": True,  # completions apply no template
-        "options": _options(req, req.max_tokens),
-        "priority": req.priority,
-    }
-    result: GenerateRequest = validated(
-        GenerateRequest, {k: v for k, v in job.items() if v is not None}, known_only=False
-    )
-    return result
 
 
 # --- framing ---------------------------------------------------------------------------
@@ -390,7 +266,7 @@ def chat_completions() -> Response:
     req: ChatCompletionRequest = validated(
         ChatCompletionRequest, json_object_body(), known_only=False
     )
-    return _answer(RequestKind.CHAT, _chat_job(req), req, prefix="")
+    return _answer(RequestKind.CHAT, chat_job(req), req, prefix="")
 
 
 @bp.post("/completions")
@@ -405,7 +281,7 @@ def chat_completions() -> Response:
 @require(Permission.INFERENCE_SUBMIT)
 def completions() -> Response:
     req: CompletionRequest = validated(CompletionRequest, json_object_body(), known_only=False)
-    job = _generate_job(req)
+    job = generate_job(req)
     return _answer(RequestKind.GENERATE, job, req, prefix=job.prompt if req.echo else "")
 
 
