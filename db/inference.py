@@ -227,26 +227,30 @@ class Requeued:
     user_id: uuid.UUID | None
 
 
-def hand_back(*, session: Session, job: ClaimedJob, worker_name: str) -> bool:
+def hand_back(*, session: Session, job: ClaimedJob, worker_name: str) -> str | None:
     """A stopping worker returns a job it still runs to the queue: attempt + 1 (readers drop
-    the text streamed so far), partial output dropped. False if the job is no longer ours."""
-    handed = session.execute(
+    the text streamed so far), partial output dropped. A job whose cancel was asked for
+    meanwhile ends `cancelled` instead (the claim would never take it again). Returns the new
+    status, or None if the job is no longer ours."""
+    cancelled = InferenceRequest.cancel_requested_at.is_not(None)
+    row = session.execute(
         update(InferenceRequest)
         .where(_ours(job.id, worker_name, job.attempt))
         .values(
-            status=RequestStatus.QUEUED,
-            attempt=InferenceRequest.attempt + 1,
-            output=None,
+            status=case((cancelled, RequestStatus.CANCELLED), else_=RequestStatus.QUEUED),
+            attempt=case((cancelled, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
+            output=case((cancelled, InferenceRequest.output), else_=None),
+            completed_at=case((cancelled, func.now()), else_=None),
             worker_name=None,
             node_id=None,
             lease_until=None,
-            started_at=None,
+            started_at=case((cancelled, InferenceRequest.started_at), else_=None),
             first_token_at=None,
             dispatched_at=None,
         )
-        .returning(InferenceRequest.id)
+        .returning(InferenceRequest.status)
     ).first()
-    return handed is not None
+    return str(row[0]) if row else None
 
 
 def requeue_expired_leases(

@@ -179,6 +179,9 @@ class Heartbeat(threading.Thread):
     def _decommissioned(self) -> None:
         log.warning("node %s was decommissioned; stopping this worker", self.rt.node_name)
         self.stop.set()
+        # A remote shutdown sends no worker_shutting_down signal: start the grace period here,
+        # so running jobs finish or are handed back as on SIGTERM.
+        self.rt.begin_stopping()
         self.app.control.shutdown(destination=[self.rt.worker_name])
 
 

@@ -112,6 +112,10 @@ class JobRunner:
         self.deadline = time.monotonic() + self.max_generation_s
         self.parts: list[str] = []
         self.first_token_at: datetime | None = None
+        # This process's clock, for the time-to-first-token histogram (the claim's time comes
+        # from the database, whose clock may differ from this host's).
+        self.started_monotonic = time.monotonic()
+        self.seconds_to_first_token: float | None = None
 
     def run(self) -> Outcome:
         try:
@@ -201,6 +205,7 @@ class JobRunner:
                 if chunk.text:
                     if self.first_token_at is None:
                         self.first_token_at = datetime.now(UTC)
+                        self.seconds_to_first_token = time.monotonic() - self.started_monotonic
                     if not pending:
                         pending_since = time.monotonic()
                     self.parts.append(chunk.text)
@@ -313,8 +318,7 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
             status=str(outcome.status),
             model=job.model_name,
             node=rt.node_name,
-            started_at=job.started_at,
-            first_token_at=runner.first_token_at,
+            seconds_to_first_token=runner.seconds_to_first_token,
             eval_count=measured.get("eval_count"),
             eval_duration_ns=measured.get("eval_duration"),
         )
@@ -326,8 +330,14 @@ def _hand_back(rt: Runtime, job: ClaimedJob) -> None:
     from workers.dispatch import dispatch  # it imports this module's task
 
     with rt.database.unit_of_work() as session:
-        handed = hand_back(session=session, job=job, worker_name=rt.worker_name)
-    if not handed:
+        status = hand_back(session=session, job=job, worker_name=rt.worker_name)
+    if status is None:
+        return
+    if status == RequestStatus.CANCELLED:  # a cancel arrived while it was stopping
+        rt.events.publish(
+            job.id, "status", status="cancelled", attempt=job.attempt, user_id=job.user_id
+        )
+        rt.redis.delete(cancel_key(job.id))
         return
     log.warning("request %s: the worker is stopping; handed back to the queue", job.id)
     attempt = job.attempt + 1
@@ -364,7 +374,7 @@ def run(self: Task, request_id: str) -> None:
         log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
         return
     rt.job_started()
-    metrics.job_claimed(job.model_name, job.priority, job.queued_at, job.started_at)
+    metrics.job_claimed(job.model_name, job.priority, job.attempt, job.queued_at, job.started_at)
     watch = JobWatch(rt, job)
     watch.start()
     try:
