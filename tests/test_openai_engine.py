@@ -183,7 +183,8 @@ def test_ollama_options_and_messages_become_openai_parameters() -> None:
     image = params["messages"][0]["content"][1]
     assert image["image_url"]["url"].startswith("data:image/png;base64,")
     assert json.loads(params["messages"][1]["tool_calls"][0]["function"]["arguments"]) == {"a": 1}
-    assert params["messages"][2]["tool_call_id"] == "f"
+    # The call had no id (Ollama's do not always): its answer takes the id the call was sent with.
+    assert params["messages"][2]["tool_call_id"] == params["messages"][1]["tool_calls"][0]["id"]
     generate = request_parameters("generate", {"model": "m", "prompt": "p", "system": "s"})
     assert generate["prompt"] == "s\n\np"
     with pytest.raises(EngineError):
@@ -201,3 +202,50 @@ def test_models_are_listed_canonically_and_served_by_their_own_id() -> None:
     with pytest.raises(EngineError) as refused:
         list(engine.pull("m"))
     assert refused.value.code == "engine_unsupported"
+
+
+def test_a_tool_answer_keeps_the_id_of_the_call_it_answers() -> None:
+    params = request_parameters(
+        "chat",
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"id": "call_abc", "function": {"name": "w", "arguments": {}}}],
+                },
+                {"role": "tool", "content": "sunny", "tool_call_id": "call_abc"},
+            ],
+        },
+    )
+    assert params["messages"][1]["tool_calls"][0]["id"] == "call_abc"
+    assert params["messages"][2]["tool_call_id"] == "call_abc"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        (httpx2.ReadTimeout("slow"), "engine_stalled"),
+        (httpx2.ConnectError("refused"), "engine_unreachable"),
+    ],
+)
+def test_transport_faults_are_retryable_engine_errors(fault: Exception, code: str) -> None:
+    def fail(request: httpx2.Request) -> httpx2.Response:
+        raise fault
+
+    with pytest.raises(EngineError) as raised:
+        _run(_engine(fail))
+    assert raised.value.code == code
+    assert raised.value.retryable
+
+
+def test_the_version_is_read_where_servers_give_one() -> None:
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/version":
+            return httpx2.Response(200, json={"version": "0.9.2"})
+        return httpx2.Response(404)
+
+    assert _engine(answer).version() == "0.9.2"
+    assert _engine(lambda _: httpx2.Response(200, json={})).version() is None

@@ -64,7 +64,10 @@ def _tool_calls(message: OpenAIMessage, where: str) -> list[dict[str, Any]] | No
                 "tool call arguments must be JSON text",
                 details={"field": f"{where}.tool_calls"},
             ) from None
-        calls.append({"function": {"name": call.function.name, "arguments": arguments}})
+        entry: dict[str, Any] = {"function": {"name": call.function.name, "arguments": arguments}}
+        if call.id:  # the tool message that answers it names this id
+            entry["id"] = call.id
+        calls.append(entry)
     return calls
 
 

@@ -74,8 +74,8 @@ class OpenAIEngine:
     def version(self) -> str | None:
         try:  # vLLM and others answer /version; the protocol itself has none
             response = self.client._client.get(self.url.removesuffix("/v1") + "/version")
-            if response.is_success:
-                return str(response.json().get("version")) or None
+            version = response.json().get("version") if response.is_success else None
+            return version if isinstance(version, str) and version else None
         except (httpx2.HTTPError, ValueError, AttributeError):
             pass
         return None
@@ -146,7 +146,8 @@ class OpenAIEngine:
                 with _faults():
                     return create(**params, stream_options={"include_usage": True})
             except EngineError as error:
-                if error.code not in ("engine_400", "engine_422") or "stream" not in str(error):
+                refused = error.code in ("engine_400", "engine_422")
+                if not refused or "stream_options" not in str(error):
                     raise
                 self._usage_in_stream = False  # an older server: count tokens ourselves
         with _faults():
@@ -171,7 +172,7 @@ def request_parameters(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     if extra:
         params["extra_body"] = extra
     if kind == "chat":
-        params["messages"] = [_message(m) for m in body["messages"]]
+        params["messages"] = _messages(body["messages"])
         if body.get("tools"):
             params["tools"] = body["tools"]
         return params
@@ -197,6 +198,22 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     return None
 
 
+def _messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's messages in OpenAI's shape. Tool calls and the tool messages answering them
+    must share ids there; Ollama's tool messages may name only the tool, so an answer
+    without an id takes the id of the latest call of that tool."""
+    out, call_ids = [], {}
+    for message in messages:
+        converted = _message(message)
+        for call in converted.get("tool_calls", []):
+            call_ids[call["function"]["name"]] = call["id"]
+        if message["role"] == "tool" and not message.get("tool_call_id"):
+            name = message.get("tool_name") or ""
+            converted["tool_call_id"] = call_ids.get(name) or name or "call_0"
+        out.append(converted)
+    return out
+
+
 def _message(message: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message["role"]}
     images = message.get("images") or []
@@ -219,8 +236,8 @@ def _message(message: dict[str, Any]) -> dict[str, Any]:
             }
             for index, call in enumerate(message["tool_calls"])
         ]
-    if message["role"] == "tool":
-        out["tool_call_id"] = message.get("tool_call_id") or message.get("tool_name") or "call_0"
+    if message["role"] == "tool" and message.get("tool_call_id"):
+        out["tool_call_id"] = message["tool_call_id"]
     return out
 
 
