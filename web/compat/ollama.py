@@ -16,13 +16,14 @@ from flask import Blueprint, Response, json, stream_with_context
 from sqlalchemy import select
 
 from db.inference import METRIC_COLUMNS as METRICS
-from db.models import Model, ModelReplica, Node, NodeStatus, RequestKind
+from db.models import EngineKind, Model, ModelReplica, Node, NodeStatus, RequestKind
 from web.compat.catalog import available_models, model_named
 from web.compat.errors import error_facts
 from web.compat.jobs import (
     RESTARTED,
     JobFailed,
     collect,
+    for_the_caller,
     json_object_body,
     outcomes,
     start,
@@ -30,7 +31,6 @@ from web.compat.jobs import (
 )
 from web.database import get_session
 from web.errors import APIError
-from web.inference.submission import abandon
 from web.openapi.metadata import Reply, documented
 from web.schemas.inference import ChatRequest, GenerateRequest
 from web.schemas.ollama import (
@@ -103,14 +103,20 @@ def root() -> Response:
     error_body=OllamaError,
 )
 def version() -> Response:
-    versions = [
-        v
-        for v in get_session().scalars(
-            select(Node.engine_version).where(Node.status == NodeStatus.ONLINE)
+    reported = get_session().scalars(
+        select(Node.engine_version).where(
+            Node.status == NodeStatus.ONLINE, Node.engine_kind == EngineKind.OLLAMA
         )
-        if v
-    ]
-    return _json({"version": max(versions, default=DEFAULT_VERSION)})
+    )
+    versions = [v for v in reported if v and _numbers(v)]
+    return _json({"version": max(versions, key=_numbers, default=DEFAULT_VERSION)})
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    """ "0.13.0" -> (0, 13, 0), so 0.13 outranks 0.6; () for what is not a version."""
+    head = version.lstrip("v").split("-")[0].split("+")[0]
+    parts = head.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
 
 
 def _details(model: Model) -> dict[str, Any]:
@@ -308,25 +314,22 @@ def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
         return _json(framer.final(final, text))
 
     def lines() -> Iterator[str]:
-        ended = False
-        try:
-            for kind_, payload in outcomes(request_id):
-                if kind_ == "token":
-                    yield json.dumps(framer.chunk(payload)) + "\n"
-                elif kind_ == "done":
-                    ended = True
-                    yield json.dumps(framer.final(payload)) + "\n"
-                elif kind_ == "restarted":
-                    # OllamaStreamed text cannot be taken back: say so; the job goes on and its
-                    # result is at GET /api/v1/inference/requests/<id>.
-                    ended = True
-                    yield json.dumps({"error": RESTARTED.format(request_id)}) + "\n"
-                    return
-                else:  # an error: the status line cannot change any more
-                    ended = True
-                    yield json.dumps({"error": payload}) + "\n"
-        finally:
-            if not ended:  # the client went away: so does its job
-                abandon(request_id)
+        for kind_, payload in outcomes(request_id):
+            if kind_ == "token":
+                yield json.dumps(framer.chunk(payload)) + "\n"
+            elif kind_ == "done":
+                yield json.dumps(framer.final(payload)) + "\n"
+            elif kind_ == "restarted":
+                # Streamed text cannot be taken back: say so; the job goes on and its
+                # result is at GET /api/v1/inference/requests/<id>.
+                yield json.dumps({"error": RESTARTED.format(request_id)}) + "\n"
+                return
+            elif kind_ == "error":  # the status line cannot change any more
+                yield json.dumps({"error": payload}) + "\n"
+            # "idle": Ollama sends nothing while a model loads; neither do we
 
-    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+    def error_line(message: str) -> str:
+        return json.dumps({"error": message}) + "\n"
+
+    answer = for_the_caller(request_id, lines(), error_line)
+    return Response(stream_with_context(answer), mimetype="application/x-ndjson")
