@@ -217,6 +217,23 @@ def test_remote_images_are_refused_and_data_urls_accepted(
     assert ask(f"data:image/png;base64,{tiny_png}").status_code == 200
 
 
+def test_a_failed_job_is_openais_error_and_clients_are_told_not_to_retry(
+    client: openai.OpenAI, double: Double
+) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    double.configure(fault="500", fault_count=100)  # every try fails: the job fails
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="llama3.2", messages=messages)
+    assert failed.value.status_code == 502
+    assert failed.value.code == "request_failed"
+    assert failed.value.response.headers["x-should-retry"] == "false"
+
+    stream = client.chat.completions.create(model="llama3.2", messages=messages, stream=True)
+    with pytest.raises(openai.APIError) as mid_stream:
+        list(stream)  # the role chunk, then an error event instead of [DONE]
+    assert mid_stream.value.code == "request_failed"
+
+
 def test_a_client_that_hangs_up_mid_stream_cancels_its_job(
     client: openai.OpenAI, api: FlaskClient, user_headers: dict[str, str], double: Double
 ) -> None:

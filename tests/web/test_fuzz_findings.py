@@ -54,3 +54,10 @@ def test_a_path_no_route_takes_under_v1_answers_in_openais_shape(
     assert set(response.get_json()["error"]) == {"message", "type", "param", "code"}
     elsewhere = client.get("/api/v1/no-such-endpoint")
     assert error_code(elsewhere) == "not_found"  # our own error object outside /v1/
+
+
+def test_a_wrong_method_under_v1_answers_in_openais_shape(client: FlaskClient) -> None:
+    response = client.get("/v1/chat/completions", headers=auth_headers(client, make_user()))
+    assert response.status_code == 405
+    assert response.headers["Allow"]
+    assert set(response.get_json()["error"]) == {"message", "type", "param", "code"}

@@ -6,8 +6,9 @@ A front door frames these outcomes as its protocol does (NDJSON, SSE, one object
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import request
@@ -18,16 +19,22 @@ from db.models import RequestKind
 from web.database import end_unit_of_work
 from web.errors import APIError
 from web.extensions import current_settings
-from web.inference.submission import accept
+from web.inference.submission import abandon, accept
 from web.realtime.follow import follow
 from web.realtime.relay import current_relay
 from web.realtime.streams import final_state
 from web.schemas.inference import ChatRequest, GenerateRequest
 
+log = logging.getLogger(__name__)
+
 IDLE_CHECKS = 2  # quiet periods before the database is asked whether the job ended
 RESTARTED = (
-    "the job restarted after a fault and its streamed text is void; "
-    "the result will be at /api/v1/inference/requests/{}"
+    "the job restarted (an engine fault, or its worker stopping) and its streamed text is "
+    "void; the result will be at /api/v1/inference/requests/{}"
+)
+STREAM_FAILED = (
+    "the answer's stream failed here; the job goes on and its result will be at "
+    "/api/v1/inference/requests/{}"
 )
 # What a "done" outcome carries besides the metrics.
 FINAL_FIELDS = (*METRICS, "done_reason", "tool_calls")
@@ -75,7 +82,9 @@ def start(kind: RequestKind, job: GenerateRequest | ChatRequest, source: str) ->
 
 def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
     """("token", text) ..., then ("done", final fields) or ("error", message); or
-    ("restarted", None) when text already yielded was voided by a retry."""
+    ("restarted", None) when text already yielded was voided by a retry. ("idle", None)
+    marks a quiet period, for doors that keep the connection alive (and so notice a caller
+    who left while the job was still queued)."""
     relay = current_relay()
     idle_s = current_settings().ws_heartbeat_s
     done: dict[str, Any] = {}
@@ -95,6 +104,7 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
                 else:
                     yield "error", state.get("error") or f"request {state['status']}"
                 return
+            yield "idle", None
             continue
         quiet = 0
         if event["type"] == "token":
@@ -119,6 +129,8 @@ def collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
     """The whole answer of a job (for non-streamed calls): its text and final fields."""
     parts: list[str] = []
     for kind, payload in outcomes(request_id):
+        if kind == "idle":
+            continue
         if kind == "token":
             parts.append(payload)
         elif kind == "restarted":
@@ -128,3 +140,19 @@ def collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
         else:
             raise JobFailed(str(payload))
     raise JobFailed("the request ended without an answer")
+
+
+def for_the_caller(
+    request_id: uuid.UUID, frames: Iterator[str], failed: Callable[[str], str]
+) -> Iterator[str]:
+    """A door's frames as sent: a caller who goes away (the server closes the stream) takes
+    their job with them; a failure here (Redis, the database) ends the stream with the door's
+    error frame instead, and the job goes on."""
+    try:
+        yield from frames
+    except GeneratorExit:
+        abandon(request_id)
+        raise
+    except Exception:
+        log.exception("request %s: its answer's stream failed", request_id)
+        yield failed(STREAM_FAILED.format(request_id))

@@ -23,6 +23,7 @@ from web.compat.jobs import (
     RESTARTED,
     JobFailed,
     collect,
+    for_the_caller,
     json_object_body,
     outcomes,
     start,
@@ -30,7 +31,6 @@ from web.compat.jobs import (
 )
 from web.compat.openai_jobs import chat_job, generate_job
 from web.errors import APIError, render_error
-from web.inference.submission import abandon
 from web.inference.views import IDEMPOTENCY
 from web.openapi.metadata import Reply, documented
 from web.schemas.openai import (
@@ -100,10 +100,11 @@ def _openai_error(error: Exception) -> Response:
 
 
 @bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
 def _no_route(error: Exception) -> Response:
-    """A path no route matches has no blueprint, so the handler above never sees it: a miss
-    under /v1/ (a model id routing cannot take, a mistyped endpoint) still answers as OpenAI
-    does; any other path gets the API's own error object."""
+    """A request routing refuses has no blueprint, so the handler above never sees it: a miss
+    under /v1/ (a model id routing cannot take, a mistyped endpoint, a wrong method) still
+    answers as OpenAI does; any other path gets the API's own error object."""
     if request.path.startswith(f"{bp.url_prefix}/"):
         return _openai_error(error)
     return render_error(error)
@@ -299,31 +300,27 @@ def _answer(kind: RequestKind, job: Any, req: OpenAISampling, prefix: str) -> Re
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def events() -> Iterator[str]:
-        ended = False
-        try:
-            if framer.chat:
-                yield framer.opening()
-            if prefix:
-                yield framer.piece(prefix)
-            for kind_, payload in outcomes(request_id):
-                if kind_ == "token":
-                    yield framer.piece(payload)
-                    continue
-                ended = True
-                if kind_ == "done":
-                    yield framer.piece(None, payload)
-                    if include_usage:
-                        yield framer.usage(payload)
-                    yield "data: [DONE]\n\n"
-                elif kind_ == "restarted":
-                    yield _stream_error(RESTARTED.format(request_id), "job_restarted")
-                else:
-                    yield _stream_error(str(payload), "request_failed")
+        if framer.chat:
+            yield framer.opening()
+        if prefix:
+            yield framer.piece(prefix)
+        for kind_, payload in outcomes(request_id):
+            if kind_ == "idle":  # an SSE comment: proxies keep the line, we see a caller leave
+                yield ": keep-alive\n\n"
+            elif kind_ == "token":
+                yield framer.piece(payload)
+            elif kind_ == "done":
+                yield framer.piece(None, payload)
+                if include_usage:
+                    yield framer.usage(payload)
+                yield "data: [DONE]\n\n"
+            elif kind_ == "restarted":
+                yield _stream_error(RESTARTED.format(request_id), "job_restarted")
                 return
-        finally:
-            if not ended:  # the client went away: so does its job
-                abandon(request_id)
+            else:
+                yield _stream_error(str(payload), "request_failed")
 
-    return Response(
-        stream_with_context(events()), mimetype="text/event-stream", headers=SSE_HEADERS
+    answer = for_the_caller(
+        request_id, events(), lambda message: _stream_error(message, "stream_failed")
     )
+    return Response(stream_with_context(answer), mimetype="text/event-stream", headers=SSE_HEADERS)
