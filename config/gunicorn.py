@@ -8,8 +8,8 @@ blocking the whole worker.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from config.settings import get_settings
@@ -17,9 +17,11 @@ from config.settings import get_settings
 _settings = get_settings()
 
 # Each worker process writes its Prometheus samples here and GET /metrics sums them all
-# (prometheus_client's multiprocess mode). Set before any worker imports the client; one
-# folder per master, emptied at start so a restart never adds old counts.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ollamamax-metrics-"))
+# (prometheus_client's multiprocess mode). Set before any worker imports the client: a folder
+# of our own unless the operator names one; its sample files are emptied at start so a
+# restart never adds old counts.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ollamamax-metrics-")
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 worker_class = "gevent"
@@ -78,9 +80,10 @@ def child_exit(server: object, worker: object) -> None:
 
 
 def on_starting(server: object) -> None:
-    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder, exist_ok=True)
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for samples in folder.glob("*.db"):  # only prometheus_client's own files
+        samples.unlink(missing_ok=True)
 
     from config.logging import configure_logging
 

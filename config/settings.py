@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     engine_api_key: SecretStr | None = None
     # A worker serves its own /metrics here (none when unset); the API serves the fleet's.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Where it listens: this host only by default; 0.0.0.0 where Prometheus scrapes from
+    # elsewhere (compose sets it).
+    worker_metrics_host: str = "127.0.0.1"
     # When set, GET /metrics on the API wants `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: SecretStr | None = None
 
@@ -123,7 +126,8 @@ class Settings(BaseSettings):
     engine_retry_backoff_s: float = Field(default=0.5, ge=0)  # doubled per try, with jitter
     engine_stall_timeout_s: float = Field(default=60.0, gt=0)  # no byte for this long = fault
     # A stopping worker lets running jobs finish for this long, then hands them back to the
-    # queue. Keep it under the supervisor's stop timeout (honcho 35 s, compose 30 s default).
+    # queue. Keep it under the supervisor's stop timeout (honcho 35 s here; Docker's default
+    # is 10 s, so compose services set stop_grace_period).
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     event_ttl_s: int = Field(default=3600, ge=60)  # how long a request's events can be replayed
     token_coalesce_ms: int = Field(default=20, ge=0)  # tokens within this window share an event

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -113,11 +114,12 @@ def ensure_admin(credentials: Credentials) -> None:
     _say(done.stdout.strip())
 
 
-def flower_auth(settings: Settings, state: Path) -> str:
+def flower_auth(settings: Settings, state: Path) -> tuple[str, bool]:
+    """Flower's `user:password`, and whether it was generated on this run (then shown)."""
     if settings.flower_basic_auth:
-        return settings.flower_basic_auth.get_secret_value()
-    password, _ = _secret_file(state / "flower-password", secrets.token_urlsafe(18))
-    return f"operator:{password}"
+        return settings.flower_basic_auth.get_secret_value(), False
+    password, generated = _secret_file(state / "flower-password", secrets.token_urlsafe(18))
+    return f"operator:{password}", generated
 
 
 def choose_engine(settings: Settings) -> EngineChoice:
@@ -136,16 +138,22 @@ def choose_engine(settings: Settings) -> EngineChoice:
 
 
 def _python(*args: str) -> str:
-    return " ".join([sys.executable, *args])
+    """A command line for honcho (which runs it through a shell): our interpreter quoted, so a
+    checkout path with spaces still works; `args` are ours and need no quoting."""
+    return " ".join([shlex.quote(sys.executable), *args])
 
 
 def build(settings: Settings, engine: EngineChoice, auth: str, state: Path) -> Manager:
     manager = Manager(Printer(sys.stdout))
-    env = dict(os.environ)
+    # Every process listens where the API does (API_HOST): workers' metrics too.
+    env = {**os.environ, "WORKER_METRICS_HOST": settings.api_host}
     manager.add_process("web", _python("-m gunicorn -c config/gunicorn.py wsgi:app"), env=env)
     manager.add_process(
         "beat",
-        _python(f"-m celery -A workers.celery_app beat --schedule {state / 'celerybeat-schedule'}"),
+        _python(
+            "-m celery -A workers.celery_app beat --schedule",
+            shlex.quote(str(state / "celerybeat-schedule")),
+        ),
         env=env,
     )
     manager.add_process(
@@ -158,11 +166,10 @@ def build(settings: Settings, engine: EngineChoice, auth: str, state: Path) -> M
         env={**env, "FLOWER_BASIC_AUTH": auth},
     )
     if engine.embedded:
-        manager.add_process(
-            "engine",
-            " ".join(llama_server.command(settings.embedded_engine_port, threads=None)),
-            env=env,
-        )
+        # Through its own entry point, which also writes the model out on first use and keeps
+        # WEB_CONCURRENCY (ours) away from the server's uvicorn.
+        port = settings.embedded_engine_port
+        manager.add_process("engine", _python("-m workers.llama_server", f"--port {port}"), env=env)
     gpus = [] if engine.embedded else discover()
     first_metrics_port = settings.worker_metrics_port or DEFAULT_WORKER_METRICS_PORT
     pins: list[int | None] = [gpu.index for gpu in gpus] or [None]
@@ -185,12 +192,13 @@ def build(settings: Settings, engine: EngineChoice, auth: str, state: Path) -> M
     return manager
 
 
-def banner(settings: Settings, credentials: Credentials, auth: str) -> None:
+def banner(settings: Settings, credentials: Credentials, auth: str, auth_is_new: bool) -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
     user, _, password = auth.partition(":")
+    flower_login = f"{user} / " + (password if auth_is_new else "(as set before)")
     lines = [
         f"API        {api}   (docs {api}/docs, metrics {api}/metrics)",
-        f"Flower     http://{settings.api_host}:{settings.flower_port}   ({user} / {password})",
+        f"Flower     http://{settings.api_host}:{settings.flower_port}   ({flower_login})",
         f"Admin      {credentials.email} / "
         + (credentials.password if credentials.generated else "(as set before)"),
     ]
@@ -301,10 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     state = _state_dir(settings)
     credentials = admin_credentials(settings, state)
     ensure_admin(credentials)
-    auth = flower_auth(settings, state)
+    auth, auth_is_new = flower_auth(settings, state)
     engine = choose_engine(settings)
     manager = build(settings, engine, auth, state)
-    banner(settings, credentials, auth)
+    banner(settings, credentials, auth, auth_is_new)
     honcho_manager.KILL_WAIT = STOP_GRACE_S  # honcho's own knob: its default is 5 s
     manager.loop()
     sys.exit(manager.returncode)

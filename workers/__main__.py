@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     heartbeat.start()
     metrics_port = args.metrics_port or settings.worker_metrics_port
     if metrics_port:
-        metrics.serve(metrics_port)
-        log.info("metrics on :%d/metrics", metrics_port)
+        metrics.serve(metrics_port, settings.worker_metrics_host)
+        log.info("metrics on %s:%d/metrics", settings.worker_metrics_host, metrics_port)
     try:
         celery_app.worker_main(
             [

@@ -49,10 +49,15 @@ ENGINE_FAULTS = Counter(
 )
 
 
-def job_claimed(model: str, priority: int, queued_at: datetime, started_at: datetime) -> None:
-    QUEUE_WAIT.labels(model, str(priority)).observe(
-        max((started_at - queued_at).total_seconds(), 0.0)
-    )
+def job_claimed(
+    model: str, priority: int, attempt: int, queued_at: datetime, started_at: datetime
+) -> None:
+    # Both times are the database's clock. A retried job keeps its first queued_at, so only
+    # first attempts say how long the queue made a caller wait.
+    if attempt == 1:
+        QUEUE_WAIT.labels(model, str(priority)).observe(
+            max((started_at - queued_at).total_seconds(), 0.0)
+        )
 
 
 def job_finished(
@@ -60,20 +65,17 @@ def job_finished(
     status: str,
     model: str,
     node: str,
-    started_at: datetime,
-    first_token_at: datetime | None,
+    seconds_to_first_token: float | None,
     eval_count: int | None,
     eval_duration_ns: int | None,
 ) -> None:
     INFERENCE_REQUESTS.labels(status, model).inc()
-    if first_token_at is not None:
-        TIME_TO_FIRST_TOKEN.labels(model, node).observe(
-            max((first_token_at - started_at).total_seconds(), 0.0)
-        )
+    if seconds_to_first_token is not None:
+        TIME_TO_FIRST_TOKEN.labels(model, node).observe(seconds_to_first_token)
     if status == "completed" and eval_count and eval_duration_ns:
         TOKENS_PER_SECOND.labels(model, node).observe(eval_count / (eval_duration_ns / 1e9))
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - Prometheus scrapes it
-    """GET /metrics on `port`, from a daemon thread."""
+def serve(port: int, host: str) -> None:
+    """GET /metrics on `host:port`, from a daemon thread."""
     start_http_server(port, addr=host)

@@ -150,10 +150,15 @@ def accept(
         return _replay(existing, request_hash), False
 
     request_id, priority, owner = row.id, row.priority, row.user_id
-    # Only registered names become metric labels: a queued typo must not add a series.
-    label = model_name if served.model_id else "<unregistered>"
+    label = _model_label(row)
     after_commit(lambda: _announce_and_dispatch(request_id, owner, model_name, priority, label))
     return row, True
+
+
+def _model_label(row: InferenceRequest) -> str:
+    """The request's model as a metric label: only registered names, so a job queued for a
+    typo (QUEUE_WHILE_UNAVAILABLE) cannot add a series."""
+    return row.model_name if row.model_id else "<unregistered>"
 
 
 def _announce_and_dispatch(
@@ -169,7 +174,7 @@ def _announce_and_dispatch(
 def cancel(row: InferenceRequest) -> Literal["cancelled", "cancelling"]:
     """Cancel a queued job outright, or ask the worker running it to stop. Returns the
     status the caller will see: `cancelled` now, or `cancelling` until the worker acts."""
-    request_id, attempt, owner, model = row.id, row.attempt, row.user_id, row.model_name
+    request_id, attempt, owner, model = row.id, row.attempt, row.user_id, _model_label(row)
     status = cancel_job(session=get_session(), request_id=request_id)
     if status is None:
         raise Conflict("The request has already ended.", code="request_ended")
@@ -185,21 +190,21 @@ def abandon(request_id: uuid.UUID) -> None:
         row = session.get(InferenceRequest, request_id)
         if row is None:
             return
-        attempt, owner, model = row.attempt, row.user_id, row.model_name
+        attempt, owner, model = row.attempt, row.user_id, _model_label(row)
         status = cancel_job(session=session, request_id=request_id)
     if status is not None:
         _after_cancel(request_id, status, attempt, owner, model)
 
 
 def _after_cancel(
-    request_id: uuid.UUID, status: str, attempt: int, owner: uuid.UUID | None, model: str
+    request_id: uuid.UUID, status: str, attempt: int, owner: uuid.UUID | None, label: str
 ) -> None:
     """Once the cancel is committed: a queued job is over (announce it; its message is
     revoked, and the claim would refuse it anyway); a running one's worker is told to stop.
     The row records the request too, so a cancel survives a lost Redis write or a requeue."""
     if status == RequestStatus.CANCELLED:
         _events().publish(request_id, "status", status="cancelled", attempt=attempt, user_id=owner)
-        INFERENCE_REQUESTS.labels("cancelled", model).inc()  # no worker will count this one
+        INFERENCE_REQUESTS.labels("cancelled", label).inc()  # no worker will count this one
         celery_app.control.revoke(str(request_id))
     else:
         _events().redis.set(cancel_key(request_id), 1, ex=current_settings().event_ttl_s)

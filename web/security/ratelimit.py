@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Endpoint -> the settings field holding its stricter limit (keyed by IP: no user yet).
 STRICT_LIMITS = {"auth.login": "ratelimit_login", "auth.register": "ratelimit_register"}
-EXEMPT_ENDPOINTS = ("health.liveness", "health.readiness", "metrics.metrics")
+EXEMPT_ENDPOINTS = ("health.liveness", "health.readiness")
 
 
 def caller_key() -> str:
