@@ -28,9 +28,11 @@ def model_path(cache_dir: Path = CACHE_DIR) -> Path:
     path = cache_dir / MODEL_NAME
     if not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
+        # A file of this process's own, renamed into place: a crash mid-write never leaves a
+        # truncated model, and two first runs at once never rename each other's half.
+        partial = path.with_suffix(f".{os.getpid()}.partial")
         assemble(output_path=partial, overwrite=True)
-        partial.rename(path)  # a crash mid-write never leaves a truncated model behind
+        partial.replace(path)
     return path
 
 

@@ -112,7 +112,7 @@ class RelaySocket:
 
     def __exit__(self, *_exc: object) -> None:
         self.mailbox.closed = True
-        self._registry.closed()
+        self._registry.closed(self)
         WEBSOCKETS.labels(self.kind).dec()
 
     @property
@@ -239,9 +239,10 @@ class SocketRegistry:
             closer.join(timeout=CLOSE_HANDSHAKE_S + 1)
         return len(sockets)
 
-    def closed(self) -> None:
+    def closed(self, sock: RelaySocket) -> None:
         with self._lock:
             self.open -= 1
+            self._sockets.discard(sock)
 
     def cut_off(self) -> None:
         with self._lock:
