@@ -200,27 +200,54 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, url: str, log_path: Path, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self,
+        url: str,
+        log_path: Path,
+        process: subprocess.Popen[bytes],
+        certificate: Path | None = None,
+    ) -> None:
         self.url = url
         self.log_path = log_path
         self.process = process
+        self.certificate = certificate  # https: the self-signed certificate clients trust
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text().splitlines()
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def start_live_server(
-    settings_overrides: dict[str, Any], log_dir: Path, **env_overrides: str
+    settings_overrides: dict[str, Any], log_dir: Path, *, tls: bool = False, **env_overrides: str
 ) -> LiveServer:
-    """The web process as production runs it: gunicorn, gevent workers, JSON logs to stdout."""
+    """The web process as production runs it: gunicorn, gevent workers, JSON logs to stdout;
+    with `tls`, serving https itself on a self-signed certificate (GUNICORN_CERTFILE)."""
     port = free_port()
     log_path = log_dir / "web.log"
+    cert = key = None
+    if tls:
+        cert, key = self_signed_certificate(log_dir)
     env = {
         **os.environ,
         **{key.upper(): str(value) for key, value in settings_overrides.items()},
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
         "WEB_CONCURRENCY": "1",
+        **({"GUNICORN_CERTFILE": str(cert), "GUNICORN_KEYFILE": str(key)} if tls else {}),
         **env_overrides,
     }
     with log_path.open("wb") as log_file:
@@ -231,7 +258,8 @@ def start_live_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", log_path, process)
+    scheme = "https" if tls else "http"
+    server = LiveServer(f"{scheme}://127.0.0.1:{port}", log_path, process, cert)
     _wait_until_serving(server)
     return server
 
@@ -256,7 +284,8 @@ def _wait_until_serving(server: LiveServer, timeout_s: float = 30.0) -> None:
         if server.process.poll() is not None:
             raise RuntimeError("web process exited:\n" + server.log_path.read_text())
         try:
-            if requests.get(f"{server.url}/health", timeout=3).status_code == 200:
+            verify = str(server.certificate) if server.certificate else True
+            if requests.get(f"{server.url}/health", verify=verify, timeout=3).status_code == 200:
                 return
         except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)

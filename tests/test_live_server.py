@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from tests.conftest import ROOT, LiveServer, free_port
+from tests.conftest import LiveServer, start_live_server, stop_live_server
 
 
 def test_ready_over_http(live_server: LiveServer) -> None:
@@ -67,44 +63,10 @@ def test_every_log_line_is_json_and_requests_carry_their_id(live_server: LiveSer
 def test_gunicorn_serves_tls_directly_when_given_a_certificate(
     settings_overrides: dict[str, Any], tmp_path: Path
 ) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        **{name.upper(): str(value) for name, value in settings_overrides.items()},
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "GUNICORN_CERTFILE": str(cert),
-        "GUNICORN_KEYFILE": str(key),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_live_server(settings_overrides, tmp_path, tls=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                answer = requests.get(f"https://127.0.0.1:{port}/health", verify=cert, timeout=3)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+        answer = requests.get(f"{server.url}/health", verify=server.certificate, timeout=3)
+        assert server.url.startswith("https://")
         assert answer.status_code == 200
     finally:
-        process.terminate()
-        process.wait(timeout=35)
+        stop_live_server(server)

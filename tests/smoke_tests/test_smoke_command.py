@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import text
 
 from db.session import Database
@@ -60,50 +59,17 @@ def tls_stack(
     settings_overrides: dict[str, Any], stack: LiveServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Path]]:
     """A second web process on the same fleet, serving https with a self-signed certificate."""
-    folder = tmp_path_factory.mktemp("smoke_tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
+    server = start_live_server(
+        settings_overrides,
+        tmp_path_factory.mktemp("smoke_tls"),
+        tls=True,
+        SYSTEM_METRICS_INTERVAL_S="0.5",
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        **{name.upper(): str(value) for name, value in settings_overrides.items()},
-        "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "GUNICORN_CERTFILE": str(cert),
-        "GUNICORN_KEYFILE": str(key),
-        "SYSTEM_METRICS_INTERVAL_S": "0.5",
-    }
-    with (folder / "web.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"https://127.0.0.1:{port}"
-
-    def serving() -> bool:
-        try:
-            return requests.get(url + "/health", verify=str(cert), timeout=3).status_code == 200
-        except requests.ConnectionError:
-            return False
-
+    assert server.certificate is not None
     try:
-        wait_for(serving, timeout=30, interval=0.2)
-        yield url, cert
+        yield server.url, server.certificate
     finally:
-        process.terminate()
-        process.wait(timeout=35)
+        stop_live_server(server)
 
 
 @pytest.fixture
