@@ -26,10 +26,10 @@ migrate: services
 	$(BIN)/flask --app wsgi db create
 	$(BIN)/flask --app wsgi db upgrade
 
-# The whole system: admin, web, a worker per GPU, beat, Flower, an engine (web/stack.py).
+# The whole system: admin, web, a worker per GPU, beat, Flower, an engine (ops/supervisor.py).
 run: migrate
 	@echo "[run] starting the stack (Ctrl-C stops every process)"
-	$(BIN)/python -m web.stack
+	$(BIN)/python -m ops.supervisor
 
 lint: install
 	$(BIN)/ruff check .

@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     admin_email: str | None = None
     admin_password: str | None = None
 
-    # The one-command local stack (`make run`, web/stack.py).
+    # The one-command local stack (`make run`, ops/supervisor.py).
     flower_port: int = Field(default=11555, ge=1, le=65535)
     # "user:password" for Flower's basic auth; the stack generates one when unset.
     flower_basic_auth: SecretStr | None = None

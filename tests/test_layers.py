@@ -1,4 +1,4 @@
-"""Imports run web -> workers -> db -> config, never back."""
+"""Imports run ops -> web -> workers -> db -> config, never back."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ ALLOWED = {
     "db": {"db", "config"},
     "workers": {"workers", "db", "config"},
     "web": {"web", "workers", "db", "config"},
+    # Operator tools sit on top, like wsgi.py: they may use everything, nothing uses them.
+    "ops": {"ops", "web", "workers", "db", "config"},
 }
 
 

@@ -1,4 +1,4 @@
-"""The one-command stack (`make run` -> `python -m web.stack`) as a new user meets it: no
+"""The one-command stack (`make run` -> `python -m ops.supervisor`) as a new user meets it: no
 Ollama anywhere, so the embedded model; an admin generated and shown once; a first streamed
 answer; Flower behind auth; and Ctrl-C stopping every process it started."""
 
@@ -60,7 +60,7 @@ def stack(
     log_path = folder / "stack.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "web.stack"],
+            [sys.executable, "-m", "ops.supervisor"],
             cwd=ROOT,
             env=env,
             stdout=log_file,

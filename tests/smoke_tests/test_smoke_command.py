@@ -1,4 +1,4 @@
-"""`python -m tests.smoke`, run as operators run it, against a live local stack: gunicorn with
+"""`python -m ops.smoke`, run as operators run it, against a live local stack: gunicorn with
 the production rate limits, a real worker in front of the Ollama double, an admin made with
 `flask --app wsgi create-admin`. The command must pass and leave nothing behind."""
 
@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import text
 
 from db.session import Database
+from ops.smoke.scenarios import SCENARIOS
+from ops.smoke.scenarios.system import revert_body
 from tests.conftest import ROOT, LiveServer, free_port, start_live_server, stop_live_server
 from tests.pipeline.conftest import Double, Worker, node_online, wait_for
-from tests.smoke.scenarios import SCENARIOS
-from tests.smoke.scenarios.system import revert_body
 
 ADMIN_PASSWORD = "smoke test passphrase 7"
 METRICS = "metrics.prometheus"
@@ -96,7 +96,7 @@ def admin(settings_overrides: dict[str, Any], committed: Database) -> dict[str, 
 def run_smoke(*args: str, timeout: float = 150) -> tuple[int, dict[str, Any], str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_PASSWORD", "METRICS_TOKEN")}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.smoke", *args],
+        [sys.executable, "-m", "ops.smoke", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -221,11 +221,8 @@ def test_the_command_speaks_only_http_and_websocket() -> None:
     """It runs against remote deployments: none of the server's packages, no test helpers."""
     wrong = {
         str(path.relative_to(ROOT)): sorted(
-            name
-            for name in _imports(path)
-            if name.split(".")[0] in SERVER_PACKAGES
-            or (name.startswith("tests") and not name.startswith("tests.smoke"))
+            name for name in _imports(path) if name.split(".")[0] in SERVER_PACKAGES | {"tests"}
         )
-        for path in sorted((ROOT / "tests" / "smoke").rglob("*.py"))
+        for path in sorted((ROOT / "ops" / "smoke").rglob("*.py"))
     }
     assert {path: names for path, names in wrong.items() if names} == {}

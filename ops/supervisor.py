@@ -1,6 +1,6 @@
 """The whole system on one machine, in one command (`make run` ends here):
 
-    python -m web.stack
+    python -m ops.supervisor
 
 PostgreSQL, Redis and the migrations are `make run`'s first steps. This makes sure an
 admin exists (ADMIN_* from the environment, or generated once and kept in STACK_STATE_DIR),
@@ -188,7 +188,7 @@ def build(settings: Settings, engine: EngineChoice, auth: str, state: Path) -> M
         manager.add_process(f"worker.{name}", _python(*args), env=env)
     # The embedded engine serves one known model; with Ollama, the first the fleet offers.
     model = f" --model {llama_server.MODEL_ALIAS}" if engine.embedded else ""
-    manager.add_process("first-answer", _python(f"-m web.stack first-answer{model}"), env=env)
+    manager.add_process("first-answer", _python(f"-m ops.supervisor first-answer{model}"), env=env)
     return manager
 
 
@@ -298,7 +298,7 @@ def _a_model(session: requests.Session, api: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m web.stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ops.supervisor", description=__doc__)
     parser.add_argument("command", nargs="?", default="up", choices=["up", "first-answer"])
     parser.add_argument("--model", default=None, help="first-answer: the model to ask")
     args = parser.parse_args(argv)

@@ -7,8 +7,8 @@ lockout; and audit.trail runs once the audited actions have happened.
 
 from __future__ import annotations
 
-from tests.smoke.runner import Scenario
-from tests.smoke.scenarios import doors, fleet, identity, inference, system
+from ops.smoke.runner import Scenario
+from ops.smoke.scenarios import doors, fleet, identity, inference, system
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("health.live", "health", identity.health_live, "GET /health answers ok"),

@@ -1,4 +1,4 @@
-"""`python -m tests.smoke --base-url URL --admin-email EMAIL --admin-password PW [--model NAME]
+"""`python -m ops.smoke --base-url URL --admin-email EMAIL --admin-password PW [--model NAME]
 [--timeout 60] [--metrics-token TOKEN] [--ca-bundle PEM] [--json]`
 
 Exit codes: 0 every scenario passed and everything made was removed; 1 a scenario failed or
@@ -16,16 +16,16 @@ import sys
 import time
 from typing import Any
 
-from tests.smoke.context import Cleanup, Context, Options
-from tests.smoke.runner import FAIL, PASS, SKIP, Outcome, Result, run_scenarios
-from tests.smoke.scenarios import SCENARIOS
+from ops.smoke.context import Cleanup, Context, Options
+from ops.smoke.runner import FAIL, PASS, SKIP, Outcome, Result, run_scenarios
+from ops.smoke.scenarios import SCENARIOS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEFT_BEHIND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.smoke",
+        prog="python -m ops.smoke",
         description="Smoke-test an OllamaMax deployment through its public API.",
     )
     parser.add_argument("--base-url", help="e.g. http://127.0.0.1:11400")

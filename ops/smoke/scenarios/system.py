@@ -7,9 +7,9 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from tests.smoke.api import describe
-from tests.smoke.context import Context
-from tests.smoke.runner import Failed, Skipped, check
+from ops.smoke.api import describe
+from ops.smoke.context import Context
+from ops.smoke.runner import Failed, Skipped, check
 
 CONFIG = "/api/v1/system/config"
 # Keeping finished jobs one day longer (or, at the ceiling, one day less) for the second the

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.smoke.context import Context
+    from ops.smoke.context import Context
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 

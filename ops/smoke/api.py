@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from tests.smoke.runner import Failed
+from ops.smoke.runner import Failed
 
 USER_AGENT = "ollamamax-smoke/1"
 MAX_RATE_LIMIT_WAIT_S = 10.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from tests.smoke.api import describe, error_code
-from tests.smoke.context import Context, Login, renew_at
-from tests.smoke.runner import Failed, Skipped, check
+from ops.smoke.api import describe, error_code
+from ops.smoke.context import Context, Login, renew_at
+from ops.smoke.runner import Failed, Skipped, check
 
 PROFILE = "/api/v1/users/profile"
 KEYS = "/api/v1/users/api-keys"
@@ -108,7 +108,8 @@ def auth_bad_key(ctx: Context) -> str:
         response.status_code == 401 and error_code(response) == "invalid_api_key",
         f"an unknown API key answered {describe(response)} (wanted 401 invalid_api_key)",
     )
-    forged = ctx.api.request("GET", PROFILE, token="eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.")
+    unsigned = "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."  # forged: no signature
+    forged = ctx.api.request("GET", PROFILE, token=unsigned)
     check(forged.status_code == 401, f"an unsigned JWT answered {describe(forged)}")
     anonymous = ctx.api.request("GET", PROFILE)
     check(anonymous.status_code == 401, f"no credentials answered {describe(anonymous)}")

@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.smoke.api import describe
-from tests.smoke.context import TERMINAL, Context
-from tests.smoke.runner import Failed, check
-from tests.smoke.ws import NORMAL_CLOSE, Frame
+from ops.smoke.api import describe
+from ops.smoke.context import TERMINAL, Context
+from ops.smoke.runner import Failed, check
+from ops.smoke.ws import NORMAL_CLOSE, Frame
 
 STREAM_TOKENS = 16
 # Long enough that the cancel lands mid-generation on any engine; a job that ends on its own

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.smoke.context import Context, canonical_model
-from tests.smoke.runner import Failed, Skipped, check
+from ops.smoke.context import Context, canonical_model
+from ops.smoke.runner import Failed, Skipped, check
 
 
 def _find(models: list[dict[str, Any]], name: str) -> dict[str, Any] | None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import websocket
 
-from tests.smoke.api import MAX_RATE_LIMIT_WAIT_S, bearer
-from tests.smoke.runner import Failed
+from ops.smoke.api import MAX_RATE_LIMIT_WAIT_S, bearer
+from ops.smoke.runner import Failed
 
 Frame = dict[str, Any]
 NORMAL_CLOSE = 1000

@@ -9,10 +9,10 @@ from typing import TypeVar
 import ollama
 import openai
 
-from tests.smoke.context import Context
-from tests.smoke.runner import Failed, check
-from tests.smoke.scenarios.inference import submit
-from tests.smoke.ws import Frame
+from ops.smoke.context import Context
+from ops.smoke.runner import Failed, check
+from ops.smoke.scenarios.inference import submit
+from ops.smoke.ws import Frame
 
 T = TypeVar("T")
 TOPICS = ["inference", "model_update", "node_status", "system_metrics"]

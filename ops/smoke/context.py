@@ -10,9 +10,9 @@ from typing import Any
 
 import requests
 
-from tests.smoke.api import Api, describe
-from tests.smoke.runner import Failed, Skipped
-from tests.smoke.ws import Socket
+from ops.smoke.api import Api, describe
+from ops.smoke.runner import Failed, Skipped
+from ops.smoke.ws import Socket
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
