@@ -14,10 +14,10 @@ from sqlalchemy import text
 from db.session import Database
 from tests.conftest import LiveServer
 from tests.factories import TEST_PASSWORD
-from tests.identity_tests.test_authorization_matrix import SOCKETS
 from tests.pipeline.conftest import Double, Worker
 from tests.pipeline.jobs import finished, submit, wait_status
 from tests.support.ws import Received, connect, next_frame, read_until_closed, token_of
+from tests.web.identity.test_authorization_matrix import SOCKETS
 
 NORMAL, POLICY_VIOLATION, TRY_AGAIN_LATER = 1000, 1008, 1013
 

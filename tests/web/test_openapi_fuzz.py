@@ -165,7 +165,7 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 @settings(
     max_examples=MAX_EXAMPLES,
     # CI replays one fixed exploration, so a landing never hangs on a new random find; runs
-    # elsewhere explore afresh each time (and what they find becomes a test_fuzz_findings case).
+    # elsewhere explore afresh each time (and what they find becomes a test_input_edge_cases case).
     derandomize=bool(os.environ.get("CI")),
     deadline=None,
     database=None,  # no .hypothesis/ folder in the repository

@@ -8,11 +8,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey, InferenceRequest, ModelUsageStats, Role, User
+from db.models import ApiKey, AuditLogEntry, InferenceRequest, ModelUsageStats, Role, User
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory
 from tests.support.identity import audit_actions, auth_headers, bearer, error_code, login, make_user
 
 USERS = "/api/v1/users"
+
+
+def _api_key(client: FlaskClient, headers: dict[str, str]) -> str:
+    body = {"name": "k", "scopes": ["admin"], "current_password": TEST_PASSWORD}
+    return str(client.post(f"{USERS}/api-keys", headers=headers, json=body).get_json()["key"])
 
 
 def test_admin_lists_users_with_filters_and_pagination(client: FlaskClient) -> None:
@@ -174,3 +179,45 @@ def test_the_last_admin_cannot_delete_themselves(client: FlaskClient) -> None:
         f"{USERS}/me", headers=auth_headers(client, admin), json={"password": TEST_PASSWORD}
     )
     assert response.status_code == 409
+
+
+def test_an_admin_can_unlock_an_account(client: FlaskClient) -> None:
+    user = make_user()
+    for _ in range(5):
+        client.post(
+            "/api/v1/auth/login", json={"username": user.username, "password": "nope-nope!"}
+        )
+    admin = auth_headers(client, make_user(Role.ADMIN))
+    assert client.put(f"{USERS}/{user.id}", headers=admin, json={"unlock": True}).status_code == 200
+    login(client, user)
+
+
+def test_disabling_ends_refresh_tokens_and_keys_for_good(client: FlaskClient) -> None:
+    user = make_user()
+    tokens = login(client, user)
+    key = _api_key(client, bearer(tokens["access_token"]))
+    admin = auth_headers(client, make_user(Role.ADMIN))
+
+    client.put(f"{USERS}/{user.id}", headers=admin, json={"is_active": False})
+    client.put(f"{USERS}/{user.id}", headers=admin, json={"is_active": True})
+
+    # Re-enabled, but nothing issued before the disable works again.
+    refresh = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"]))
+    assert refresh.status_code == 401
+    assert client.get(f"{USERS}/profile", headers=bearer(key)).status_code == 401
+
+
+def test_erasure_scrubs_name_and_email_from_the_audit_trail(
+    client: FlaskClient, db_session: Session
+) -> None:
+    user = make_user()
+    email = user.email
+    headers = auth_headers(client, user)
+    client.delete(f"{USERS}/me", headers=headers, json={"password": TEST_PASSWORD})
+    entries = db_session.scalars(
+        select(AuditLogEntry).where(
+            AuditLogEntry.resource_type == "users", AuditLogEntry.resource_id == str(user.id)
+        )
+    ).all()
+    assert entries
+    assert email not in str([entry.details for entry in entries])

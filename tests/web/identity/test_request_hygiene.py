@@ -114,3 +114,10 @@ def test_forwarded_headers_count_only_from_trusted_proxies(
     assert "Strict-Transport-Security" in proxy_headers  # the proxy said HTTPS
     assert direct == "198.51.100.7"  # a direct client cannot claim another address
     assert "Strict-Transport-Security" not in direct_headers
+
+
+def test_the_default_limit_is_one_budget_across_routes(app_factory: Callable[..., Flask]) -> None:
+    client = app_factory(ratelimit_default="3/minute").test_client()
+    headers = auth_headers(client, make_user())
+    paths = [PROFILE, "/api/v1/users/sessions", "/api/v1/users/api-keys", PROFILE]
+    assert [client.get(p, headers=headers).status_code for p in paths] == [200, 200, 200, 429]

@@ -165,3 +165,22 @@ def test_failures_outside_the_window_start_a_new_count(
     assert response.status_code == 401
     db_session.refresh(user)
     assert user.failed_login_count == 1
+
+
+def test_an_unknown_login_locks_like_a_real_one(client: FlaskClient) -> None:
+    body = {"username": "nobody-here", "password": "wrong-password!"}
+    statuses = [client.post("/api/v1/auth/login", json=body).status_code for _ in range(5)]
+    assert statuses == [401, 401, 401, 401, 429]  # same as test_five_failures_lock_the_account
+
+
+def test_emails_compare_the_way_they_are_stored(client: FlaskClient) -> None:
+    body = {"username": "dotted", "email": "İnfo@example.com", "password": "plenty-long-pass"}
+    assert client.post("/api/v1/auth/register", json=body).status_code == 201
+    response = client.post(
+        "/api/v1/auth/login", json={"username": "İnfo@example.com", "password": "plenty-long-pass"}
+    )
+    assert response.status_code == 200
+    clash = client.post(
+        "/api/v1/auth/register", json={**body, "username": "other", "email": "İNFO@example.com"}
+    )
+    assert clash.status_code == 409

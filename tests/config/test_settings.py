@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from config.settings import DEV_SECRET_KEY, InsecureSettingsError, Settings
+from tests.conftest import ROOT
 
 STRONG = "k" * 16 + "Zq7!" * 5
-ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+ENV_EXAMPLE = ROOT / ".env.example"
 
 
 def production(**values: str) -> Settings:

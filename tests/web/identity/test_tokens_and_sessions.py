@@ -195,3 +195,8 @@ def test_no_token_is_401_with_the_contract(client: FlaskClient) -> None:
     assert response.status_code == 401
     assert error_code(response) == "unauthorized"
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_the_bearer_scheme_is_case_insensitive(client: FlaskClient) -> None:
+    token = login(client, make_user())["access_token"]
+    assert client.get(PROFILE, headers={"Authorization": f"bearer {token}"}).status_code == 200

@@ -185,3 +185,44 @@ def test_a_weak_new_password_is_422(client: FlaskClient) -> None:
         json={"current_password": TEST_PASSWORD, "new_password": "password123"},
     )
     assert response.status_code == 422
+
+
+def test_creating_a_key_needs_the_password(client: FlaskClient) -> None:
+    headers = auth_headers(client, make_user())
+    response = client.post(
+        KEYS,
+        headers=headers,
+        json={"name": "k", "scopes": ["admin"], "current_password": "guess-1234"},
+    )
+    assert response.status_code == 401
+    assert (
+        client.post(KEYS, headers=headers, json={"name": "k", "scopes": ["admin"]}).status_code
+        == 422
+    )
+
+
+def test_a_password_change_revokes_api_keys(client: FlaskClient) -> None:
+    user = make_user()
+    headers = auth_headers(client, user)
+    key = str(_create_key(client, headers)["key"])
+    client.put(
+        PROFILE,
+        headers=headers,
+        json={"current_password": TEST_PASSWORD, "new_password": "another long passphrase"},
+    )
+    assert client.get(PROFILE, headers=bearer(key)).status_code == 401
+
+
+def test_a_password_change_ends_the_other_refresh_tokens(client: FlaskClient) -> None:
+    user = make_user()
+    other = login(client, user)
+    current = bearer(login(client, user)["access_token"])
+    client.put(
+        PROFILE,
+        headers=current,
+        json={"current_password": TEST_PASSWORD, "new_password": "another long passphrase"},
+    )
+    assert (
+        client.post("/api/v1/auth/refresh", headers=bearer(other["refresh_token"])).status_code
+        == 401
+    )

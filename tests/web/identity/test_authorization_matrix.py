@@ -14,10 +14,10 @@ from flask.testing import FlaskClient
 
 from db.models import ModelStatus, Role
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory, ModelReplicaFactory
-from tests.identity_tests.matrix_compat import COMPAT_MATRIX
-from tests.identity_tests.matrix_fleet import FLEET_MATRIX
-from tests.identity_tests.matrix_system import SYSTEM_MATRIX
 from tests.support.identity import bearer, login, make_user
+from tests.web.identity.matrix_compat import COMPAT_MATRIX
+from tests.web.identity.matrix_fleet import FLEET_MATRIX
+from tests.web.identity.matrix_system import SYSTEM_MATRIX
 from web.openapi.views import ASSETS
 
 CALLERS = ("anonymous", "owner", "other", "operator", "admin")
