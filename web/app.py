@@ -16,8 +16,8 @@ from web.compat import ollama as ollama_compat
 from web.compat import openai as openai_compat
 from web.database import init_database
 from web.errors import register_error_handlers
-from web.fleet import models as fleet_models
 from web.fleet import nodes as fleet_nodes
+from web.fleet import registry as fleet_models
 from web.inference import views as inference_views
 from web.inference.dispatch_marks import DispatchMarks
 from web.metrics import init_metrics

@@ -22,11 +22,11 @@ from db.users import (
     record_login_failure,
     record_login_success,
 )
-from web.audit import audit
 from web.database import get_session, keep_changes_on_error
 from web.errors import APIError, Conflict, Unauthorized
 from web.extensions import current_settings
 from web.openapi import PUBLIC, REFRESH_TOKEN, documented
+from web.request_audit import audit
 from web.schemas.users import LoginRequest, TokenPair, UserCreate, UserRead
 from web.security.passwords import hash_password, spend_verification_time, verify_password
 from web.security.tokens import issue_tokens

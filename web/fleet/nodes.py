@@ -12,13 +12,13 @@ from sqlalchemy import select
 from db.base import utcnow
 from db.fleet import node_load
 from db.models import Node
-from web.audit import audit
 from web.database import get_session
 from web.errors import Conflict, NotFound
 from web.extensions import current_settings
 from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
 from web.openapi import documented
 from web.pagination import paginate
+from web.request_audit import audit
 from web.schemas.common import Page
 from web.schemas.fleet import (
     NodeDecommissionQuery,

@@ -10,15 +10,15 @@ from sqlalchemy.orm import Session
 
 from config.runtime import RuntimeConfig
 from config.settings import Settings
-from db.audit_log import NEWEST_FIRST, AuditFilters, entries_query
+from db.audit_trail import NEWEST_FIRST, AuditFilters, entries_query
 from db.stats import THROUGHPUT_WINDOW, LiveStats, dashboard, live_stats, refresh_dashboard
 from db.system_config import delete_values, store_values, stored_values
-from web.audit import audit
 from web.database import after_commit, get_session
 from web.errors import ValidationFailed, validation_details
 from web.extensions import current_settings
 from web.openapi import documented
 from web.pagination import paginate
+from web.request_audit import audit
 from web.schemas.common import Page
 from web.schemas.system import (
     AuditEntryRead,

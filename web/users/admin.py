@@ -9,11 +9,11 @@ from sqlalchemy import ColumnElement, func, or_, select
 
 from db.credentials import revoke_user_api_keys
 from db.models import Role, User
-from web.audit import audit
 from web.database import get_session
 from web.errors import NotFound
 from web.openapi import documented
 from web.pagination import paginate
+from web.request_audit import audit
 from web.schemas.common import Page
 from web.schemas.users import UserAdminUpdate, UserListQuery, UserRead
 from web.security.policy import Permission

@@ -18,11 +18,11 @@ from db.credentials import (
 )
 from db.models import ApiKey, AuditLogEntry, InferenceRequest, UserSession
 from db.users import find_conflict
-from web.audit import audit
 from web.database import get_session
 from web.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
 from web.extensions import current_settings
 from web.openapi import documented
+from web.request_audit import audit
 from web.schemas.common import Items
 from web.schemas.users import (
     AccountDelete,

@@ -20,12 +20,12 @@ from db.catalog import (
 )
 from db.fleet import canonical_model_name
 from db.models import Model, Node, NodeStatus, ReplicaStatus
-from web.audit import audit
 from web.database import after_commit, get_session
 from web.errors import Conflict, NotFound
 from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
 from web.openapi import documented
 from web.pagination import paginate
+from web.request_audit import audit
 from web.schemas.common import Items, Page
 from web.schemas.fleet import (
     ModelCreate,

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import g, request
 
-from db.audit import Origin, record_event
+from db.audit_trail import Origin, record_event
 from web.database import get_session
 
 

@@ -1,4 +1,5 @@
-"""Reading the audit trail (writing it is db/audit.py and the row-change trigger).
+"""The audit trail: writing the events the application knows about (the row-change trigger
+writes the rest) and reading entries back, filtered.
 
 `audit_log_entries` is range-partitioned by month on `occurred_at`. Queries go to the parent
 table, so they see every monthly partition and the default one; a `since`/`until` bound lets
@@ -13,8 +14,49 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.orm import Session
 
+from config.logging import mask_value
 from db.models import AuditLogEntry
+
+# --- writing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an action came from: copied onto every audit entry it causes."""
+
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+def record_event(
+    *,
+    session: Session,
+    action: str,
+    origin: Origin,
+    user_id: uuid.UUID | None = None,
+    resource_type: str | None = None,
+    resource_id: object = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Add one audit entry to the session's transaction; secrets in `details` are masked."""
+    session.add(
+        AuditLogEntry(
+            user_id=user_id,
+            action=action,
+            resource_type=resource_type,
+            resource_id=str(resource_id) if resource_id is not None else None,
+            ip_address=origin.ip_address,
+            user_agent=(origin.user_agent or "")[:512] or None,
+            request_id=origin.request_id,
+            details=mask_value("details", details or {}),
+        )
+    )
+
+
+# --- reading ------------------------------------------------------------------------------
 
 # Newest first; the id breaks ties between entries of one transaction (same occurred_at).
 NEWEST_FIRST: tuple[Any, ...] = (AuditLogEntry.occurred_at.desc(), AuditLogEntry.id.desc())
