@@ -52,13 +52,17 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     jwt_secret_key: str | None = None
 
-    # PostgreSQL and the pool (seed: 25 connections at most, 5 kept idle, recycled after 5 min).
+    # PostgreSQL and the pool: 20 connections kept per web process (a connection opened and
+    # closed per job costs more than the job's SQL), 10 more under bursts, recycled after
+    # 5 min. A worker keeps one per slot plus a few (workers/__main__.py). No ping before
+    # each checkout: it doubled the round trips of a one-statement transaction; a connection
+    # found dead fails its request once and the pool replaces every connection of that age.
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ollamamax"
-    db_pool_size: int = Field(default=5, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
     db_pool_recycle_s: int = Field(default=300, ge=1)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
-    db_pool_pre_ping: bool = True
+    db_pool_pre_ping: bool = False
     # A server that accepts the TCP connection but never answers must not hang a request.
     db_connect_timeout_s: int = Field(default=5, ge=1)
     db_echo: bool = False
@@ -139,8 +143,9 @@ class Settings(BaseSettings):
     lost_dispatch_s: float = Field(default=300.0, gt=0)
     # A job whose worker dies this many times fails instead of going back to the queue.
     job_max_attempts: int = Field(default=3, ge=1)
-    # Submissions are marked "handed to the broker" in batches this often (0: at once).
-    dispatch_mark_batch_ms: int = Field(default=50, ge=0)
+    # What a credential resolves to (account, role, key scopes) is remembered this long per
+    # web process; a revocation evicts it everywhere at once (web/security/principal_cache.py).
+    principal_cache_s: float = Field(default=5.0, ge=0)
     # Accept jobs for a model no online node serves (they wait) instead of answering 409.
     queue_while_unavailable: bool = False
     default_priority: int = Field(default=5, ge=0, le=9)  # of a job that names none

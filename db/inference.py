@@ -9,12 +9,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, exists, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import InferenceRequest, ModelUsageStats, RequestStatus
+from db.models import (
+    InferenceRequest,
+    Model,
+    ModelReplica,
+    ModelStatus,
+    ModelUsageStats,
+    Node,
+    NodeStatus,
+    ReplicaStatus,
+    RequestStatus,
+)
 
 Dispatchable = list[tuple[uuid.UUID, str, int]]  # (request id, model, priority)
 
@@ -33,6 +43,103 @@ class ClaimedJob:
     started_at: datetime
     user_id: uuid.UUID | None  # events name the owner, so topic sockets can filter by it
     priority: int = 5
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A job as accepted from a caller, before it has a row."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    model_name: str
+    kind: str
+    source: str
+    input: dict[str, Any]
+    options: dict[str, Any]
+    priority: int
+    idempotency_key: str | None
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class Inserted:
+    id: uuid.UUID
+    model_id: uuid.UUID | None  # None: queued for a model that is not registered
+
+
+def insert_if_servable(
+    *, session: Session, new: NewRequest, stale_after: timedelta, queue_while_unavailable: bool
+) -> Inserted | None:
+    """Insert the job as `queued` in one statement, if its model may take it: not disabled,
+    and served by an online, undrained node with a fresh heartbeat (or queueing for absent
+    models is allowed). Returns what was inserted, or None when nothing was (the model
+    refused it, or this Idempotency-Key already names a job): the caller then looks up why,
+    off the hot path.
+
+    `dispatched_at` is set now: the caller publishes right after the commit, and clears it
+    with `undo_dispatch` if that publish fails, so the outbox sweeper takes over. Marking in
+    the same statement saves the second transaction a mark would cost.
+    """
+    now = func.now()
+    serving = exists().where(
+        ModelReplica.model_id == Model.id,
+        ModelReplica.status == ReplicaStatus.AVAILABLE,
+        Node.id == ModelReplica.node_id,
+        Node.status == NodeStatus.ONLINE,
+        Node.drained.is_(False),
+        Node.last_heartbeat_at > now - stale_after,
+    )
+    model = (
+        select(Model.id, Model.status, serving.label("served"))
+        .where(Model.name == new.model_name)
+        .cte("model")
+    )
+    table = InferenceRequest.__table__
+    values = {
+        "id": new.id,
+        "user_id": new.user_id,
+        "model_name": new.model_name,
+        "kind": new.kind,
+        "source": new.source,
+        "input": new.input,
+        "options": new.options,
+        "priority": new.priority,
+        "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash,
+        "status": RequestStatus.QUEUED.value,
+        "attempt": 1,
+    }
+    columns = [
+        literal(value, type_=table.c[name].type).label(name) for name, value in values.items()
+    ]
+    may_take = ~exists(select(model.c.id).where(model.c.status == ModelStatus.DISABLED))
+    if not queue_while_unavailable:
+        may_take = may_take & exists(select(model.c.id).where(model.c.served))
+    source = select(
+        *columns,
+        select(model.c.id).scalar_subquery().label("model_id"),
+        now.label("dispatched_at"),
+    ).where(may_take)
+    statement = (
+        insert(InferenceRequest)
+        .from_select([*values, "model_id", "dispatched_at"], source)
+        .on_conflict_do_nothing(
+            index_elements=["user_id", "idempotency_key"],
+            index_where=text("idempotency_key IS NOT NULL"),
+        )
+        .returning(InferenceRequest.id, InferenceRequest.model_id)
+    )
+    row = session.execute(statement).first()
+    return Inserted(row[0], row[1]) if row else None
+
+
+def undo_dispatch(*, session: Session, request_id: uuid.UUID) -> None:
+    """The publish after the insert failed: leave the job to the outbox sweeper."""
+    session.execute(
+        update(InferenceRequest)
+        .where(InferenceRequest.id == request_id, InferenceRequest.status == RequestStatus.QUEUED)
+        .values(dispatched_at=None)
+    )
 
 
 def find_by_idempotency_key(
@@ -99,24 +206,24 @@ def _ours(request_id: uuid.UUID, worker_name: str, attempt: int) -> Any:
     )
 
 
-@dataclass(frozen=True)
-class Renewal:
-    ours: bool  # False: the job was swept or ended; stop working on it
-    cancel_requested: bool
-
-
-def renew_lease(
-    *, session: Session, request_id: uuid.UUID, worker_name: str, attempt: int, lease: timedelta
-) -> Renewal:
-    """Extend our claim, and learn whether a cancel was asked for meanwhile (the row is the
-    record of it, should the Redis signal have been lost)."""
-    row = session.execute(
+def renew_leases(
+    *, session: Session, worker_name: str, jobs: list[tuple[uuid.UUID, int]], lease: timedelta
+) -> dict[uuid.UUID, bool]:
+    """Extend this worker's claims on `jobs` ((request id, attempt) pairs) in one statement.
+    Returns, for each job still ours, whether a cancel was asked for meanwhile (the row is
+    the record of it, should the Redis signal have been lost); a job missing from the answer
+    was swept or ended, and its worker must stop writing for it."""
+    rows = session.execute(
         update(InferenceRequest)
-        .where(_ours(request_id, worker_name, attempt))
+        .where(
+            tuple_(InferenceRequest.id, InferenceRequest.attempt).in_(jobs),
+            InferenceRequest.status == RequestStatus.RUNNING,
+            InferenceRequest.worker_name == worker_name,
+        )
         .values(lease_until=func.now() + lease)
-        .returning(InferenceRequest.cancel_requested_at)
-    ).first()
-    return Renewal(ours=row is not None, cancel_requested=bool(row and row[0]))
+        .returning(InferenceRequest.id, InferenceRequest.cancel_requested_at.is_not(None))
+    ).all()
+    return {row[0]: bool(row[1]) for row in rows}
 
 
 @dataclass(frozen=True)
@@ -148,9 +255,11 @@ def finish(
     outcome: Outcome,
     first_token_at: datetime | None = None,
 ) -> bool:
-    """Write the result once, if the job is still ours; count it in the day's usage."""
+    """Write the result once, if the job is still ours, and count it in the day's usage:
+    one statement (the usage upsert feeds on the update's RETURNING, so a job that is no
+    longer ours counts nowhere)."""
     metrics = {name: (outcome.metrics or {}).get(name) for name in METRIC_COLUMNS}
-    result = session.execute(
+    finished = (
         update(InferenceRequest)
         .where(_ours(job.id, worker_name, job.attempt))
         .values(
@@ -165,14 +274,16 @@ def finish(
             lease_until=None,
             **metrics,
         )
+        .returning(InferenceRequest.id)
+        .cte("finished")
     )
-    if not result.rowcount:  # type: ignore[attr-defined]
-        return False
-    record_usage(session=session, job=job, outcome=outcome, now=utcnow())
-    return True
+    usage = _usage_upsert(job, outcome, source=finished).cte("usage")
+    counted = select(func.count()).select_from(finished).add_cte(usage)
+    return bool(session.execute(counted).scalar())
 
 
-def record_usage(*, session: Session, job: ClaimedJob, outcome: Outcome, now: datetime) -> None:
+def _usage_upsert(job: ClaimedJob, outcome: Outcome, *, source: Any) -> Any:
+    """Add one finished job to its model's row for today (UTC), once per row of `source`."""
     metrics = outcome.metrics or {}
     counts = {
         "requests": 1,
@@ -184,14 +295,14 @@ def record_usage(*, session: Session, job: ClaimedJob, outcome: Outcome, now: da
         "total_duration_ns": int(metrics.get("total_duration") or 0),
         "queue_wait_ms": int((job.started_at - job.queued_at).total_seconds() * 1000),
     }
-    statement = insert(ModelUsageStats).values(model_name=job.model_name, day=now.date(), **counts)
     table = ModelUsageStats.__table__
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["model_name", "day"],
-            set_={name: table.c[name] + statement.excluded[name] for name in counts}
-            | {"updated_at": now},
-        )
+    row = {"model_name": job.model_name, "day": utcnow().date(), **counts}
+    columns = [literal(value, type_=table.c[name].type).label(name) for name, value in row.items()]
+    statement = insert(ModelUsageStats).from_select(list(row), select(*columns).select_from(source))
+    return statement.on_conflict_do_update(
+        index_elements=["model_name", "day"],
+        set_={name: table.c[name] + statement.excluded[name] for name in counts}
+        | {"updated_at": func.now()},
     )
 
 

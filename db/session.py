@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from config.settings import Settings
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, pool_size: int | None = None) -> Engine:
     return create_engine(
         settings.database_url,
-        pool_size=settings.db_pool_size,
+        pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=settings.db_pool_recycle_s,
         pool_timeout=settings.db_pool_timeout_s,
@@ -37,8 +37,9 @@ class Database:
     session_factory: sessionmaker[Session]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Database:
-        engine = build_engine(settings)
+    def from_settings(cls, settings: Settings, pool_size: int | None = None) -> Database:
+        """`pool_size` overrides DB_POOL_SIZE for a process that knows its concurrency."""
+        engine = build_engine(settings, pool_size)
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
     @contextmanager

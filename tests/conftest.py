@@ -69,9 +69,6 @@ def settings_overrides() -> dict[str, Any]:
         "ratelimit_default": "10000/minute",
         "ratelimit_login": "10000/minute",
         "ratelimit_register": "10000/minute",
-        # Tests swap the app's database for a per-test transaction; a background thread
-        # must not write through it.
-        "dispatch_mark_batch_ms": 0,
     }
 
 

@@ -19,7 +19,6 @@ from web.errors import register_error_handlers
 from web.fleet import nodes as fleet_nodes
 from web.fleet import registry as fleet_models
 from web.inference import views as inference_views
-from web.inference.dispatch_marks import DispatchMarks
 from web.metrics import init_metrics
 from web.openapi import views as openapi_views
 from web.realtime.hub import Hub
@@ -29,13 +28,13 @@ from web.realtime.socket import SocketRegistry
 from web.realtime.views import init_realtime
 from web.request_context import init_request_context
 from web.security.hygiene import init_hygiene
+from web.security.principal_cache import PrincipalCache
 from web.security.ratelimit import init_rate_limits
 from web.security.tokens import init_jwt
 from web.system import views as system_views
 from web.users import admin as users_admin
 from web.users import views as users_views
-from workers.celery_app import celery_app
-from workers.celery_app import configure as configure_celery
+from workers.celery_app import create_celery_app
 from workers.events import EventLog
 from workers.live_config import LiveConfig
 
@@ -78,7 +77,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     init_hygiene(app, cors_origins=settings.cors_origins, trusted_proxies=settings.trusted_proxies)
 
     health.init_health(app, settings)
-    configure_celery(celery_app, settings)  # publish to this app's broker
+    app.extensions["celery"] = create_celery_app(settings)  # publishes to this app's broker
+    app.extensions["principal_cache"] = PrincipalCache(
+        app.extensions["redis"], ttl_s=settings.principal_cache_s
+    )
     # Events and cancel signals live where the workers look for them: REDIS_URL (the cache
     # may be moved elsewhere with CACHE_REDIS_URL).
     events_redis = _redis(settings.redis_url, settings)
@@ -99,9 +101,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             interval_s=settings.system_metrics_interval_s,
         ),
     )
-    app.extensions["dispatch_marks"] = DispatchMarks(
-        lambda: app.extensions["db"], settings.dispatch_mark_batch_ms
-    )
     for blueprint in (
         auth_views.bp,
         users_views.bp,
@@ -117,6 +116,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     init_realtime(app)
     init_metrics(app)
-    init_rate_limits(app, settings)
+    init_rate_limits(app, settings, _redis(settings.limiter_storage_url, settings))
     cli.register(app)
     return app

@@ -30,6 +30,7 @@ def get_session() -> Session:
             ip_address=request.remote_addr,
             user_agent=request.user_agent.string[:512] or None,
             request_id=g.get("request_id"),
+            user_id=g.get("audit_user_id"),  # once the caller is known
         )
         g.db_session = session
     return g.db_session  # type: ignore[no-any-return]

@@ -80,6 +80,12 @@ class ValidationFailed(APIError):
     message = "The request is not valid."
 
 
+class TooManyRequests(APIError):
+    status_code = 429
+    code = "rate_limited"
+    message = "Too many requests; slow down."
+
+
 class ServiceUnavailable(APIError):
     status_code = 503
     code = "service_unavailable"

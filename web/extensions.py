@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from celery import Celery
 from flask import current_app
 
 from config.runtime import RuntimeConfig
@@ -16,3 +17,9 @@ def current_settings() -> Settings:
 def current_config() -> RuntimeConfig:
     """The run-time config (system config over the environment), at most seconds old."""
     return current_app.extensions["live_config"].current()  # type: ignore[no-any-return]
+
+
+def current_celery() -> Celery:
+    """The app's Celery client, for publishing (workers/dispatch.py)."""
+    celery: Celery = current_app.extensions["celery"]
+    return celery

@@ -28,7 +28,8 @@ from db.fleet import NodeReport
 from db.models import EngineKind
 from db.session import Database
 from workers import metrics, runtime
-from workers.celery_app import celery_app, queue_for_node
+from workers.celery_app import create_celery_app
+from workers.dispatch import queue_for_node
 from workers.engines import make_engine
 from workers.engines.base import Engine, EngineError
 from workers.events import EventLog
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     # Celery calls a worker "celery@<name>" when the name has no "@"; control commands
     # (add_consumer, shutdown) are addressed by that full name.
     celery_hostname = name if "@" in name else f"celery@{name}"
-    database = Database.from_settings(settings)
+    # A connection per slot, plus the watcher, the heartbeat and a sweep: never opened and
+    # closed per job.
+    database = Database.from_settings(settings, pool_size=args.slots + 3)
+    celery_app = create_celery_app(settings)
+    celery_app.set_default()  # the app our @shared_task tasks run under
     redis = Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     rt = runtime.Runtime(
         settings=settings,
         database=database,
+        celery=celery_app,
         redis=redis,
         events=EventLog(redis, ttl_s=settings.event_ttl_s),
         # The cache's Redis, where the web process invalidates what it changes.
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         heartbeat.stop.set()
+        rt.watcher.stop()
         go_offline(rt, reason="worker stopped")
 
 

@@ -1,18 +1,17 @@
-"""The Celery app: built from settings alone, so task modules and workers never need Flask.
-
-`celery -A workers.celery_app worker|beat|flower` and `python -m workers run` both use it;
-the web app calls `configure()` with its own settings so it publishes to the same broker.
+"""The Celery app, built from settings by one factory that every side calls: the web app
+(to publish), `python -m workers run` (to consume) and the `celery` command line (beat,
+Flower, inspect), which finds `app` here. Tasks are `@shared_task`s published by name
+(workers/dispatch.py), so no side imports another's task modules to send work.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from config.settings import Settings, get_settings
-
-# Kombu's Redis transport serves priority 0 first; our API says 9 is most urgent.
-PRIORITY_STEPS = list(range(10))
-
+from workers.dispatch import PRIORITY_STEPS
 
 # Maintenance (workers/tasks/maintenance.py, docs/maintenance.md), in seconds.
 DASHBOARD_REFRESH_S = 60
@@ -20,19 +19,7 @@ AUDIT_PARTITIONS_S = 24 * 3600
 CLEANUP_S = 3600
 
 
-def queue_for_model(model_name: str) -> str:
-    return f"model.{model_name}"
-
-
-def queue_for_node(node_name: str) -> str:
-    return f"node.{node_name}"
-
-
-def broker_priority(api_priority: int) -> int:
-    return 9 - api_priority
-
-
-def configure(app: Celery, settings: Settings) -> None:
+def _configure(app: Celery, settings: Settings) -> None:
     # The broker must not hand a job to a second worker while the first may still be
     # generating it (celery#5935): wait longer than the longest generation allowed.
     visibility_timeout = settings.max_generation_s + 2 * settings.lease_ttl_s + 60
@@ -95,28 +82,34 @@ def configure(app: Celery, settings: Settings) -> None:
             },
         },
     )
-    # Publisher pools are per broker URL (kombu keeps one per URL); a second app in one
-    # process (tests, tools) that names another broker must not reuse the first one's.
-    # Old pools are dropped, not closed: kombu's registry may still hand them out.
-    app._pool = None
-    if "amqp" in app.__dict__:
-        app.amqp._producer_pool = None
 
 
-def create_celery_app(settings: Settings | None = None) -> Celery:
-    app = Celery(
-        "ollamamax",
-        include=[
-            "workers.tasks.inference",
-            "workers.tasks.sweepers",
-            "workers.tasks.maintenance",
-            "workers.tasks.models",
-        ],
-    )
-    configure(app, settings or get_settings())
-    app.set_default()
+TASK_MODULES = [
+    "workers.tasks.inference",
+    "workers.tasks.sweepers",
+    "workers.tasks.maintenance",
+    "workers.tasks.models",
+]
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    """A Celery app for `settings`' broker. Each caller builds its own (one per process,
+    or per test app), so none reconfigures another's."""
+    app = Celery("ollamamax", include=TASK_MODULES, set_as_current=False)
+    _configure(app, settings)
     return app
 
 
-celery_app = create_celery_app()
-app = celery_app  # `celery -A workers.celery_app` looks for `app` or `celery`
+_cli_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`app` (and `celery_app`) for the `celery -A workers.celery_app` command line, built
+    from the environment on first use and made the default for its `@shared_task`s."""
+    global _cli_app
+    if name not in ("app", "celery_app"):
+        raise AttributeError(name)
+    if _cli_app is None:
+        _cli_app = create_celery_app(get_settings())
+        _cli_app.set_default()
+    return _cli_app

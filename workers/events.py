@@ -3,7 +3,9 @@ Stream per request to replay from, so a reader that subscribes first and then re
 after its last `seq` sees every event exactly once.
 
 One Lua script numbers, stores and publishes each event, so numbering and publication
-never diverge (two workers for one request still get distinct, increasing numbers).
+never diverge (two workers for one request still get distinct, increasing numbers). The
+keys' time to live is set by the first event and renewed by every status event (a job's
+life has a few), not by each of its many token events.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,24 @@ _PUBLISH = """
 local seq = redis.call('INCR', KEYS[1])
 local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'event', event)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+if seq == 1 or ARGV[4] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
 redis.call('PUBLISH', KEYS[3], event)
 if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[4], event) end
 return seq
 """
+
+
+class Event(NamedTuple):
+    request_id: uuid.UUID | str
+    type: str
+    fields: dict[str, Any]
+
+
+def event(request_id: uuid.UUID | str, event_type: str, **fields: Any) -> Event:
+    return Event(request_id, event_type, fields)
 
 
 class EventLog:
@@ -48,12 +62,33 @@ class EventLog:
         """Append one event; returns its sequence number."""
         return int(self._script(*self._call(request_id, event_type, fields)))
 
-    def publish_many(self, events: list[tuple[uuid.UUID | str, str, dict[str, Any]]]) -> list[int]:
-        """Append (request_id, event_type, fields) events in one round trip."""
+    def publish_many(
+        self,
+        events: list[Event] | list[tuple[uuid.UUID | str, str, dict[str, Any]]],
+        delete: list[str] | None = None,
+    ) -> list[int]:
+        """Append (request_id, event_type, fields) events in order, and then delete the
+        `delete` keys, in one round trip; returns the events' sequence numbers.
+
+        The pipeline calls the script by its digest: redis-py's pipelined scripts would ask
+        SCRIPT EXISTS first, a second round trip every time. A Redis that lost the script
+        (a restart) answers NOSCRIPT for all of them, and nothing ran: load it and go again.
+        """
+        try:
+            return self._pipelined(events, delete)
+        except NoScriptError:
+            self.redis.script_load(_PUBLISH)
+            return self._pipelined(events, delete)
+
+    def _pipelined(self, events: Any, delete: list[str] | None) -> list[int]:
         with self.redis.pipeline(transaction=False) as pipe:
             for request_id, event_type, fields in events:
-                self._script(*self._call(request_id, event_type, fields), client=pipe)
-            return [int(seq) for seq in pipe.execute()]
+                keys, args = self._call(request_id, event_type, fields)
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            if delete:
+                pipe.delete(*delete)
+            results = pipe.execute()
+        return [int(seq) for seq in results[: len(events)]]
 
     def _call(
         self, request_id: uuid.UUID | str, event_type: str, fields: dict[str, Any]

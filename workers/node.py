@@ -20,7 +20,7 @@ from db.fleet import (
 )
 from db.models import NodeStatus
 from workers.cache import VersionedCache
-from workers.celery_app import queue_for_model
+from workers.dispatch import queue_for_model
 from workers.engines.base import EngineError
 from workers.events import announce
 from workers.gpu import GpuInfo, find

@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from celery import Celery
 from redis import Redis
 
 from config.settings import Settings
@@ -15,12 +16,14 @@ from db.session import Database
 from workers.engines.base import Engine
 from workers.events import EventLog
 from workers.live_config import LiveConfig
+from workers.watch import Watcher
 
 
 @dataclass
 class Runtime:
     settings: Settings
     database: Database
+    celery: Celery  # the app this worker consumes with and publishes through
     redis: Redis
     events: EventLog
     config: LiveConfig
@@ -36,6 +39,11 @@ class Runtime:
     # Set when the worker is asked to stop: running jobs then get `shutdown_grace_s` to
     # finish before they are handed back to the queue.
     stopping_since: float | None = None
+    # Cancel requests and leases of every job this process runs (workers/watch.py).
+    watcher: Watcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watcher = Watcher(self)
 
     def begin_stopping(self) -> None:
         if self.stopping_since is None:
@@ -66,7 +74,3 @@ def current() -> Runtime:
     if _runtime is None:
         raise RuntimeError("no worker runtime: start workers with `python -m workers run`")
     return _runtime
-
-
-def cancel_key(request_id: uuid.UUID | str) -> str:
-    return f"omx:req:{request_id}:cancel"

@@ -39,7 +39,6 @@ from tests.ops.pgbouncer import (
 from tests.pipeline.conftest import Worker, wait_for
 from tests.support.identity import bearer
 from tests.support.ws import connect, read_until_closed
-from workers.celery_app import celery_app
 
 # Session-bound SQL that transaction pooling breaks; only transaction-scoped forms may run.
 _INLINE = (
@@ -242,7 +241,7 @@ def test_maintenance_jobs_and_sweeps_run_through_pgbouncer(
         "maintenance.cleanup",
         "maintenance.stale_nodes",
     ):
-        celery_app.send_task(name, queue="default")
+        api_app.extensions["celery"].send_task(name, queue="default")
     expected = ("dashboard_stats refreshed at", "audit partitions", "cleanup (retention")
     wait_for(lambda: all(line in worker.log() for line in expected), timeout=20)
     sweeps = {"sweep.expired_leases", "sweep.undispatched"}

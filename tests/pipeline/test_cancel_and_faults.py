@@ -14,7 +14,7 @@ from db.session import Database
 from tests.ollama_double.behaviour import tokens_for
 from tests.pipeline.conftest import Double, Worker, wait_for
 from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
-from workers.dispatch import dispatch
+from workers.dispatch import publish_inference
 
 pytestmark = pytest.mark.usefixtures("beat", "fresh_double")
 
@@ -147,7 +147,7 @@ def test_a_poison_job_fails_instead_of_looping(
             status="queued",
         )
         session.add(row)
-    assert dispatch(row.id, row.model_name, 5)
+    assert publish_inference(api.application.extensions["celery"], row.id, row.model_name, 5)
     result = finished(api, user_headers, str(row.id))
     assert result["status"] == "failed"
     assert result["error_code"] == "internal_error"

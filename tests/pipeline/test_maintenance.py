@@ -25,7 +25,7 @@ from db.system_config import store_values
 from tests.factories import InferenceRequestFactory, UserFactory
 from tests.pipeline.conftest import Double, node_online, start_beat, wait_for
 from workers import runtime
-from workers.celery_app import celery_app
+from workers.celery_app import create_celery_app
 from workers.events import EventLog
 from workers.live_config import LiveConfig
 from workers.tasks import maintenance
@@ -109,6 +109,7 @@ def _install(settings_overrides: dict[str, Any], database: Database, redis: Redi
         runtime.Runtime(
             settings=settings,
             database=database,
+            celery=create_celery_app(settings),
             redis=redis,
             events=EventLog(redis, ttl_s=settings.event_ttl_s),
             config=LiveConfig(settings, database, redis),
@@ -293,7 +294,8 @@ def test_a_job_whose_lock_is_held_elsewhere_does_nothing(
     assert maintenance.cleanup()["inference_requests"] == 1
 
 
-def test_beat_schedules_every_job_with_an_expiry() -> None:
+def test_beat_schedules_every_job_with_an_expiry(settings_overrides: dict[str, Any]) -> None:
+    celery_app = create_celery_app(build_settings(settings_overrides))
     schedule = {entry["task"]: entry for entry in celery_app.conf.beat_schedule.values()}
     for task in (
         maintenance.STALE_NODES,

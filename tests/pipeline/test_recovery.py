@@ -12,7 +12,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from config.settings import build_settings
 from db.models import InferenceRequest
 from db.session import Database
 from tests.conftest import free_port, make_committed_user
@@ -22,8 +21,7 @@ from tests.pipeline.conftest import Double, start_beat, wait_for
 from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
 from tests.support.identity import bearer
 from web import create_app
-from workers.celery_app import celery_app
-from workers.celery_app import configure as configure_celery
+from workers.dispatch import publish_inference
 
 pytestmark = pytest.mark.usefixtures("fresh_double")
 
@@ -159,9 +157,8 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
         holder["process"].terminate()
         holder["process"].wait(timeout=10)
 
-        from workers import dispatch as dispatch_module
-
-        assert dispatch_module.dispatch(uuid.uuid4(), "llama3.2:latest", 5) is False
+        celery = app.extensions["celery"]
+        assert publish_inference(celery, uuid.uuid4(), "llama3.2:latest", 5) is False
         accepted = submit(client, headers, prompt="waits for the broker")
         assert accepted["status"] == "queued"
         with committed.unit_of_work() as session:
@@ -178,4 +175,3 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
         beat.terminate()
         beat.wait(timeout=10)
         worker.stop()
-        configure_celery(celery_app, build_settings(settings_overrides))

@@ -19,10 +19,9 @@ from db.models import RequestKind
 from web.database import end_unit_of_work
 from web.errors import APIError
 from web.extensions import current_settings
-from web.inference.submission import abandon, accept
+from web.inference.service import abandon, accept, final_state
 from web.realtime.follow import follow
 from web.realtime.relay import current_relay
-from web.realtime.streams import final_state
 from web.schemas.inference import ChatRequest, GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -74,10 +73,9 @@ def validated(schema: type[BaseModel], body: dict[str, Any], *, known_only: bool
 def start(kind: RequestKind, job: GenerateRequest | ChatRequest, source: str) -> uuid.UUID:
     """Persist and queue the job, and commit now: it must be in the queue before anyone
     waits for its events (and the request's database session must not be held meanwhile)."""
-    row, _ = accept(kind, job, source=source)
-    request_id = row.id
+    accepted = accept(kind, job, source=source)
     end_unit_of_work()
-    return request_id
+    return accepted.id
 
 
 def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:

@@ -22,6 +22,7 @@ from db.fleet import canonical_model_name
 from db.models import Model, Node, NodeStatus, ReplicaStatus
 from web.database import after_commit, get_session
 from web.errors import Conflict, NotFound
+from web.extensions import current_celery
 from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
 from web.openapi import documented
 from web.pagination import paginate
@@ -41,7 +42,7 @@ from web.schemas.fleet import (
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
 from web.validation import load_body, load_query
-from workers.celery_app import celery_app, queue_for_node
+from workers.dispatch import MODEL_DELETE, MODEL_PULL, publish_to_node
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1/models")
 
@@ -199,9 +200,7 @@ def pull_model(model_id: uuid.UUID) -> tuple[Response, int]:
 
     def send() -> None:
         for node_id, node_name in targets:
-            celery_app.send_task(
-                "models.pull", args=[name, str(node_id)], queue=queue_for_node(node_name)
-            )
+            publish_to_node(current_celery(), MODEL_PULL, [name, str(node_id)], node_name)
 
     after_commit(send)
     audit(
@@ -228,11 +227,11 @@ def remove_replica(model_id: uuid.UUID, node_id: uuid.UUID) -> tuple[Response, i
     if node is None or not mark_removing(session=session, model_id=model.id, node_id=node_id):
         raise NotFound("That node has no replica of this model.")
     name, node_name = model.name, node.name
-    after_commit(
-        lambda: celery_app.send_task(
-            "models.delete", args=[name, str(node_id)], queue=queue_for_node(node_name)
-        )
-    )
+
+    def send() -> None:
+        publish_to_node(current_celery(), MODEL_DELETE, [name, str(node_id)], node_name)
+
+    after_commit(send)
     audit(
         "model.replica_removal_requested",
         resource_type="model",

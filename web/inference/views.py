@@ -10,7 +10,13 @@ from sqlalchemy import select
 from db.models import InferenceRequest, RequestKind, RequestStatus
 from web.database import get_session
 from web.errors import Conflict, NotFound
-from web.inference.submission import IDEMPOTENCY_KEY, cancel, submit
+from web.inference.service import (
+    IDEMPOTENCY_KEY,
+    Accepted,
+    accept,
+    cancel,
+    visible_request,
+)
 from web.openapi import Header, documented
 from web.pagination import paginate
 from web.schemas.common import Page
@@ -18,6 +24,7 @@ from web.schemas.inference import (
     CancelAccepted,
     ChatRequest,
     GenerateRequest,
+    Links,
     RequestDetail,
     RequestListQuery,
     RequestRead,
@@ -58,7 +65,7 @@ SUBMIT_NOTE = (
 )
 @require(Permission.INFERENCE_SUBMIT)
 def generate() -> tuple[Response, int]:
-    return submit(RequestKind.GENERATE, load_body(GenerateRequest))
+    return _submitted(accept(RequestKind.GENERATE, load_body(GenerateRequest)))
 
 
 @bp.post("/chat")
@@ -71,18 +78,15 @@ def generate() -> tuple[Response, int]:
 )
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> tuple[Response, int]:
-    return submit(RequestKind.CHAT, load_body(ChatRequest))
+    return _submitted(accept(RequestKind.CHAT, load_body(ChatRequest)))
 
 
-def visible_request(request_id: uuid.UUID) -> InferenceRequest:
-    """The request if the caller may see it; 404 otherwise (ids cannot be probed)."""
-    row = get_session().get(InferenceRequest, request_id)
-    principal = authenticated()
-    if row is None or (
-        row.user_id != principal.user_id and not principal.can(Permission.INFERENCE_READ_ALL)
-    ):
-        raise NotFound("No such request.")
-    return row
+def _submitted(job: Accepted) -> tuple[Response, int]:
+    links = Links(
+        self=url_for("inference.read_request", request_id=job.id), ws=f"/ws/inference/{job.id}"
+    )
+    body = Submitted(id=job.id, status=job.status, links=links)
+    return jsonify(body.model_dump(mode="json")), 202 if job.created else 200
 
 
 @bp.get("/requests")

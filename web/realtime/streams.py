@@ -17,12 +17,11 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.models import TERMINAL_STATUSES, InferenceRequest
-from web.database import get_db
+from db.models import TERMINAL_STATUSES
+from web.inference.service import final_state
 from web.realtime.hub import HubUnavailable
 from web.realtime.relay import Relay
 from web.realtime.socket import NORMAL, TRY_AGAIN_LATER, RelaySocket
-from web.schemas.inference import RequestRead
 from workers.events import CHANNEL
 
 log = logging.getLogger(__name__)
@@ -30,15 +29,6 @@ log = logging.getLogger(__name__)
 # Quiet heartbeats between database checks of a stream's request (randomised up to twice).
 DB_CHECK_EVERY = 2
 REPLAY_PAGE = 1000  # stored events read and sent at a time
-
-
-def final_state(request_id: uuid.UUID) -> dict[str, Any] | None:
-    """The request as the REST API shows it, if it has finished."""
-    with get_db().unit_of_work() as session:
-        row = session.get(InferenceRequest, request_id)
-        if row is None or row.status not in TERMINAL_STATUSES:
-            return None
-        return RequestRead.model_validate(row).model_dump(mode="json")
 
 
 class RequestStream:

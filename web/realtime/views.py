@@ -26,7 +26,7 @@ from db.models import TERMINAL_STATUSES
 from web.database import end_unit_of_work, get_db
 from web.errors import BadRequest, Forbidden
 from web.extensions import current_settings
-from web.inference.views import visible_request
+from web.inference.service import visible_request
 from web.openapi import SOCKET, documented
 from web.realtime.access import Access
 from web.realtime.relay import current_relay

@@ -1,7 +1,8 @@
 """Who is calling: a user behind a JWT or an API key, and what they may do.
 
 Both credentials arrive as `Authorization: Bearer <token>`; API keys are recognised by their
-`omx_` marker. The principal is resolved once per request and kept on `g`.
+`omx_` marker. The principal is resolved once per request and kept on `g`; what a credential
+resolves to is also remembered for a few seconds in-process (web/security/principal_cache.py).
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import g, request
+from flask import current_app, g, request
 from flask_jwt_extended import get_current_user, get_jwt, verify_jwt_in_request
 
 from db.base import utcnow
@@ -24,6 +25,7 @@ from web.database import get_session
 from web.errors import Forbidden, Unauthorized
 from web.security import api_keys
 from web.security.policy import Permission, permissions_for
+from web.security.principal_cache import PrincipalCache
 
 # Writing last_used_at on every call would turn each read into a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -33,17 +35,48 @@ ViewT = TypeVar("ViewT", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Principal:
-    user: User
+    user_id: uuid.UUID
+    role: str
     permissions: frozenset[Permission]
     family_id: uuid.UUID | None = None  # set when the caller used a login's JWT
     api_key_id: uuid.UUID | None = None  # set when the caller used an API key
 
     @property
-    def user_id(self) -> uuid.UUID:
-        return self.user.id
+    def user(self) -> User:
+        """The caller's account row, read in this request's session (for views that show or
+        change it; authorization needs only the fields above)."""
+        user = get_session().get(User, self.user_id)
+        if user is None or not _usable(user):
+            raise _invalid_credential()
+        return user
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
+
+
+@dataclass(frozen=True)
+class _KeyGrant:
+    """What an API key resolved to, as cached: checked again for expiry at every use."""
+
+    principal: Principal
+    expires_at: datetime | None
+
+
+def principal_cache() -> PrincipalCache:
+    cache: PrincipalCache = current_app.extensions["principal_cache"]
+    return cache
+
+
+def _usable(user: User) -> bool:
+    return user.is_active and user.deleted_at is None
+
+
+def _invalid_credential() -> Unauthorized:
+    return Unauthorized(
+        "The API key is invalid, expired or revoked.",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def _bearer_token() -> str | None:
@@ -52,14 +85,23 @@ def _bearer_token() -> str | None:
 
 
 def _from_api_key(key: str) -> Principal:
-    invalid = Unauthorized(
-        "The API key is invalid, expired or revoked.",
-        code="invalid_api_key",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    cache_key = f"apikey:{api_keys.hash_key(key)}"
+    grant: _KeyGrant | None = principal_cache().get(cache_key)
+    if grant is None:
+        grant = _load_api_key(key)
+        principal = grant.principal
+        principal_cache().put(
+            cache_key, grant, tags=(f"user:{principal.user_id}", f"key:{principal.api_key_id}")
+        )
+    if grant.expires_at is not None and grant.expires_at <= utcnow():
+        raise _invalid_credential()
+    return grant.principal
+
+
+def _load_api_key(key: str) -> _KeyGrant:
     prefix = api_keys.prefix_of(key)
     if prefix is None:
-        raise invalid
+        raise _invalid_credential()
     session = get_session()
     row = find_api_key(session=session, prefix=prefix)
     now = utcnow()
@@ -69,20 +111,35 @@ def _from_api_key(key: str) -> Principal:
         or row.revoked_at is not None
         or (row.expires_at is not None and row.expires_at <= now)
     ):
-        raise invalid
+        raise _invalid_credential()
     user = session.get(User, row.user_id)
-    if user is None or not user.is_active or user.deleted_at is not None:
-        raise invalid
+    if user is None or not _usable(user):
+        raise _invalid_credential()
+    # Written at most once a minute per key (and per cache miss): a read is not a write.
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
-    return Principal(user, permissions_for(user.role, list(row.scopes)), api_key_id=row.id)
+    principal = Principal(
+        user.id, user.role, permissions_for(user.role, list(row.scopes)), api_key_id=row.id
+    )
+    return _KeyGrant(principal, row.expires_at)
 
 
 def _from_jwt() -> Principal | None:
+    """flask-jwt-extended checks the signature, expiry and revocation (web/security/tokens.py
+    answers the last from the cache when it can) and loads the account (likewise)."""
     if verify_jwt_in_request(optional=True) is None:
         return None
-    user = cast(User, get_current_user())
-    return Principal(user, permissions_for(user.role), family_id=uuid.UUID(str(get_jwt()["fam"])))
+    account = cast(Account, get_current_user())
+    family = uuid.UUID(str(get_jwt()["fam"]))
+    return Principal(account.id, account.role, permissions_for(account.role), family_id=family)
+
+
+@dataclass(frozen=True)
+class Account:
+    """The fields of a user row that authorization needs; what the JWT user loader returns."""
+
+    id: uuid.UUID
+    role: str
 
 
 def current_principal() -> Principal | None:
@@ -96,7 +153,10 @@ def current_principal() -> Principal | None:
             _from_api_key(token) if token and api_keys.looks_like_key(token) else _from_jwt()
         )
         if principal is not None:
-            set_audit_context(get_session(), user_id=str(principal.user_id))
+            # For the audit trigger, in this request's session, whenever it opens one.
+            g.audit_user_id = str(principal.user_id)
+            if "db_session" in g:
+                set_audit_context(g.db_session, user_id=g.audit_user_id)
         g.principal = principal
     return cast(Principal | None, g.principal)
 

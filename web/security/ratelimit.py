@@ -1,24 +1,29 @@
-"""Rate limits (flask-limiter, counters in Redis): per user when authenticated, else per IP.
+"""Rate limits, counted in Redis: every request spends from its caller's budget (per user
+when authenticated, else per IP; web/security/budget.py, one Redis call), and login and
+registration have stricter limits of their own by IP (flask-limiter).
 
-Limits are read through `configured_limit` at request time, so a run-time override (system
-config) can replace the settings' values without a restart.
+Limits are read at request time, so a run-time override (system config) can replace the
+settings' values without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
-from flask import Flask
+from flask import Flask, Response, g, request
 from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 from jwt import PyJWTError
+from redis import Redis
 
 from config.settings import Settings
-from web.errors import APIError
+from web.errors import APIError, TooManyRequests
 from web.extensions import current_config
 from web.metrics import RATE_LIMITED, route_label
+from web.security.budget import Budget, Verdict
 from web.security.principal import current_principal
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,37 @@ def _log_breach(limit: RequestLimit) -> None:
     RATE_LIMITED.labels(route_label()).inc()
 
 
-def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
-    """Attach a limiter to `app`; call after every blueprint is registered."""
+def _spend_budget(budget: Budget) -> None:
+    endpoint = request.endpoint
+    if not endpoint or endpoint in EXEMPT_ENDPOINTS or endpoint.endswith(".static"):
+        return  # no route (a 404 of its own), or one that must always answer
+    verdict = budget.spend(current_config().ratelimit_default, caller_key())
+    g.rate_verdict = verdict
+    if not verdict.allowed:
+        log.info("rate limit exceeded: %s for %s", current_config().ratelimit_default, caller_key())
+        RATE_LIMITED.labels(route_label()).inc()
+        retry_after = max(1, verdict.reset_at - int(time.time()))
+        raise TooManyRequests(headers={"Retry-After": str(retry_after)})
+
+
+def _describe_budget(response: Response) -> Response:
+    verdict: Verdict | None = g.get("rate_verdict")
+    if verdict is not None and "X-RateLimit-Limit" not in response.headers:
+        response.headers["X-RateLimit-Limit"] = str(verdict.limit)
+        response.headers["X-RateLimit-Remaining"] = str(verdict.remaining)
+        response.headers["X-RateLimit-Reset"] = str(verdict.reset_at)
+    return response
+
+
+def init_rate_limits(app: Flask, settings: Settings, storage: Redis) -> Limiter:
+    """Attach the budget (counted in `storage`, RATELIMIT_STORAGE_URL's Redis) and the
+    strict limits to `app`; call after every blueprint is registered."""
+    if settings.ratelimit_enabled:
+        budget = Budget(storage, prefix="omx:budget")
+        app.before_request(lambda: _spend_budget(budget))
+        # Registered before flask-limiter's own hook, so it runs after it (Flask runs these
+        # in reverse) and leaves the headers of a strict limit as they are.
+        app.after_request(_describe_budget)
     app.config.update(
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_STORAGE_URI=settings.limiter_storage_url,
@@ -68,13 +102,7 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         # With Redis gone, keep limiting per process rather than not at all.
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
     )
-    limiter = Limiter(
-        key_func=caller_key,
-        app=app,
-        # One budget per caller across every route (default limits would count per route).
-        application_limits=[configured_limit("ratelimit_default")],
-        on_breach=_log_breach,
-    )
+    limiter = Limiter(key_func=caller_key, app=app, on_breach=_log_breach)
     for endpoint, setting in STRICT_LIMITS.items():
         # The decorator's wrapper does the checking, so the view must be replaced by it.
         view = app.view_functions[endpoint]

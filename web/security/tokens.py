@@ -22,6 +22,7 @@ from db.models import User
 from web.database import get_session
 from web.errors import ServiceUnavailable, error_response
 from web.extensions import current_settings
+from web.security.principal import Account, principal_cache
 
 REVOKED_FAMILY_KEY = "omx:revoked:family:{}"
 
@@ -47,6 +48,8 @@ def issue_tokens(user: User, family_id: uuid.UUID) -> tuple[dict[str, Any], str]
 
 def revoke_families_now(family_ids: Iterable[uuid.UUID]) -> None:
     """Reject every access token of these families from now on (until they would expire)."""
+    family_ids = list(family_ids)
+    principal_cache().forget(family_ids=family_ids)
     ttl = current_settings().access_token_ttl_s + 60
     try:
         with _redis().pipeline(transaction=False) as pipe:
@@ -61,22 +64,34 @@ def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
     family = payload.get("fam")
     if not family:
         return True  # every token we issue names its family
+    cache_key = f"family:{family}"
+    if principal_cache().get(cache_key):
+        return False  # seen live moments ago; a logout evicts it (principal_cache.py)
     try:
-        return bool(_redis().exists(REVOKED_FAMILY_KEY.format(family)))
+        revoked = bool(_redis().exists(REVOKED_FAMILY_KEY.format(family)))
     except RedisError as error:
         # Fail closed: without the blocklist we cannot tell a logged-out token from a live one.
         raise ServiceUnavailable("Token revocation cannot be checked right now.") from error
+    if not revoked:
+        principal_cache().put(cache_key, True, tags=(cache_key, f"user:{payload.get('sub')}"))
+    return revoked
 
 
-def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
+def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> Account | None:
     try:
         user_id = uuid.UUID(str(payload["sub"]))
     except (KeyError, ValueError):
         return None
+    cache_key = f"user:{user_id}"
+    account: Account | None = principal_cache().get(cache_key)
+    if account is not None:
+        return account
     user = get_session().get(User, user_id)
     if user is None or not user.is_active or user.deleted_at is not None:
         return None
-    return user
+    account = Account(user.id, user.role)
+    principal_cache().put(cache_key, account, tags=(cache_key,))
+    return account
 
 
 def _unauthorized(code: str, message: str) -> Response:

@@ -7,9 +7,29 @@ import uuid
 from db.credentials import live_families, revoke_families, revoke_user_api_keys
 from db.models import Role, User
 from db.users import count_active_admins, erase_personal_data, lock_admins
-from web.database import get_session
+from web.database import after_commit, get_session
 from web.errors import Conflict
+from web.security.principal import principal_cache
 from web.security.tokens import revoke_families_now
+
+
+def forget_credentials(
+    *, user_ids: list[uuid.UUID] | None = None, api_key_ids: list[uuid.UUID] | None = None
+) -> None:
+    """After a change to accounts or keys: every process stops serving what it remembered
+    about them, now and again once the change is committed (a request racing the commit
+    could otherwise remember the old rows again)."""
+
+    def forget() -> None:
+        principal_cache().forget(user_ids=user_ids or (), api_key_ids=api_key_ids or ())
+
+    forget()
+    after_commit(forget)
+
+
+def revoke_all_api_keys(user_id: uuid.UUID) -> None:
+    revoke_user_api_keys(session=get_session(), user_id=user_id)
+    forget_credentials(user_ids=[user_id])
 
 
 def end_logins(family_ids: list[uuid.UUID], *, reason: str) -> None:
@@ -32,7 +52,7 @@ def end_sessions(
 def erase_account(user: User) -> None:
     """Every credential revoked, personal data anonymised, aggregate usage kept."""
     end_sessions(user.id, reason="account_deleted")
-    revoke_user_api_keys(session=get_session(), user_id=user.id)
+    revoke_all_api_keys(user.id)
     erase_personal_data(session=get_session(), user=user)
 
 

@@ -7,7 +7,6 @@ import uuid
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import ColumnElement, func, or_, select
 
-from db.credentials import revoke_user_api_keys
 from db.models import Role, User
 from web.database import get_session
 from web.errors import NotFound
@@ -18,7 +17,13 @@ from web.schemas.common import Page
 from web.schemas.users import UserAdminUpdate, UserListQuery, UserRead
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
-from web.users.accounts import end_sessions, erase_account, refuse_removing_last_admin
+from web.users.accounts import (
+    end_sessions,
+    erase_account,
+    forget_credentials,
+    refuse_removing_last_admin,
+    revoke_all_api_keys,
+)
 from web.validation import load_body, load_query
 
 bp = Blueprint("users_admin", __name__, url_prefix="/api/v1/users")
@@ -75,7 +80,7 @@ def update_user(user_id: uuid.UUID) -> Response:
         user.is_active = change.is_active
     if disabled:
         end_sessions(user.id, reason="account_disabled")
-        revoke_user_api_keys(session=get_session(), user_id=user.id)
+        revoke_all_api_keys(user.id)
     if change.unlock:
         user.failed_login_count = 0
         user.first_failed_login_at = None
@@ -88,6 +93,7 @@ def update_user(user_id: uuid.UUID) -> Response:
         )
     after = {"role": user.role, "is_active": user.is_active}
     if before != after:
+        forget_credentials(user_ids=[user.id])
         audit(
             "user.role_changed" if before["role"] != after["role"] else "user.updated",
             user_id=authenticated().user_id,

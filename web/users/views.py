@@ -13,7 +13,6 @@ from db.credentials import (
     add_api_key,
     list_api_keys,
     list_live_sessions,
-    revoke_user_api_keys,
     utcnow,
 )
 from db.models import ApiKey, AuditLogEntry, InferenceRequest, UserSession
@@ -39,7 +38,14 @@ from web.security import api_keys
 from web.security.passwords import hash_password, verify_password
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
-from web.users.accounts import end_logins, end_sessions, erase_account, refuse_removing_last_admin
+from web.users.accounts import (
+    end_logins,
+    end_sessions,
+    erase_account,
+    forget_credentials,
+    refuse_removing_last_admin,
+    revoke_all_api_keys,
+)
 from web.validation import load_body
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
@@ -165,7 +171,7 @@ def update_profile() -> Response:
         user.password_hash = hash_password(change.new_password, current_settings().bcrypt_rounds)
         # Whoever else holds a login or a key must prove they know the new password.
         end_sessions(user.id, reason="password_changed", except_family=principal.family_id)
-        revoke_user_api_keys(session=get_session(), user_id=user.id)
+        revoke_all_api_keys(user.id)
         changed.append("password")
     audit(
         "user.profile_updated",
@@ -246,6 +252,7 @@ def revoke_api_key(key_id: uuid.UUID) -> tuple[str, int]:
         raise NotFound("No such API key.")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        forget_credentials(api_key_ids=[row.id])
         audit(
             "api_key.revoked",
             user_id=principal.user_id,

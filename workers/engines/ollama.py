@@ -68,6 +68,12 @@ class OllamaEngine:
         try:
             with _faults():
                 for part in parts:
+                    if part.done:
+                        # Read the stream to its end before handing over the last chunk: a
+                        # response closed unread takes its connection with it, and the next
+                        # job would pay for a new one.
+                        for _ in parts:
+                            pass
                     yield _chunk(kind, part)
         finally:
             close = getattr(parts, "close", None)

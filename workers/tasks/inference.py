@@ -1,17 +1,17 @@
 """`inference.run(request_id)`: claim a queued job, stream it from the engine, publish its
 events, write its result once.
 
-The claim is a compare-and-set, so a duplicate delivery is a no-op. While the job runs a
-watcher thread renews its lease and looks for a cancel request; the streaming loop acts on
-both between chunks. Engine faults are retried with backoff and jitter; output already
-streamed is then announced as restarted, so readers never see text twice.
+The claim is a compare-and-set, so a duplicate delivery is a no-op. While the job runs the
+process's watcher (workers/watch.py) renews its lease and looks for a cancel request; the
+streaming loop acts on both between chunks. Engine faults are retried with backoff and
+jitter; output already streamed is then announced as restarted, so readers never see text
+twice.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -20,19 +20,14 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.inference import (
-    ClaimedJob,
-    Outcome,
-    claim,
-    finish,
-    hand_back,
-    mark_dispatched,
-    renew_lease,
-)
+from db.inference import ClaimedJob, Outcome, claim, finish, hand_back
 from db.models import RequestStatus
 from workers import metrics, runtime
+from workers.dispatch import republish
 from workers.engines.base import EngineError
-from workers.runtime import Runtime, cancel_key
+from workers.events import Event, event
+from workers.runtime import Runtime
+from workers.watch import JobWatch, cancel_key
 
 log = logging.getLogger(__name__)
 
@@ -55,55 +50,6 @@ class HandBack(Exception):
     """The worker is stopping and the job did not finish within the grace period."""
 
 
-class JobWatch(threading.Thread):
-    """Renews the lease every third of its life and polls for a cancel request.
-
-    The job counts as lost when the lease could not be renewed for longer than it lasts
-    (minus a margin): by then the sweeper may have given it to another worker, so this one
-    must stop writing, even while it can still reach Redis and the engine.
-    """
-
-    POLL_S = 0.2
-
-    def __init__(self, rt: Runtime, job: ClaimedJob) -> None:
-        super().__init__(name=f"watch-{job.id}", daemon=True)
-        self.rt, self.job = rt, job
-        self.stop = threading.Event()
-        self.cancelled = threading.Event()
-        self.lost = threading.Event()
-
-    def run(self) -> None:
-        ttl = float(self.rt.settings.lease_ttl_s)
-        lease = timedelta(seconds=ttl)
-        renewed_at = time.monotonic()
-        next_renewal = renewed_at + ttl / 3
-        while not self.stop.wait(self.POLL_S):
-            now = time.monotonic()
-            if now - renewed_at > ttl * 5 / 6:
-                self.lost.set()
-                return
-            try:
-                if self.rt.redis.exists(cancel_key(self.job.id)):
-                    self.cancelled.set()
-                if now >= next_renewal:
-                    with self.rt.database.unit_of_work() as session:
-                        renewal = renew_lease(
-                            session=session,
-                            request_id=self.job.id,
-                            worker_name=self.rt.worker_name,
-                            attempt=self.job.attempt,
-                            lease=lease,
-                        )
-                    if not renewal.ours:
-                        self.lost.set()
-                        return
-                    if renewal.cancel_requested:
-                        self.cancelled.set()
-                    renewed_at, next_renewal = now, now + ttl / 3
-            except Exception:  # keep watching: one failed poll must not end the job
-                log.exception("watching request %s failed once", self.job.id)
-
-
 class JobRunner:
     def __init__(self, rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
         self.rt, self.job, self.watch = rt, job, watch
@@ -111,6 +57,7 @@ class JobRunner:
         self.max_generation_s = rt.config.current().max_generation_s
         self.deadline = time.monotonic() + self.max_generation_s
         self.parts: list[str] = []
+        self.pending: list[str] = []  # streamed text not yet published
         self.first_token_at: datetime | None = None
         # This process's clock, for the time-to-first-token histogram (the claim's time comes
         # from the database, whose clock may differ from this host's).
@@ -148,6 +95,7 @@ class JobRunner:
                     attempts,
                     error,
                 )
+                self.pending = []  # this try's text is void either way
                 if self.parts:
                     self.parts = []
                     self.rt.events.publish(
@@ -193,28 +141,30 @@ class JobRunner:
         return body
 
     def _stream_once(self) -> Outcome:
+        """One try at the engine. The first token is published at once (it is what a caller
+        waits for); later ones are coalesced for TOKEN_COALESCE_MS into one event. Text not
+        yet published when the stream ends stays in `pending`, and goes out with the final
+        events in one round trip."""
         coalesce_s = self.settings.token_coalesce_ms / 1000
-        pending: list[str] = []
         pending_since = 0.0
         extras: dict[str, Any] = {}
+        self.pending = []
         stream = self.rt.engine.stream(self.job.kind, self._engine_body())
         try:
             for chunk in stream:
                 self._check()
                 _accumulate(extras, chunk.message_extras)
                 if chunk.text:
-                    if self.first_token_at is None:
+                    first = self.first_token_at is None
+                    if first:
                         self.first_token_at = datetime.now(UTC)
                         self.seconds_to_first_token = time.monotonic() - self.started_monotonic
-                    if not pending:
+                    if not self.pending:
                         pending_since = time.monotonic()
                     self.parts.append(chunk.text)
-                    pending.append(chunk.text)
-                if pending and (chunk.done or time.monotonic() - pending_since >= coalesce_s):
-                    self.rt.events.publish(
-                        self.job.id, "token", text="".join(pending), attempt=self.job.attempt
-                    )
-                    pending = []
+                    self.pending.append(chunk.text)
+                    if not chunk.done and (first or time.monotonic() - pending_since >= coalesce_s):
+                        self._publish_pending()
                 if chunk.done:
                     message = (
                         {"role": "assistant", "content": "".join(self.parts), **extras}
@@ -236,6 +186,39 @@ class JobRunner:
         finally:
             stream.close()  # tells the engine to stop if we are leaving early
 
+    def _publish_pending(self) -> None:
+        self.rt.events.publish(
+            self.job.id, "token", text="".join(self.pending), attempt=self.job.attempt
+        )
+        self.pending = []
+
+    def final_events(self, outcome: Outcome) -> list[Event]:
+        """What readers get once the result is stored: the text not yet published, then
+        `done` (completed jobs) and the terminal status."""
+        job, events = self.job, []
+        if self.pending:
+            events.append(event(job.id, "token", text="".join(self.pending), attempt=job.attempt))
+        if outcome.status == RequestStatus.COMPLETED:
+            final = {k: v for k, v in (outcome.metrics or {}).items() if v is not None}
+            # Tool calls belong on the final chunk of every protocol we speak.
+            if calls := (outcome.output_message or {}).get("tool_calls"):
+                final["tool_calls"] = calls
+            events.append(
+                event(job.id, "done", done_reason=outcome.done_reason, attempt=job.attempt, **final)
+            )
+        events.append(
+            event(
+                job.id,
+                "status",
+                status=str(outcome.status),
+                attempt=job.attempt,
+                user_id=job.user_id,
+                error=outcome.error,
+                error_code=outcome.error_code,
+            )
+        )
+        return events
+
 
 def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
     """Chat extras arrive in pieces: thinking text is a delta, tool calls come one by one."""
@@ -243,26 +226,6 @@ def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
         extras["thinking"] = extras.get("thinking", "") + delta["thinking"]
     if "tool_calls" in delta:
         extras.setdefault("tool_calls", []).extend(delta["tool_calls"])
-
-
-def _announce(rt: Runtime, job: ClaimedJob, outcome: Outcome) -> None:
-    if outcome.status == RequestStatus.COMPLETED:
-        final = {k: v for k, v in (outcome.metrics or {}).items() if v is not None}
-        # Tool calls belong on the final chunk of every protocol we speak.
-        if calls := (outcome.output_message or {}).get("tool_calls"):
-            final["tool_calls"] = calls
-        rt.events.publish(
-            job.id, "done", done_reason=outcome.done_reason, attempt=job.attempt, **final
-        )
-    rt.events.publish(
-        job.id,
-        "status",
-        status=str(outcome.status),
-        attempt=job.attempt,
-        user_id=job.user_id,
-        error=outcome.error,
-        error_code=outcome.error_code,
-    )
 
 
 def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
@@ -310,25 +273,25 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
             outcome=outcome,
             first_token_at=runner.first_token_at,
         )
-    if won:
-        _announce(rt, job, outcome)
-        rt.redis.delete(cancel_key(job.id))
-        measured = outcome.metrics or {}
-        metrics.job_finished(
-            status=str(outcome.status),
-            model=job.model_name,
-            node=rt.node_name,
-            seconds_to_first_token=runner.seconds_to_first_token,
-            eval_count=measured.get("eval_count"),
-            eval_duration_ns=measured.get("eval_duration"),
-        )
+    if not won:
+        return
+    # The rest of the text, `done`, the terminal status and the cancel flag's removal: one
+    # round trip, once the result is stored (a reader told "completed" can read it).
+    rt.events.publish_many(runner.final_events(outcome), delete=[cancel_key(job.id)])
+    measured = outcome.metrics or {}
+    metrics.job_finished(
+        status=str(outcome.status),
+        model=job.model_name,
+        node=rt.node_name,
+        seconds_to_first_token=runner.seconds_to_first_token,
+        eval_count=measured.get("eval_count"),
+        eval_duration_ns=measured.get("eval_duration"),
+    )
 
 
 def _hand_back(rt: Runtime, job: ClaimedJob) -> None:
     """Return the job to the queue (the engine stream is already closed) and publish it
     again, so another worker runs it now rather than after the lease expires."""
-    from workers.dispatch import dispatch  # it imports this module's task
-
     with rt.database.unit_of_work() as session:
         status = hand_back(session=session, job=job, worker_name=rt.worker_name)
     if status is None:
@@ -349,9 +312,7 @@ def _hand_back(rt: Runtime, job: ClaimedJob) -> None:
         reason="worker_stopping",
         user_id=job.user_id,
     )
-    if dispatch(job.id, job.model_name, job.priority):
-        with rt.database.unit_of_work() as session:
-            mark_dispatched(session=session, request_ids=[job.id])
+    republish(rt.celery, rt.database, [(job.id, job.model_name, job.priority)])
 
 
 @shared_task(
@@ -375,10 +336,9 @@ def run(self: Task, request_id: str) -> None:
         return
     rt.job_started()
     metrics.job_claimed(job.model_name, job.priority, job.attempt, job.queued_at, job.started_at)
-    watch = JobWatch(rt, job)
-    watch.start()
+    watch = rt.watcher.watch(job.id, job.attempt)
     try:
         _execute(rt, job, watch)
     finally:
-        watch.stop.set()
+        rt.watcher.forget(job.id)
         rt.job_ended()

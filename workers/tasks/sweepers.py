@@ -10,10 +10,10 @@ from datetime import timedelta
 
 from celery import shared_task
 
-from db.inference import mark_dispatched, requeue_expired_leases, undispatched
+from db.inference import requeue_expired_leases, undispatched
 from db.models import RequestStatus
 from workers import runtime
-from workers.dispatch import dispatch
+from workers.dispatch import republish
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def expired_leases() -> int:
             swept = requeue_expired_leases(
                 session=session, max_attempts=rt.settings.job_max_attempts
             )
-        dispatched = []
+        requeued = []
         for job in swept:
             log.warning(
                 "request %s: its worker stopped renewing the lease; now %s",
@@ -61,11 +61,8 @@ def expired_leases() -> int:
                 reason="lease_expired",
                 user_id=job.user_id,
             )
-            if dispatch(job.request_id, job.model_name, job.priority):
-                dispatched.append(job.request_id)
-        if dispatched:
-            with rt.database.unit_of_work() as session:
-                mark_dispatched(session=session, request_ids=dispatched)
+            requeued.append((job.request_id, job.model_name, job.priority))
+        republish(rt.celery, rt.database, requeued)
         return len(swept)
     finally:
         lock.release()  # type: ignore[attr-defined]
@@ -85,14 +82,12 @@ def undispatched_requests() -> int:
                 older_than=timedelta(seconds=settings.undispatched_grace_s),
                 lost_after=timedelta(seconds=settings.lost_dispatch_s),
             )
-        dispatched = [rid for rid, model, priority in waiting if dispatch(rid, model, priority)]
+        dispatched = republish(rt.celery, rt.database, waiting)
         if dispatched:
             log.info(
                 "published %d queued request(s) again (broker was away or lost them)",
                 len(dispatched),
             )
-            with rt.database.unit_of_work() as session:
-                mark_dispatched(session=session, request_ids=dispatched)
         return len(dispatched)
     finally:
         lock.release()  # type: ignore[attr-defined]

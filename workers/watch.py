@@ -1,0 +1,119 @@
+"""One watcher per worker process for every job it runs: cancel requests and leases.
+
+Each running job needs two things watched: a cancel request (a Redis key the web sets, and
+the row's `cancel_requested_at` as the durable record) and its lease, renewed before it
+expires so the sweeper leaves the job alone. A thread and a poll per job cost a Redis
+round trip per job every POLL_S; one thread per process asks about all of them at once:
+one MGET per poll, one UPDATE per renewal round, however many jobs run.
+
+A job counts as lost when its lease could not be renewed for longer than it lasts (minus a
+margin): by then the sweeper may have given it to another worker, so this one must stop
+writing, even while it can still reach Redis and the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from db.inference import renew_leases
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2  # a cancel reaches the engine stream within this (plus one chunk)
+
+
+def cancel_key(request_id: uuid.UUID | str) -> str:
+    return f"omx:req:{request_id}:cancel"
+
+
+@dataclass
+class JobWatch:
+    """What the watcher tells one job's runner, read between engine chunks."""
+
+    request_id: uuid.UUID
+    attempt: int
+    renewed_at: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class Watcher:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.ttl_s = float(rt.settings.lease_ttl_s)
+        self.jobs: dict[uuid.UUID, JobWatch] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.stopped = threading.Event()
+
+    def watch(self, request_id: uuid.UUID, attempt: int) -> JobWatch:
+        """Start watching a job just claimed (its lease is fresh)."""
+        watch = JobWatch(request_id, attempt)
+        with self.lock:
+            self.jobs[request_id] = watch
+            if self.thread is None or not self.thread.is_alive():
+                # Started on first use, inside the worker process Celery runs.
+                self.thread = threading.Thread(target=self._run, name="job-watcher", daemon=True)
+                self.thread.start()
+        return watch
+
+    def forget(self, request_id: uuid.UUID) -> None:
+        with self.lock:
+            self.jobs.pop(request_id, None)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(POLL_S):
+            with self.lock:
+                watched = list(self.jobs.values())
+            if not watched:
+                continue
+            try:
+                self._check_cancels(watched)
+            except Exception:  # keep watching: one failed poll must not end the jobs
+                log.exception("checking %d job(s) for cancels failed once", len(watched))
+            now = time.monotonic()
+            for watch in watched:
+                if now - watch.renewed_at > self.ttl_s * 5 / 6:
+                    watch.lost.set()
+            # One renewal round for all, as soon as the oldest lease is a third spent.
+            if min(watch.renewed_at for watch in watched) <= now - self.ttl_s / 3:
+                try:
+                    self._renew([w for w in watched if not w.lost.is_set()], now)
+                except Exception:
+                    log.exception("renewing %d lease(s) failed once", len(watched))
+
+    def _check_cancels(self, watched: list[JobWatch]) -> None:
+        flags = self.rt.redis.mget([cancel_key(watch.request_id) for watch in watched])
+        for watch, flag in zip(watched, flags, strict=True):
+            if flag is not None:
+                watch.cancelled.set()
+
+    def _renew(self, watched: list[JobWatch], now: float) -> None:
+        if not watched:
+            return
+        with self.rt.database.unit_of_work() as session:
+            ours = renew_leases(
+                session=session,
+                worker_name=self.rt.worker_name,
+                jobs=[(watch.request_id, watch.attempt) for watch in watched],
+                lease=timedelta(seconds=self.ttl_s),
+            )
+        for watch in watched:
+            if watch.request_id not in ours:
+                watch.lost.set()  # swept or ended meanwhile
+                continue
+            watch.renewed_at = now
+            if ours[watch.request_id]:
+                watch.cancelled.set()
