@@ -1,0 +1,240 @@
+"""Round-trip budgets of the hot path, asserted by counting (never by timing).
+
+An accepted submission costs the web process at most one PostgreSQL transaction of at most
+three statements and at most four Redis commands; a job costs its worker two transactions
+(claim; finish with the usage upsert) and one Redis round trip per event batch; no pool
+ping or new connection on the way. A change that adds a round trip fails here, with the
+count. docs/benchmarks.md has what the same path costs in CPU (`python -m bench.cost`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+from redis.connection import Connection, PythonRespSerializer
+from sqlalchemy import Engine, event
+
+from config.settings import build_settings
+from db.models import InferenceRequest
+from db.session import Database
+from tests.factories import TEST_PASSWORD
+from tests.pipeline.conftest import Double, Worker
+from tests.pipeline.jobs import finished
+from workers import runtime
+from workers.celery_app import create_celery_app
+from workers.engines import make_engine
+from workers.events import EventLog
+from workers.live_config import LiveConfig
+from workers.tasks import inference
+
+GENERATE = "/api/v1/inference/generate"
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Any, double: Double) -> Worker:
+    return start_worker(double.url, name="w-budget@test", slots=2)
+
+
+@dataclass
+class Counts:
+    statements: list[str] = field(default_factory=list)
+    transactions: int = 0
+    connections: int = 0
+    redis_commands: list[str] = field(default_factory=list)
+    redis_round_trips: int = 0
+
+
+@contextmanager
+def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterator[Counts]:
+    """What this process sends: SQL statements, commits and rollbacks, and new connections
+    on `engine`; Redis commands (every client, or one named client's round trips)."""
+    counts = Counts()
+    lock = threading.Lock()
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        with lock:
+            counts.statements.append(sql.split(None, 1)[0].upper())
+
+    def transaction(_conn: Any) -> None:
+        with lock:
+            counts.transactions += 1
+
+    def connected(*_: Any) -> None:
+        with lock:
+            counts.connections += 1
+
+    original_pack = PythonRespSerializer.pack
+    original_send = Connection.send_packed_command
+
+    def pack(self: PythonRespSerializer, *args: Any) -> Any:
+        with lock:
+            counts.redis_commands.append(str(args[0]))
+        return original_pack(self, *args)
+
+    def send(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        if self.client_name == redis_client_name:
+            with lock:
+                counts.redis_round_trips += 1
+        return original_send(self, *args, **kwargs)
+
+    listeners = [
+        ("before_cursor_execute", statement),
+        ("commit", transaction),
+        ("rollback", transaction),
+        ("connect", connected),
+    ]
+    for name, listener in listeners:
+        event.listen(engine.pool if name == "connect" else engine, name, listener)
+    PythonRespSerializer.pack = pack  # type: ignore[method-assign]
+    Connection.send_packed_command = send  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        PythonRespSerializer.pack = original_pack  # type: ignore[method-assign]
+        Connection.send_packed_command = original_send  # type: ignore[method-assign]
+        for name, listener in listeners:
+            event.remove(engine.pool if name == "connect" else engine, name, listener)
+
+
+def _api_key(api: FlaskClient, headers: dict[str, str]) -> dict[str, str]:
+    created = api.post(
+        "/api/v1/users/api-keys",
+        json={"name": "budget", "scopes": ["inference"], "current_password": TEST_PASSWORD},
+        headers=headers,
+    )
+    return {"Authorization": f"Bearer {created.get_json()['key']}"}
+
+
+def _submit(api: FlaskClient, headers: dict[str, str]) -> str:
+    answer = api.post(
+        GENERATE,
+        json={"model": "llama3.2", "prompt": "budget", "options": {"num_predict": 3}},
+        headers=headers,
+    )
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["id"])
+
+
+@pytest.mark.parametrize("credential", ["jwt", "api_key"])
+def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_commands(
+    credential: str, api: FlaskClient, user_headers: dict[str, str], worker: Worker
+) -> None:
+    headers = _api_key(api, user_headers) if credential == "api_key" else user_headers
+    app: Flask = api.application  # type: ignore[assignment]
+    cache = app.extensions["principal_cache"]
+    _submit(api, headers)  # resolves the caller once (a cache miss reads the database)
+    assert cache.listening.wait(5), "the principal cache never started listening"
+    _submit(api, headers)  # now remembered
+
+    with counting(app.extensions["db"].engine) as counts:
+        request_id = _submit(api, headers)
+
+    assert counts.transactions <= 1, counts.statements
+    assert len(counts.statements) <= 3, counts.statements
+    assert counts.statements == ["WITH"]  # WITH model AS (...) INSERT ... : one statement
+    assert counts.connections == 0
+    assert len(counts.redis_commands) <= 4, counts.redis_commands
+    assert finished(api, headers, request_id)["status"] == "completed"
+
+
+def test_twenty_callers_open_no_connection_and_ping_none(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker
+) -> None:
+    app: Flask = api.application  # type: ignore[assignment]
+    engine = app.extensions["db"].engine
+    assert engine.pool._pre_ping is False  # a SELECT 1 before each checkout doubles the trips
+    _submit(api, user_headers)
+    app.extensions["principal_cache"].listening.wait(5)
+
+    def wave() -> None:
+        clients = [app.test_client() for _ in range(20)]
+        threads = [
+            threading.Thread(target=lambda c=c: [_submit(c, user_headers) for _ in range(3)])
+            for c in clients
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    wave()  # the pool grows to what 20 callers need at once
+    with counting(engine) as counts:
+        wave()
+    assert counts.connections == 0
+    assert counts.statements.count("WITH") == 60
+    assert len(counts.statements) == 60, sorted(set(counts.statements))
+
+
+def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batch(
+    settings_overrides: dict[str, Any],
+    committed: Database,
+    double: Double,
+    worker: Worker,
+    api: FlaskClient,
+    user_headers: dict[str, str],
+) -> None:
+    """The task run in this process, against the double, with a fresh pool of its own."""
+    settings = build_settings({**settings_overrides, "token_coalesce_ms": 20})
+    database = Database.from_settings(settings, pool_size=3)
+    events_redis = Redis.from_url(settings.redis_url, client_name="omx-events")
+    rt = runtime.Runtime(
+        settings=settings,
+        database=database,
+        celery=create_celery_app(settings),
+        redis=Redis.from_url(settings.redis_url),
+        events=EventLog(events_redis, ttl_s=settings.event_ttl_s),
+        config=LiveConfig(settings, database, Redis.from_url(settings.redis_url)),
+        engine=make_engine("ollama", double.url, settings),
+        worker_name="budget@test",
+        node_name="budget@test",
+        engine_url=double.url,
+        gpu_index=None,
+    )
+    double.configure(token_delay_s=0.002, first_token_delay_s=0)
+    owner = api.get("/api/v1/users/profile", headers=user_headers).get_json()["id"]
+
+    def queued_job() -> uuid.UUID:
+        with committed.unit_of_work() as session:
+            row = InferenceRequest(
+                id=uuid.uuid4(),
+                user_id=uuid.UUID(owner),
+                model_name="llama3.2:latest",
+                kind="generate",
+                input={"prompt": "count me"},
+                options={"num_predict": 20},
+                status="queued",
+            )
+            session.add(row)
+        return row.id
+
+    previous = runtime._runtime
+    runtime.install(rt)
+    try:
+        inference.run(str(queued_job()))  # warms the pool, the run-time config and the script
+        job_id = queued_job()
+        with counting(database.engine, redis_client_name="omx-events") as counts:
+            inference.run(str(job_id))
+    finally:
+        runtime._runtime = previous
+        rt.watcher.stop()
+        database.dispose()
+
+    stored = EventLog(events_redis, 60).replay(job_id)
+    assert stored[-1]["status"] == "completed"
+    assert [e["type"] for e in stored][:2] == ["status", "token"]  # the first token at once
+    assert counts.transactions == 2, counts.statements  # claim; finish with usage
+    assert counts.statements == ["UPDATE", "WITH"], counts.statements
+    assert counts.connections == 0
+    token_events = sum(e["type"] == "token" for e in stored)
+    # "running", every token event but the last (which goes out with "done" and the status).
+    assert counts.redis_round_trips <= 1 + token_events, stored
+    assert len(stored) - counts.redis_round_trips >= 2  # the final batch carried 3 events
