@@ -20,13 +20,12 @@ from web.database import end_unit_of_work
 from web.errors import APIError
 from web.extensions import current_settings
 from web.inference.service import abandon, accept, final_state
-from web.realtime.follow import follow
+from web.realtime.follow import Quiet, follow
 from web.realtime.relay import current_relay
 from web.schemas.inference import ChatRequest, GenerateRequest
 
 log = logging.getLogger(__name__)
 
-IDLE_CHECKS = 2  # quiet periods before the database is asked whether the job ended
 RESTARTED = (
     "the job restarted (an engine fault, or its worker stopping) and its streamed text is "
     "void; the result will be at /api/v1/inference/requests/{}"
@@ -87,11 +86,9 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
     idle_s = current_settings().ws_heartbeat_s
     done: dict[str, Any] = {}
     sent_text = False
-    quiet = 0
     for event in follow(relay, request_id, idle_s):
-        if event is None:
-            quiet += 1
-            state = final_state(request_id) if quiet % IDLE_CHECKS == 0 else None
+        if isinstance(event, Quiet):
+            state = final_state(request_id) if event.ask_database else None
             if state is not None:  # it ended without announcing it (a worker died then)
                 if state["status"] == "completed":
                     if not sent_text and state.get("output"):
@@ -104,7 +101,6 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
                 return
             yield "idle", None
             continue
-        quiet = 0
         if event["type"] == "token":
             sent_text = True
             yield "token", event["text"]
