@@ -10,9 +10,12 @@ Masking happens in the formatters, on a copy of each record: other handlers
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -20,6 +23,9 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Loggers that speak at INFO on every periodic task; a console shows them only at DEBUG.
+CONSOLE_QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
 
 MASK = "***"
 # Key names (normalised to snake_case) whose values are secrets. Anchored, so that
@@ -110,20 +116,90 @@ class MaskedJsonFormatter(JsonFormatter):
         return mask_text(logging.Formatter.formatException(self, ei))
 
 
+# The console format's colours (ANSI SGR codes): the level stands out, the rest recedes.
+_RESET = "\033[0m"
+_LEVEL_STYLES = {
+    "DEBUG": "2",  # dim
+    "INFO": "32",  # green
+    "WARNING": "33",  # yellow
+    "ERROR": "31",  # red
+    "CRITICAL": "1;31",  # bold red
+}
+_QUIET_STYLE = "2"  # time, logger, extra keys
+
+
+def wants_colour(stream: Any) -> bool:
+    """Colour on a terminal, or anywhere with FORCE_COLOR (a supervisor that pipes its
+    children's output to one); never with NO_COLOR (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR", "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+_CONSOLE_VALUE_MAX = 200  # a console line stays one line; JSON keeps the whole value
+
+
+def _console_value(value: Any) -> str:
+    plain = isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value)
+    text = str(value) if plain else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= _CONSOLE_VALUE_MAX else text[:_CONSOLE_VALUE_MAX] + "..."
+
+
 class ConsoleFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s")
+    """One line per record for people: `HH:MM:SS LEVEL logger: message key=value ...`, the
+    request id and any extras as key=value pairs, masked like the JSON format."""
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}{_RESET}" if self.colour else text
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(_masked_copy(record))
+        safe = _masked_copy(record)
+        message = safe.getMessage()
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [
+            self._paint(_QUIET_STYLE, clock),
+            self._paint(_LEVEL_STYLES.get(record.levelname, "0"), f"{record.levelname:<7}"),
+            self._paint(_QUIET_STYLE, f"{record.name}:"),
+            message,
+            *self._pairs(safe, message),
+        ]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + mask_text(self.formatStack(record.stack_info))
+        return line
+
+    def _pairs(self, safe: logging.LogRecord, message: str) -> list[str]:
+        """Extras as key=value, less those the message already says (`GET /x 200` and
+        path=/x, status=200), then the request id."""
+        said = {word.strip(",;:()") for word in message.split()}
+        pairs = {
+            key: value
+            for key, value in vars(safe).items()
+            if key not in _RECORD_ATTRS and value is not None and str(value) not in said
+        }
+        request_id = getattr(safe, "request_id", None)
+        if request_id:
+            pairs["request_id"] = request_id
+        return [
+            self._paint(_QUIET_STYLE, f"{key}=") + _console_value(v) for key, v in pairs.items()
+        ]
 
     def formatException(self, ei: Any) -> str:
         return mask_text(super().formatException(ei))
 
 
-def build_formatter(log_format: str) -> logging.Formatter:
+def build_formatter(log_format: str, stream: Any = None) -> logging.Formatter:
     if log_format == "console":
-        return ConsoleFormatter()
+        return ConsoleFormatter(colour=wants_colour(stream or sys.stdout))
     return MaskedJsonFormatter(
         "{levelname}{name}{message}{request_id}",
         style="{",
@@ -134,7 +210,7 @@ def build_formatter(log_format: str) -> logging.Formatter:
 
 def build_handler(log_format: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(build_formatter(log_format))
+    handler.setFormatter(build_formatter(log_format, handler.stream))
     return handler
 
 
@@ -153,4 +229,12 @@ def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # One line per engine HTTP call (every heartbeat) is noise; failures surface as errors.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx2 is the client the openai package brings.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # On a console, Celery's line per task ("received", "succeeded in") comes every few
+    # seconds for beat's sweeps and buries everything else; failures still log at ERROR.
+    # Kept in JSON, where they are searchable rather than read.
+    quiet = log_format == "console" and logging.getLevelName(level.upper()) > logging.DEBUG
+    for name in CONSOLE_QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)

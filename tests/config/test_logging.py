@@ -1,13 +1,28 @@
-"""Log lines are JSON, carry the request id, and never show a secret."""
+"""Log lines are JSON (or, for people, one console line each), carry the request id, and
+never show a secret."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 
 import pytest
 
-from config.logging import build_handler, configure_logging, mask_text, mask_value, request_id_var
+from config.logging import (
+    CONSOLE_QUIET_LOGGERS,
+    ConsoleFormatter,
+    build_formatter,
+    build_handler,
+    configure_logging,
+    mask_text,
+    mask_value,
+    request_id_var,
+    wants_colour,
+)
+
+ANSI = re.compile(r"\033\[[0-9;]*m")
 
 
 @pytest.mark.parametrize(
@@ -121,3 +136,76 @@ def test_other_handlers_see_the_unmasked_template(caplog: pytest.LogCaptureFixtu
     [record] = caplog.records
     assert record.msg == "user %s logged in"
     assert record.args == ("ann",)
+
+
+def _console_line(formatter: logging.Formatter) -> str:
+    record = logging.LogRecord("ollamamax.access", logging.WARNING, __file__, 1, "%s", None, None)
+    record.args = ("login with password=hunter2",)
+    record.request_id = "rid-7"
+    record.__dict__.update(api_key="k-1", model="llama3.2:latest", note="two words", said="login")
+    return formatter.format(record)
+
+
+def test_the_console_format_is_one_masked_line_without_colour_by_default() -> None:
+    line = _console_line(ConsoleFormatter())
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d WARNING ollamamax\.access: login with password=\*\*\* "
+        r'api_key=\*\*\* model=llama3\.2:latest note="two words" request_id=rid-7',
+        line,
+    ), line
+    assert not ANSI.search(line)  # and said=login left out: the message says it
+
+
+def test_the_console_format_in_colour_says_the_same() -> None:
+    line = _console_line(ConsoleFormatter(colour=True))
+    assert "\033[33mWARNING" in line  # the level in its colour
+    assert ANSI.sub("", line) == _console_line(ConsoleFormatter())
+
+
+def test_colour_only_on_a_terminal_or_when_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for name in ("FORCE_COLOR", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    assert not wants_colour(io.StringIO())  # a pipe, a file, CI
+    assert wants_colour(Terminal())
+    monkeypatch.setenv("FORCE_COLOR", "1")  # what the stack supervisor sets for its children
+    assert wants_colour(io.StringIO())
+    assert isinstance(build_formatter("console", io.StringIO()), ConsoleFormatter)
+    assert build_formatter("console", io.StringIO()).colour  # type: ignore[attr-defined]
+    monkeypatch.setenv("FORCE_COLOR", "0")
+    assert not wants_colour(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not wants_colour(Terminal())
+
+
+def test_long_values_and_tracebacks_on_the_console(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("tests.logging.console")
+    logger.propagate = False
+    logger.addHandler(build_handler("console"))
+    try:
+        raise ValueError("bad dsn postgresql://app:topsecret@db/x")
+    except ValueError:
+        logger.exception("failed", extra={"data": {"blob": "x" * 500}})
+    finally:
+        logger.handlers.clear()
+    first, *traceback = capsys.readouterr().out.strip().splitlines()
+    assert first.endswith("...")  # the value cut at 200 characters, the line kept whole
+    assert len(first) < 300
+    assert "ValueError" in traceback[-1]
+    assert "topsecret" not in "\n".join(traceback)
+
+
+def test_the_console_hears_celerys_per_task_lines_only_at_debug() -> None:
+    try:
+        configure_logging("INFO", "console")
+        assert all(logging.getLogger(n).level == logging.WARNING for n in CONSOLE_QUIET_LOGGERS)
+        configure_logging("DEBUG", "console")
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in CONSOLE_QUIET_LOGGERS)
+        configure_logging("INFO", "console")
+        configure_logging("INFO", "json")  # kept in JSON: searchable rather than read
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in CONSOLE_QUIET_LOGGERS)
+    finally:
+        configure_logging()

@@ -119,6 +119,14 @@ def test_it_comes_up_with_an_admin_and_streams_a_first_answer(stack: Stack) -> N
     assert first["eval_count"] == 48
 
 
+def test_the_console_ends_on_the_first_answer_and_the_banner_without_sweeps(stack: Stack) -> None:
+    log = stack.log()
+    answer = log.index("completed:")
+    assert "OllamaMax is up" in log[answer:]  # the banner again, under the first answer
+    assert "Task sweep." not in log  # Celery's line per task waits for LOG_LEVEL=DEBUG
+    assert "\033[" not in log  # not a terminal: no colour
+
+
 def test_flower_runs_behind_basic_auth(stack: Stack) -> None:
     assert requests.get(stack.flower, timeout=10).status_code == 401
     password = (stack.state / "flower-password").read_text().strip()
