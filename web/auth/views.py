@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, jwt_required
@@ -124,55 +125,65 @@ def login() -> Response:
     credentials = load_body(LoginRequest)
     settings = current_settings()
     user = find_by_login(session=get_session(), login=credentials.username, for_update=True)
-
-    # Every refusal below is recorded: its audit entry (and the failure counter) are kept
-    # although the request answers with an error.
+    # Every refusal is recorded: its audit entry (and the failure counter) are kept although
+    # the request answers with an error.
     if user is None or not user.is_active:
-        spend_verification_time(credentials.password, settings.bcrypt_rounds)
-        audit("auth.login_failed", details={"reason": "unknown_or_inactive"})
-        keep_changes_on_error()
-        # Locks like a real account would, so a lockout does not tell who exists.
-        seconds_locked = _count_phantom_failure(credentials.username, settings)
-        if seconds_locked:
-            raise _locked(seconds_locked)
-        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
-
+        _refuse_unknown(credentials, settings)
     now = utcnow()
     if user.locked_until is not None and user.locked_until > now:
-        audit("auth.login_locked", user_id=user.id, resource_type="users", resource_id=user.id)
-        keep_changes_on_error()
-        raise _locked((user.locked_until - now).total_seconds())
-
+        _refuse_locked(user, user.locked_until - now)
     if not verify_password(credentials.password, user.password_hash):
-        count = record_login_failure(
-            session=get_session(),
-            user_id=user.id,
-            max_failures=settings.login_max_failures,
-            window=timedelta(seconds=settings.login_lockout_s),
-        )
-        audit(
-            "auth.login_failed",
-            user_id=user.id,
-            resource_type="users",
-            resource_id=user.id,
-            details={"failures": count.failures},
-        )
-        keep_changes_on_error()
-        if count.locked_until is not None and count.locked_until > now:
-            audit(
-                "auth.lockout",
-                user_id=user.id,
-                resource_type="users",
-                resource_id=user.id,
-                details={"until": count.locked_until.isoformat()},
-            )
-            raise _locked((count.locked_until - now).total_seconds())
-        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
-
+        _refuse_wrong_password(user, settings, now)
     record_login_success(session=get_session(), user=user)
     tokens, family_id = _start_login(user)
     audit("auth.login", user_id=user.id, resource_type="user_sessions", resource_id=family_id)
     return jsonify(tokens.model_dump())
+
+
+def _refuse_unknown(credentials: LoginRequest, settings: Settings) -> NoReturn:
+    """No such active account: as slow as a wrong password, and locking like a real account
+    would, so neither the time nor a lockout tells who exists."""
+    spend_verification_time(credentials.password, settings.bcrypt_rounds)
+    audit("auth.login_failed", details={"reason": "unknown_or_inactive"})
+    keep_changes_on_error()
+    seconds_locked = _count_phantom_failure(credentials.username, settings)
+    if seconds_locked:
+        raise _locked(seconds_locked)
+    raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+
+
+def _refuse_locked(user: User, left: timedelta) -> NoReturn:
+    audit("auth.login_locked", user_id=user.id, resource_type="users", resource_id=user.id)
+    keep_changes_on_error()
+    raise _locked(left.total_seconds())
+
+
+def _refuse_wrong_password(user: User, settings: Settings, now: datetime) -> NoReturn:
+    """Count the failure; the one that reaches LOGIN_MAX_FAILURES locks the account."""
+    count = record_login_failure(
+        session=get_session(),
+        user_id=user.id,
+        max_failures=settings.login_max_failures,
+        window=timedelta(seconds=settings.login_lockout_s),
+    )
+    audit(
+        "auth.login_failed",
+        user_id=user.id,
+        resource_type="users",
+        resource_id=user.id,
+        details={"failures": count.failures},
+    )
+    keep_changes_on_error()
+    if count.locked_until is not None and count.locked_until > now:
+        audit(
+            "auth.lockout",
+            user_id=user.id,
+            resource_type="users",
+            resource_id=user.id,
+            details={"until": count.locked_until.isoformat()},
+        )
+        raise _locked((count.locked_until - now).total_seconds())
+    raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
 
 
 @bp.post("/refresh")

@@ -245,31 +245,43 @@ def _implied_errors(
     route: Route, operation: Operation, security: tuple[str, ...], has_path_parameters: bool
 ) -> dict[int, str]:
     """The errors that follow from the route's kind (see the module's docstring)."""
-    errors: dict[int, str] = {}
     if route.rule.websocket:
-        # Once upgraded, refusals are error frames and close codes (x-websocket), not statuses;
-        # before that, routing refuses a malformed id like any other route.
-        errors[400] = NOT_AN_UPGRADE
-        if has_path_parameters:
-            errors[404] = MALFORMED
+        errors = _websocket_errors(has_path_parameters)
     else:
-        if operation.body is not None:
-            errors.update(BODY_ERRORS)
-        if operation.query is not None:
-            for status, why in QUERY_ERRORS.items():
-                errors[status] = f"{errors[status]} {why}" if status in errors else why
-        if has_path_parameters:
-            errors[404] = NOT_FOUND
-        if security:
-            errors[401] = UNAUTHORIZED
-        if ACCESS_TOKEN in security or REFRESH_TOKEN in security:
-            errors[503] = BLOCKLIST_DOWN
-        if route.permission is not None:
-            errors[403] = FORBIDDEN.format(route.permission)
+        errors = _http_errors(route, operation, security, has_path_parameters)
     if has_path_parameters or operation.query is not None:
         errors[414] = URI_TOO_LONG
     if route.rule.endpoint not in EXEMPT_ENDPOINTS:
         errors[429] = RATE_LIMITED
+    return errors
+
+
+def _websocket_errors(has_path_parameters: bool) -> dict[int, str]:
+    """Once upgraded, refusals are error frames and close codes (x-websocket), not statuses;
+    before that, routing refuses a malformed id like any other route."""
+    errors = {400: NOT_AN_UPGRADE}
+    if has_path_parameters:
+        errors[404] = MALFORMED
+    return errors
+
+
+def _http_errors(
+    route: Route, operation: Operation, security: tuple[str, ...], has_path_parameters: bool
+) -> dict[int, str]:
+    errors: dict[int, str] = {}
+    if operation.body is not None:
+        errors.update(BODY_ERRORS)
+    if operation.query is not None:
+        for status, why in QUERY_ERRORS.items():
+            errors[status] = f"{errors[status]} {why}" if status in errors else why
+    if has_path_parameters:
+        errors[404] = NOT_FOUND
+    if security:
+        errors[401] = UNAUTHORIZED
+    if ACCESS_TOKEN in security or REFRESH_TOKEN in security:
+        errors[503] = BLOCKLIST_DOWN
+    if route.permission is not None:
+        errors[403] = FORBIDDEN.format(route.permission)
     return errors
 
 
