@@ -43,7 +43,9 @@ class Runtime:
     watcher: Watcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.watcher = Watcher(self)
+        self.watcher = Watcher(
+            self.redis, self.database, self.worker_name, self.settings.lease_ttl_s
+        )
 
     def begin_stopping(self) -> None:
         if self.stopping_since is None:

@@ -19,12 +19,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+
+from redis import Redis
 
 from db.inference import renew_leases
-
-if TYPE_CHECKING:
-    from workers.runtime import Runtime
+from db.session import Database
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +46,9 @@ class JobWatch:
 
 
 class Watcher:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.ttl_s = float(rt.settings.lease_ttl_s)
+    def __init__(self, redis: Redis, database: Database, worker_name: str, lease_ttl_s: float):
+        self.redis, self.database, self.worker_name = redis, database, worker_name
+        self.ttl_s = float(lease_ttl_s)
         self.jobs: dict[uuid.UUID, JobWatch] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -95,7 +94,7 @@ class Watcher:
                     log.exception("renewing %d lease(s) failed once", len(watched))
 
     def _check_cancels(self, watched: list[JobWatch]) -> None:
-        flags = self.rt.redis.mget([cancel_key(watch.request_id) for watch in watched])
+        flags = self.redis.mget([cancel_key(watch.request_id) for watch in watched])
         for watch, flag in zip(watched, flags, strict=True):
             if flag is not None:
                 watch.cancelled.set()
@@ -103,10 +102,10 @@ class Watcher:
     def _renew(self, watched: list[JobWatch], now: float) -> None:
         if not watched:
             return
-        with self.rt.database.unit_of_work() as session:
+        with self.database.unit_of_work() as session:
             ours = renew_leases(
                 session=session,
-                worker_name=self.rt.worker_name,
+                worker_name=self.worker_name,
                 jobs=[(watch.request_id, watch.attempt) for watch in watched],
                 lease=timedelta(seconds=self.ttl_s),
             )

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from ops.smoke.runner import Failed
+from ops.smoke.outcomes import Failed
 
 USER_AGENT = "ollamamax-smoke/1"
 MAX_RATE_LIMIT_WAIT_S = 10.0

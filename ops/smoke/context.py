@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from ops.smoke.api import Api, describe
-from ops.smoke.runner import Failed, Skipped
+from ops.smoke.outcomes import Failed, Skipped
 from ops.smoke.ws import Socket
 
 TERMINAL = {"completed", "failed", "cancelled"}

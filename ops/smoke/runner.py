@@ -11,25 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ops.smoke.context import Context
+from ops.smoke.context import Context
+from ops.smoke.outcomes import Failed, Skipped
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
-
-
-class Failed(Exception):
-    """The deployment answered, but not as it should."""
-
-
-class Skipped(Exception):
-    """The scenario cannot run: something it needs is missing (say what)."""
-
-
-def check(condition: object, reason: str) -> None:
-    if not condition:
-        raise Failed(reason)
 
 
 @dataclass(frozen=True)

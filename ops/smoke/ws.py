@@ -11,7 +11,7 @@ from typing import Any
 import websocket
 
 from ops.smoke.api import MAX_RATE_LIMIT_WAIT_S, bearer
-from ops.smoke.runner import Failed
+from ops.smoke.outcomes import Failed
 
 Frame = dict[str, Any]
 NORMAL_CLOSE = 1000

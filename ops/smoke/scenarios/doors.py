@@ -10,7 +10,7 @@ import ollama
 import openai
 
 from ops.smoke.context import Context
-from ops.smoke.runner import Failed, check
+from ops.smoke.outcomes import Failed, check
 from ops.smoke.scenarios.inference import submit
 from ops.smoke.ws import Frame
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ops.smoke.context import Context, canonical_model
-from ops.smoke.runner import Failed, Skipped, check
+from ops.smoke.outcomes import Failed, Skipped, check
 
 
 def _find(models: list[dict[str, Any]], name: str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ops.smoke.api import describe, error_code
 from ops.smoke.context import Context, Login, renew_at
-from ops.smoke.runner import Failed, Skipped, check
+from ops.smoke.outcomes import Failed, Skipped, check
 
 PROFILE = "/api/v1/users/profile"
 KEYS = "/api/v1/users/api-keys"

@@ -8,7 +8,7 @@ from typing import Any
 
 from ops.smoke.api import describe
 from ops.smoke.context import TERMINAL, Context
-from ops.smoke.runner import Failed, check
+from ops.smoke.outcomes import Failed, check
 from ops.smoke.ws import NORMAL_CLOSE, Frame
 
 STREAM_TOKENS = 16

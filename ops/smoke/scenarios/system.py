@@ -9,7 +9,7 @@ from typing import Any
 
 from ops.smoke.api import describe
 from ops.smoke.context import Context
-from ops.smoke.runner import Failed, Skipped, check
+from ops.smoke.outcomes import Failed, Skipped, check
 
 CONFIG = "/api/v1/system/config"
 # Keeping finished jobs one day longer (or, at the ceiling, one day less) for the second the
