@@ -27,7 +27,7 @@ from db.inference import NewRequest, find_by_idempotency_key, insert_if_servable
 from db.inference import cancel as cancel_job
 from db.models import TERMINAL_STATUSES, InferenceRequest, RequestKind, RequestStatus
 from db.session import Database
-from web.database import after_commit, get_db, get_session
+from web.database import after_commit, end_unit_of_work, get_db, get_session
 from web.errors import BadRequest, Conflict, NotFound
 from web.extensions import current_celery, current_config, current_settings
 from web.schemas.inference import ChatRequest, GenerateRequest, RequestRead
@@ -94,6 +94,9 @@ def accept(kind: RequestKind, body: GenerateRequest | ChatRequest, source: str =
         idempotency_key=idempotency_key(),
         request_hash=_request_hash(kind, model_name, body, fields),
     )
+    # Whatever the request read or wrote so far (a caller resolved from the database) is
+    # committed first, so that a request never holds two pooled connections at once.
+    end_unit_of_work()
     database = get_db()
     stale_after = timedelta(seconds=settings.node_stale_after_s)
     with database.unit_of_work() as session:
