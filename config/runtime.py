@@ -2,7 +2,7 @@
 
 Each has its default in the environment (config/settings.py); a value stored in the
 `system_config` table overrides it in every web and worker process within seconds
-(workers/live_config.py), without a restart.
+(workers/runtime_config.py), without a restart.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from web.users import admin as users_admin
 from web.users import views as users_views
 from workers.celery_app import create_celery_app
 from workers.events import EventLog
-from workers.live_config import LiveConfig
+from workers.runtime_config import RuntimeConfigSource
 
 
 def _redis(url: str, settings: Settings) -> Redis:
@@ -85,7 +85,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # may be moved elsewhere with CACHE_REDIS_URL).
     events_redis = _redis(settings.redis_url, settings)
     app.extensions["events"] = EventLog(events_redis, ttl_s=settings.event_ttl_s)
-    app.extensions["live_config"] = LiveConfig(
+    app.extensions["runtime_config"] = RuntimeConfigSource(
         settings, app.extensions["db"], app.extensions["redis"]
     )
     sockets = SocketRegistry()

@@ -14,9 +14,9 @@ def current_settings() -> Settings:
     return settings
 
 
-def current_config() -> RuntimeConfig:
+def current_runtime_config() -> RuntimeConfig:
     """The run-time config (system config over the environment), at most seconds old."""
-    return current_app.extensions["live_config"].current()  # type: ignore[no-any-return]
+    return current_app.extensions["runtime_config"].current()  # type: ignore[no-any-return]
 
 
 def current_celery() -> Celery:

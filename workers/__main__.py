@@ -33,8 +33,8 @@ from workers.dispatch import queue_for_node
 from workers.engines import make_engine
 from workers.engines.base import Engine, EngineError
 from workers.events import EventLog
-from workers.live_config import LiveConfig
 from workers.node import Heartbeat, go_offline, register
+from workers.runtime_config import RuntimeConfigSource
 
 log = logging.getLogger("workers")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         redis=redis,
         events=EventLog(redis, ttl_s=settings.event_ttl_s),
         # The cache's Redis, where the web process invalidates what it changes.
-        config=LiveConfig(
+        runtime_config=RuntimeConfigSource(
             settings,
             database,
             Redis.from_url(

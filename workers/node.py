@@ -64,7 +64,7 @@ def sync_models(rt: Runtime) -> None:
 def invalidate_fleet_reads(rt: Runtime) -> None:
     """The API caches model and node lists; what a worker writes must show at once too."""
     for namespace in ("models", "nodes"):
-        VersionedCache(rt.config.cache.redis, namespace).invalidate()
+        VersionedCache(rt.runtime_config.cache.redis, namespace).invalidate()
 
 
 Inventory = tuple[dict[str, dict[str, Any]], set[str]]  # models present, models loaded

@@ -15,7 +15,7 @@ from config.settings import Settings
 from db.session import Database
 from workers.engines.base import Engine
 from workers.events import EventLog
-from workers.live_config import LiveConfig
+from workers.runtime_config import RuntimeConfigSource
 from workers.watch import Watcher
 
 
@@ -26,7 +26,7 @@ class Runtime:
     celery: Celery  # the app this worker consumes with and publishes through
     redis: Redis
     events: EventLog
-    config: LiveConfig
+    runtime_config: RuntimeConfigSource  # the run-time config, read through its cache
     engine: Engine
     worker_name: str
     node_name: str

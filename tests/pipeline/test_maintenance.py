@@ -27,7 +27,7 @@ from tests.pipeline.conftest import Double, node_online, start_beat, wait_for
 from workers import runtime
 from workers.celery_app import create_celery_app
 from workers.events import EventLog
-from workers.live_config import LiveConfig
+from workers.runtime_config import RuntimeConfigSource
 from workers.tasks import maintenance
 
 STALE_AFTER_S = 3
@@ -112,7 +112,7 @@ def _install(settings_overrides: dict[str, Any], database: Database, redis: Redi
             celery=create_celery_app(settings),
             redis=redis,
             events=EventLog(redis, ttl_s=settings.event_ttl_s),
-            config=LiveConfig(settings, database, redis),
+            runtime_config=RuntimeConfigSource(settings, database, redis),
             engine=None,  # type: ignore[arg-type]  # maintenance never calls an engine
             worker_name="maintenance@test",
             node_name="maintenance@test",

@@ -33,7 +33,7 @@ from workers import runtime
 from workers.celery_app import create_celery_app
 from workers.engines import make_engine
 from workers.events import EventLog
-from workers.live_config import LiveConfig
+from workers.runtime_config import RuntimeConfigSource
 from workers.tasks import inference
 
 GENERATE = "/api/v1/inference/generate"
@@ -203,7 +203,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
         celery=create_celery_app(settings),
         redis=Redis.from_url(settings.redis_url),
         events=EventLog(events_redis, ttl_s=settings.event_ttl_s),
-        config=LiveConfig(settings, database, Redis.from_url(settings.redis_url)),
+        runtime_config=RuntimeConfigSource(settings, database, Redis.from_url(settings.redis_url)),
         engine=make_engine("ollama", double.url, settings),
         worker_name="budget@test",
         node_name="budget@test",

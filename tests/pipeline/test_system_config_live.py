@@ -19,7 +19,7 @@ from db.models import SystemConfig
 from db.session import Database
 from tests.pipeline.conftest import Double, Worker, wait_for
 from tests.pipeline.jobs import finished, read, submit
-from workers.live_config import LiveConfig
+from workers.runtime_config import RuntimeConfigSource
 
 CONFIG = "/api/v1/system/config"
 # The worker re-reads the config this often (the default, 2 s, would only slow the tests).
@@ -43,7 +43,7 @@ def clean_config(base_app: Flask, committed: Database) -> Iterator[None]:
     def wipe() -> None:
         with committed.unit_of_work() as session:
             session.execute(delete(SystemConfig))
-        base_app.extensions["live_config"].changed()
+        base_app.extensions["runtime_config"].changed()
 
     wipe()
     yield
@@ -108,7 +108,7 @@ def test_another_process_reads_a_change_without_waiting_for_its_memo(
     settings_overrides: dict[str, Any],
 ) -> None:
     settings = build_settings({**settings_overrides, "live_config_ttl_s": 0.5})
-    other = LiveConfig(settings, committed, Redis.from_url(settings.cache_url))
+    other = RuntimeConfigSource(settings, committed, Redis.from_url(settings.cache_url))
     assert other.current().retention_days == 90  # cached in Redis and memoised
 
     put_config(api, admin_headers, retention_days=30)

@@ -29,7 +29,7 @@ from db.models import TERMINAL_STATUSES, InferenceRequest, RequestKind, RequestS
 from db.session import Database
 from web.database import after_commit, end_unit_of_work, get_db, get_session
 from web.errors import BadRequest, Conflict, NotFound
-from web.extensions import current_celery, current_config, current_settings
+from web.extensions import current_celery, current_runtime_config, current_settings
 from web.schemas.inference import ChatRequest, GenerateRequest, RequestRead
 from web.security.policy import Permission
 from web.security.principal import Principal, authenticated
@@ -77,7 +77,7 @@ def accept(kind: RequestKind, body: GenerateRequest | ChatRequest, source: str =
     publish it."""
     principal = authenticated()
     settings = current_settings()
-    config = current_config()
+    config = current_runtime_config()
     model_name = canonical_model_name(body.model)
     fields = body.model_dump(
         mode="json", exclude_none=True, exclude={"model", "options", "priority"}

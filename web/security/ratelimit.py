@@ -21,7 +21,7 @@ from redis import Redis
 
 from config.settings import Settings
 from web.errors import APIError, TooManyRequests
-from web.extensions import current_config
+from web.extensions import current_runtime_config
 from web.metrics import RATE_LIMITED, route_label
 from web.security.budget import Budget, Verdict
 from web.security.principal import current_principal
@@ -53,7 +53,7 @@ def ip_key() -> str:
 
 def configured_limit(name: str) -> Callable[[], str]:
     def limit() -> str:
-        return str(getattr(current_config(), name))
+        return str(getattr(current_runtime_config(), name))
 
     return limit
 
@@ -67,10 +67,14 @@ def _spend_budget(budget: Budget) -> None:
     endpoint = request.endpoint
     if not endpoint or endpoint in EXEMPT_ENDPOINTS or endpoint.endswith(".static"):
         return  # no route (a 404 of its own), or one that must always answer
-    verdict = budget.spend(current_config().ratelimit_default, caller_key())
+    verdict = budget.spend(current_runtime_config().ratelimit_default, caller_key())
     g.rate_verdict = verdict
     if not verdict.allowed:
-        log.info("rate limit exceeded: %s for %s", current_config().ratelimit_default, caller_key())
+        log.info(
+            "rate limit exceeded: %s for %s",
+            current_runtime_config().ratelimit_default,
+            caller_key(),
+        )
         RATE_LIMITED.labels(route_label()).inc()
         retry_after = max(1, verdict.reset_at - int(time.time()))
         raise TooManyRequests(headers={"Retry-After": str(retry_after)})

@@ -147,7 +147,7 @@ def update_config() -> Response:
         )
         # Every process (this one included) re-reads at its next use, but only once the
         # change is committed: an invalidation before it would let old rows be cached again.
-        after_commit(current_app.extensions["live_config"].changed)
+        after_commit(current_app.extensions["runtime_config"].changed)
     return jsonify(_config_body(session))
 
 

@@ -54,7 +54,7 @@ class JobRunner:
     def __init__(self, rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
         self.rt, self.job, self.watch = rt, job, watch
         self.settings = rt.settings
-        self.max_generation_s = rt.config.current().max_generation_s
+        self.max_generation_s = rt.runtime_config.current().max_generation_s
         self.deadline = time.monotonic() + self.max_generation_s
         self.parts: list[str] = []
         self.pending: list[str] = []  # streamed text not yet published

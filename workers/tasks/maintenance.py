@@ -79,7 +79,7 @@ def stale_nodes() -> int:
                 session=session, stale_after=timedelta(seconds=settings.node_stale_after_s)
             )
     if stale:
-        VersionedCache(rt.config.cache.redis, NODES_CACHE).invalidate()
+        VersionedCache(rt.runtime_config.cache.redis, NODES_CACHE).invalidate()
     for node in stale:  # after the commit: what is announced has happened
         log.warning(
             "node %s: no heartbeat since %s (NODE_STALE_AFTER_S=%s); marked offline",
@@ -135,7 +135,7 @@ def cleanup() -> dict[str, int]:
     with _exclusive(CLEANUP, CLEANUP_LOCK_S) as mine:
         if not mine:
             return {}
-        days = rt.config.current().retention_days
+        days = rt.runtime_config.current().retention_days
         with rt.database.unit_of_work() as session:
             removed = cleanup_old_data(session=session, retention=timedelta(days=days))
     log.info(

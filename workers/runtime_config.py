@@ -1,6 +1,9 @@
-"""The run-time config as every process sees it: stored overrides on top of the environment's
-defaults, read through Redis (workers/cache.py) and reused for LIVE_CONFIG_TTL_S, so a change
-reaches every web and worker process within seconds and costs them almost nothing meanwhile."""
+"""Where every process reads the run-time config (`RuntimeConfig`, config/runtime.py):
+stored overrides on top of the environment's defaults, read through Redis (workers/cache.py)
+and reused for LIVE_CONFIG_TTL_S, so a change reaches every web and worker process within
+seconds and costs them almost nothing meanwhile. One name for one thing: the value is a
+`RuntimeConfig`, its source a `RuntimeConfigSource`, held as `runtime_config` (the worker's
+`Runtime`, the web app's extensions) and read in a request with `current_runtime_config()`."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from workers.cache import VersionedCache
 log = logging.getLogger(__name__)
 
 
-class LiveConfig:
+class RuntimeConfigSource:
     def __init__(self, settings: Settings, database: Database, redis: Redis) -> None:
         self.settings = settings
         self.database = database
