@@ -39,11 +39,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Stack:
-    def __init__(self, slots: int, web_processes: int = 2, **env: str) -> None:
+    def __init__(
+        self,
+        slots: int,
+        web_processes: int = 2,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        **env: str,
+    ) -> None:
+        """`database_url` and `redis_url` name servers of the benchmark's own (bench.cost);
+        by default the stack uses `<db>_bench` and Redis database 14 next to the configured
+        ones."""
         settings = get_settings()
         url = make_url(settings.database_url)
-        self.database_url = url.set(database=f"{url.database}_bench").render_as_string(False)
-        self.redis_url = settings.redis_url.rsplit("/", 1)[0] + "/14"
+        self.database_url = database_url or url.set(
+            database=f"{url.database}_bench"
+        ).render_as_string(False)
+        self.redis_url = redis_url or settings.redis_url.rsplit("/", 1)[0] + "/14"
         self.port, self.double_port = free_port(), free_port()
         self.slots = slots
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -117,6 +129,14 @@ class Stack:
             LOG_LEVEL="INFO",  # its "ready." line is how we know it consumes
         )
         wait_until(lambda: "ready." in (self.logs / "worker.log").read_text(errors="replace"))
+
+    def start_beat(self) -> None:
+        """Celery beat, as `make run` starts it (its schedule file among the logs)."""
+        schedule = self.logs / "celerybeat-schedule"
+        argv = ["-m", "celery", "-A", "workers.celery_app", "beat", "--schedule", str(schedule)]
+        self.spawn("beat", sys.executable, *argv)
+        # Its schedule is a shelve: a file or several (.db, .dat/.dir), by dbm flavour.
+        wait_until(lambda: any(self.logs.glob(f"{schedule.name}*")))
 
     def stop(self) -> None:
         for process in self.processes:
