@@ -25,6 +25,10 @@ def _configure(app: Celery, settings: Settings) -> None:
     visibility_timeout = settings.max_generation_s + 2 * settings.lease_ttl_s + 60
     app.conf.update(
         broker_url=settings.broker_url,
+        # One Redis client per channel for publishing, instead of one per message.
+        broker_transport=(
+            "workers.broker:Transport" if settings.broker_url.startswith("redis://") else None
+        ),
         result_backend=None,
         task_ignore_result=True,
         task_acks_late=True,
