@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
-from flask_jwt_extended import get_jwt
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed, Server
 
@@ -70,10 +69,9 @@ def _decline_compression() -> None:
 
 
 def _access(principal: Principal) -> Access:
-    expires_at = float(get_jwt()["exp"]) if principal.family_id is not None else None
     return Access(
         principal,
-        expires_at=expires_at,
+        expires_at=principal.token_expires_at,
         recheck_s=current_settings().ws_access_recheck_s,
         redis=current_app.extensions["redis"],
         database=get_db(),

@@ -7,6 +7,7 @@ resolves to is also remembered for a few seconds in-process (web/security/princi
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Principal:
     permissions: frozenset[Permission]
     family_id: uuid.UUID | None = None  # set when the caller used a login's JWT
     api_key_id: uuid.UUID | None = None  # set when the caller used an API key
+    token_expires_at: float | None = None  # a JWT's `exp` (epoch seconds)
 
     @property
     def user(self) -> User:
@@ -124,14 +126,33 @@ def _load_api_key(key: str) -> _KeyGrant:
     return _KeyGrant(principal, row.expires_at)
 
 
-def _from_jwt() -> Principal | None:
+def _from_jwt(token: str | None) -> Principal | None:
     """flask-jwt-extended checks the signature, expiry and revocation (web/security/tokens.py
-    answers the last from the cache when it can) and loads the account (likewise)."""
-    if verify_jwt_in_request(optional=True) is None:
-        return None
-    account = cast(Account, get_current_user())
-    family = uuid.UUID(str(get_jwt()["fam"]))
-    return Principal(account.id, account.role, permissions_for(account.role), family_id=family)
+    answers the last from the cache when it can) and loads the account (likewise). A token
+    verified moments ago is taken from the cache as it was, its expiry checked again; a
+    logout or an account change evicts it (tagged with its login and its account)."""
+    cache_key = f"jwt:{api_keys.hash_key(token)}" if token else None
+    principal: Principal | None = principal_cache().get(cache_key) if cache_key else None
+    if principal is None:
+        if verify_jwt_in_request(optional=True) is None:
+            return None
+        account = cast(Account, get_current_user())
+        claims = get_jwt()
+        principal = Principal(
+            account.id,
+            account.role,
+            permissions_for(account.role),
+            family_id=uuid.UUID(str(claims["fam"])),
+            token_expires_at=float(claims["exp"]),
+        )
+        if cache_key:
+            tags = (f"user:{principal.user_id}", f"family:{principal.family_id}")
+            principal_cache().put(cache_key, principal, tags=tags)
+    if principal.token_expires_at is not None and principal.token_expires_at <= time.time():
+        raise Unauthorized(
+            "The token has expired.", code="token_expired", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return principal
 
 
 @dataclass(frozen=True)
@@ -150,7 +171,7 @@ def current_principal() -> Principal | None:
     if "principal" not in g:
         token = _bearer_token()
         principal = (
-            _from_api_key(token) if token and api_keys.looks_like_key(token) else _from_jwt()
+            _from_api_key(token) if token and api_keys.looks_like_key(token) else _from_jwt(token)
         )
         if principal is not None:
             # For the audit trigger, in this request's session, whenever it opens one.

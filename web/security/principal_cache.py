@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "omx:principals:forget"
 RETRY_S = 1.0
+PING_AFTER_S = 30.0
 
 
 class PrincipalCache:
@@ -40,6 +41,7 @@ class PrincipalCache:
         self.lock = threading.Lock()
         self.listening = threading.Event()
         self.listener: threading.Thread | None = None
+        self.stopped = False
 
     def get(self, key: str) -> Any | None:
         if self.ttl_s <= 0:
@@ -86,6 +88,8 @@ class PrincipalCache:
                 del self.entries[key]
 
     def _listen(self) -> None:
+        if self.stopped:
+            return
         if self.listener is None or not self.listener.is_alive():
             with self.lock:
                 if self.listener is None or not self.listener.is_alive():
@@ -95,12 +99,17 @@ class PrincipalCache:
                     )
                     self.listener.start()
 
+    def stop(self) -> None:
+        """Stop listening (and so serving from the cache); for shutdown and tests."""
+        self.stopped = True
+
     def _run(self) -> None:
-        while True:
+        while not self.stopped:
             try:
                 self._subscribe_and_evict()
-            except (RedisError, OSError) as error:
-                log.warning("principal cache not listening (%s); serving without it", error)
+            except Exception as error:  # whatever broke it, listen again
+                if not self.stopped:
+                    log.warning("principal cache not listening (%s); serving without it", error)
             finally:
                 self.listening.clear()
                 with self.lock:
@@ -113,10 +122,13 @@ class PrincipalCache:
             pubsub.subscribe(CHANNEL)
             pubsub.get_message(timeout=5)  # the subscription's confirmation
             self.listening.set()
-            while True:
-                message = pubsub.get_message(timeout=30)
+            quiet_since = time.monotonic()
+            while not self.stopped:
+                message = pubsub.get_message(timeout=1)
                 if message is None:
-                    pubsub.ping()  # a dead connection shows up here, not in silence
+                    if time.monotonic() - quiet_since > PING_AFTER_S:
+                        pubsub.ping()  # a dead connection shows up here, not in silence
+                        quiet_since = time.monotonic()
                 elif message["type"] == "message":
                     self._evict(json.loads(message["data"]))
         finally:

@@ -49,7 +49,6 @@ def issue_tokens(user: User, family_id: uuid.UUID) -> tuple[dict[str, Any], str]
 def revoke_families_now(family_ids: Iterable[uuid.UUID]) -> None:
     """Reject every access token of these families from now on (until they would expire)."""
     family_ids = list(family_ids)
-    principal_cache().forget(family_ids=family_ids)
     ttl = current_settings().access_token_ttl_s + 60
     try:
         with _redis().pipeline(transaction=False) as pipe:
@@ -58,6 +57,8 @@ def revoke_families_now(family_ids: Iterable[uuid.UUID]) -> None:
             pipe.execute()
     except RedisError as error:
         raise ServiceUnavailable("Could not revoke the session; try again.") from error
+    # After the blocklist has them: a process that re-reads it from now on sees them revoked.
+    principal_cache().forget(family_ids=family_ids)
 
 
 def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
