@@ -1,7 +1,8 @@
 """Round-trip budgets of the hot path, asserted by counting (never by timing).
 
-An accepted submission costs the web process at most one PostgreSQL transaction of at most
-three statements and at most four Redis commands; a job costs its worker two transactions
+An accepted submission may cost the web process at most one PostgreSQL transaction of at
+most three statements and at most four Redis commands (it costs one statement and three
+commands: the budget script, the "queued" event, the broker's LPUSH); a job costs its worker two transactions
 (claim; finish with the usage upsert) and one Redis round trip per event batch; no pool
 ping or new connection on the way. A change that adds a round trip fails here, with the
 count. docs/benchmarks.md has what the same path costs in CPU (`python -m bench.cost`).
@@ -35,6 +36,8 @@ from workers.engines import make_engine
 from workers.events import EventLog
 from workers.runtime_config import RuntimeConfigSource
 from workers.tasks import inference
+
+pytestmark = pytest.mark.usefixtures("fresh_double")
 
 GENERATE = "/api/v1/inference/generate"
 POOL_EVENTS = ("connect", "close")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from flask import current_app, request
+from redis.exceptions import RedisError
 
 from db.fleet import availability, canonical_model_name
 from db.inference import NewRequest, find_by_idempotency_key, insert_if_servable, undo_dispatch
@@ -37,6 +39,8 @@ from workers.dispatch import publish_inference
 from workers.events import EventLog
 from workers.metrics import INFERENCE_REQUESTS
 from workers.watch import cancel_key
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -140,7 +144,13 @@ def _not_inserted(
 
 
 def _announce_and_publish(database: Database, new: NewRequest, *, registered: bool) -> None:
-    _events().publish(new.id, "status", status="queued", attempt=1, user_id=new.user_id)
+    """The job is committed: from here on nothing may fail the answer (the caller would
+    retry and create it twice). A lost "queued" event costs readers nothing they need (the
+    worker's events follow); a failed publish is left to the outbox sweeper."""
+    try:
+        _events().publish(new.id, "status", status="queued", attempt=1, user_id=new.user_id)
+    except RedisError as error:
+        log.warning("request %s: could not announce it queued: %s", new.id, error)
     # Only registered names as a metric label: a job queued for a typo adds no series.
     INFERENCE_REQUESTS.labels("queued", new.model_name if registered else "<unregistered>").inc()
     if not publish_inference(current_celery(), new.id, new.model_name, new.priority):
