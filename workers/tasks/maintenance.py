@@ -54,7 +54,7 @@ def _exclusive(name: str, timeout_s: float) -> Iterator[bool]:
     """Yields whether this run holds the job's lock (False: another run has it)."""
     lock = runtime.current().redis.lock(f"omx:lock:{name}", timeout=timeout_s, blocking=False)
     if not lock.acquire():
-        log.info("%s: another run holds the lock; skipped", name)
+        log.debug("%s: another run holds the lock; skipped", name)
         yield False
         return
     try:
@@ -108,7 +108,7 @@ def refresh_dashboard() -> str | None:
             return None
         with rt.database.unit_of_work() as session:
             refreshed_at = refresh_dashboard_stats(session=session)
-    log.info("dashboard_stats refreshed at %s", refreshed_at.isoformat())
+    log.debug("dashboard_stats refreshed at %s", refreshed_at.isoformat())  # every minute
     return refreshed_at.isoformat()
 
 
@@ -124,7 +124,7 @@ def audit_partitions() -> list[str]:
     if created:
         log.info("audit partitions created: %s", ", ".join(created))
     else:
-        log.info("audit partitions: none missing (%d months ahead)", AUDIT_MONTHS_AHEAD)
+        log.debug("audit partitions: none missing (%d months ahead)", AUDIT_MONTHS_AHEAD)
     return created
 
 
