@@ -371,6 +371,7 @@ def summarize(
     xacts = sql_after.xacts - sql_before.xacts - idle["transactions_per_s"] * settled
     sessions = sql_after.sessions - sql_before.sessions - idle["sessions_per_s"] * settled
     statements = sum(changed["statements"].values())
+    top = changed["statements"].most_common(15)
     redis = sum(changed["redis"].values())
     alone, through = ttft_summary(direct), ttft_summary(ok)
     window = wall + DRAIN_S
@@ -399,8 +400,11 @@ def summarize(
             "new_connections": sessions / n,
             "redis_commands": redis / n,
         },
-        "statements_by_text": {
-            text: calls / n for text, calls in changed["statements"].most_common(15)
+        "statements_by_text": {text: calls / n for text, calls in top},
+        # pg_stat_statements keeps an IN list of each length as a statement of its own.
+        "statements_elsewhere": {
+            "texts": len(changed["statements"]) - len(top),
+            "per_job": (statements - sum(calls for _, calls in top)) / n,
         },
         "redis_by_command": {cmd: calls / n for cmd, calls in changed["redis"].most_common()},
         "raw": {

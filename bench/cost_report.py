@@ -156,11 +156,18 @@ def where_from(label: str, run: dict[str, Any]) -> list[str]:
             "| calls/job | statement (pg_stat_statements, normalized) |",
             "|---:|---|",
         ]
-        for text, calls in b["statements_by_text"].items():
-            if calls >= 0.05:
-                short = " ".join(text.split())
-                short = short if len(short) <= 110 else short[:107] + "..."
-                lines.append(f"| {calls:.2f} | `{short.replace('|', '¦')}` |")
+        listed = {text: calls for text, calls in b["statements_by_text"].items() if calls >= 0.05}
+        for text, calls in listed.items():
+            short = " ".join(text.split())
+            short = short if len(short) <= 110 else short[:107] + "..."
+            lines.append(f"| {calls:.2f} | `{short.replace('|', '¦')}` |")
+        # The rest: rare statements, and beyond the top 15 (an IN list of each length is a
+        # text of its own in pg_stat_statements: the batched dispatch mark, say).
+        texts = len(b["statements_by_text"]) - len(listed)
+        texts += b.get("statements_elsewhere", {"texts": 0})["texts"]
+        if texts:
+            rest = b["per_job"]["statements"] - sum(listed.values())
+            lines.append(f"| {rest:.2f} | {texts} other texts |")
         commands = ", ".join(
             f"{cmd} {calls:.2f}" for cmd, calls in b["redis_by_command"].items() if calls >= 0.05
         )
