@@ -1,11 +1,12 @@
 """Round-trip budgets of the hot path, asserted by counting (never by timing).
 
 An accepted submission may cost the web process at most one PostgreSQL transaction of at
-most three statements and at most four Redis commands (it costs one statement and three
-commands: the budget script, the "queued" event, the broker's LPUSH); a job costs its worker two transactions
-(claim; finish with the usage upsert) and one Redis round trip per event batch; no pool
-ping or new connection on the way. A change that adds a round trip fails here, with the
-count. docs/benchmarks.md has what the same path costs in CPU (`python -m bench.cost`).
+most three statements and at most four Redis commands (it costs one statement, and three
+commands: the budget script, the "queued" event, the broker's LPUSH); a job costs its worker
+two transactions (claim; finish with the usage upsert) and one Redis round trip per event
+batch; no pool ping or new connection on the way. A change that adds a round trip fails
+here, with the count. docs/benchmarks.md has what the same path costs in CPU
+(`python -m bench.cost`).
 """
 
 from __future__ import annotations

@@ -82,26 +82,16 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
     ("restarted", None) when text already yielded was voided by a retry. ("idle", None)
     marks a quiet period, for doors that keep the connection alive (and so notice a caller
     who left while the job was still queued)."""
-    relay = current_relay()
-    idle_s = current_settings().ws_heartbeat_s
     done: dict[str, Any] = {}
     sent_text = False
-    for event in follow(relay, request_id, idle_s):
+    for event in follow(current_relay(), request_id, current_settings().ws_heartbeat_s):
         if isinstance(event, Quiet):
             state = final_state(request_id) if event.ask_database else None
             if state is not None:  # it ended without announcing it (a worker died then)
-                if state["status"] == "completed":
-                    if not sent_text and state.get("output"):
-                        yield "token", state["output"]
-                    final = {k: state.get(k) for k in (*METRICS, "done_reason")}
-                    final["tool_calls"] = (state.get("output_message") or {}).get("tool_calls")
-                    yield "done", final
-                else:
-                    yield "error", state.get("error") or f"request {state['status']}"
+                yield from _from_stored(state, sent_text)
                 return
             yield "idle", None
-            continue
-        if event["type"] == "token":
+        elif event["type"] == "token":
             sent_text = True
             yield "token", event["text"]
         elif event["type"] == "done":
@@ -111,12 +101,24 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
             if status == "restarted" and sent_text:
                 sent_text = False
                 yield "restarted", None
-            if status == "completed":
+            elif status == "completed":
                 yield "done", done
                 return
-            if status in ("failed", "cancelled"):
+            elif status in ("failed", "cancelled"):
                 yield "error", event.get("error") or f"request {status}"
                 return
+
+
+def _from_stored(state: dict[str, Any], sent_text: bool) -> Iterator[tuple[str, Any]]:
+    """The outcome of a job that ended without its last events, as the database has it."""
+    if state["status"] != "completed":
+        yield "error", state.get("error") or f"request {state['status']}"
+        return
+    if not sent_text and state.get("output"):
+        yield "token", state["output"]
+    final = {k: state.get(k) for k in (*METRICS, "done_reason")}
+    final["tool_calls"] = (state.get("output_message") or {}).get("tool_calls")
+    yield "done", final
 
 
 def collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
