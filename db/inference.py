@@ -7,10 +7,25 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import case, exists, func, literal, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    Boolean,
+    Interval,
+    String,
+    Table,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -80,6 +95,39 @@ def insert_if_servable(
     with `undo_dispatch` if that publish fails, so the outbox sweeper takes over. Marking in
     the same statement saves the second transaction a mark would cost.
     """
+    params = {
+        **{f"v_{name}": getattr(new, name) for name in _NEW_REQUEST_COLUMNS},
+        "stale_after": stale_after,
+        "queue_anyway": queue_while_unavailable,
+    }
+    row = session.connection().execute(_insert_statement(), params).first()
+    return Inserted(row[0], row[1]) if row else None
+
+
+_NEW_REQUEST_COLUMNS = (
+    "id",
+    "user_id",
+    "model_name",
+    "kind",
+    "source",
+    "input",
+    "options",
+    "priority",
+    "idempotency_key",
+    "request_hash",
+)
+
+
+# The hot path's statements are built once, with parameters for their values: building one
+# costs more CPU than PostgreSQL spends running it (2-3 ms for the finish statement), and a
+# statement object reused keeps its cache key. They target the tables and run on the
+# session's connection (Core): an ORM statement given parameters would mean a bulk write.
+_REQUESTS = cast(Table, InferenceRequest.__table__)
+_USAGE = cast(Table, ModelUsageStats.__table__)
+
+
+@cache
+def _insert_statement() -> Any:
     now = func.now()
     serving = exists().where(
         ModelReplica.model_id == Model.id,
@@ -87,50 +135,39 @@ def insert_if_servable(
         Node.id == ModelReplica.node_id,
         Node.status == NodeStatus.ONLINE,
         Node.drained.is_(False),
-        Node.last_heartbeat_at > now - stale_after,
+        Node.last_heartbeat_at > now - bindparam("stale_after", type_=Interval),
     )
     model = (
         select(Model.id, Model.status, serving.label("served"))
-        .where(Model.name == new.model_name)
+        .where(Model.name == bindparam("v_model_name", type_=String))
         .cte("model")
     )
     table = InferenceRequest.__table__
-    values = {
-        "id": new.id,
-        "user_id": new.user_id,
-        "model_name": new.model_name,
-        "kind": new.kind,
-        "source": new.source,
-        "input": new.input,
-        "options": new.options,
-        "priority": new.priority,
-        "idempotency_key": new.idempotency_key,
-        "request_hash": new.request_hash,
-        "status": RequestStatus.QUEUED.value,
-        "attempt": 1,
-    }
     columns = [
-        literal(value, type_=table.c[name].type).label(name) for name, value in values.items()
+        bindparam(f"v_{name}", type_=table.c[name].type).label(name)
+        for name in _NEW_REQUEST_COLUMNS
     ]
-    may_take = ~exists(select(model.c.id).where(model.c.status == ModelStatus.DISABLED))
-    if not queue_while_unavailable:
-        may_take = may_take & exists(select(model.c.id).where(model.c.served))
+    may_take = ~exists(select(model.c.id).where(model.c.status == ModelStatus.DISABLED)) & (
+        bindparam("queue_anyway", type_=Boolean) | exists(select(model.c.id).where(model.c.served))
+    )
     source = select(
         *columns,
+        literal(RequestStatus.QUEUED.value).label("status"),
+        literal(1).label("attempt"),
         select(model.c.id).scalar_subquery().label("model_id"),
         now.label("dispatched_at"),
     ).where(may_take)
-    statement = (
-        insert(InferenceRequest)
-        .from_select([*values, "model_id", "dispatched_at"], source)
+    return (
+        insert(_REQUESTS)
+        .from_select(
+            [*_NEW_REQUEST_COLUMNS, "status", "attempt", "model_id", "dispatched_at"], source
+        )
         .on_conflict_do_nothing(
             index_elements=["user_id", "idempotency_key"],
             index_where=text("idempotency_key IS NOT NULL"),
         )
         .returning(InferenceRequest.id, InferenceRequest.model_id)
     )
-    row = session.execute(statement).first()
-    return Inserted(row[0], row[1]) if row else None
 
 
 def undo_dispatch(*, session: Session, request_id: uuid.UUID) -> None:
@@ -165,19 +202,26 @@ def claim(
     Times come from the database's clock, never a worker's: leases set here are compared
     by a sweeper that may run on another host.
     """
+    params = {"request_id": request_id, "worker": worker_name, "node": node_id, "lease": lease}
+    row = session.connection().execute(_claim_statement(), params).first()
+    return ClaimedJob(*row) if row else None
+
+
+@cache
+def _claim_statement() -> Any:
     now = func.now()
-    row = session.execute(
-        update(InferenceRequest)
+    return (
+        update(_REQUESTS)
         .where(
-            InferenceRequest.id == request_id,
+            InferenceRequest.id == bindparam("request_id"),
             InferenceRequest.status == RequestStatus.QUEUED,
             InferenceRequest.cancel_requested_at.is_(None),
         )
         .values(
             status=RequestStatus.RUNNING,
-            worker_name=worker_name,
-            node_id=node_id,
-            lease_until=now + lease,
+            worker_name=bindparam("worker"),
+            node_id=bindparam("node"),
+            lease_until=now + bindparam("lease", type_=Interval),
             started_at=now,
             dispatched_at=func.coalesce(InferenceRequest.dispatched_at, now),
         )
@@ -193,8 +237,7 @@ def claim(
             InferenceRequest.user_id,
             InferenceRequest.priority,
         )
-    ).first()
-    return ClaimedJob(*row) if row else None
+    )
 
 
 def _ours(request_id: uuid.UUID, worker_name: str, attempt: int) -> Any:
@@ -258,34 +301,41 @@ def finish(
     """Write the result once, if the job is still ours, and count it in the day's usage:
     one statement (the usage upsert feeds on the update's RETURNING, so a job that is no
     longer ours counts nowhere)."""
-    metrics = {name: (outcome.metrics or {}).get(name) for name in METRIC_COLUMNS}
-    finished = (
-        update(InferenceRequest)
-        .where(_ours(job.id, worker_name, job.attempt))
-        .values(
-            status=outcome.status,
-            output=outcome.output,
-            output_message=outcome.output_message,
-            done_reason=outcome.done_reason,
-            error=outcome.error,
-            error_code=outcome.error_code,
-            completed_at=func.now(),
-            first_token_at=first_token_at,
-            lease_until=None,
-            **metrics,
-        )
-        .returning(InferenceRequest.id)
-        .cte("finished")
-    )
-    usage = _usage_upsert(job, outcome, source=finished).cte("usage")
-    counted = select(func.count()).select_from(finished).add_cte(usage)
-    return bool(session.execute(counted).scalar())
-
-
-def _usage_upsert(job: ClaimedJob, outcome: Outcome, *, source: Any) -> Any:
-    """Add one finished job to its model's row for today (UTC), once per row of `source`."""
     metrics = outcome.metrics or {}
-    counts = {
+    params = {
+        "f_request_id": job.id,
+        "f_worker": worker_name,
+        "f_attempt": job.attempt,
+        "f_status": str(outcome.status),
+        "f_output": outcome.output,
+        "f_output_message": outcome.output_message,
+        "f_done_reason": outcome.done_reason,
+        "f_error": outcome.error,
+        "f_error_code": outcome.error_code,
+        "f_first_token_at": first_token_at,
+        **{f"m_{name}": metrics.get(name) for name in METRIC_COLUMNS},
+        **{f"u_{name}": value for name, value in _usage_counts(job, outcome).items()},
+        "u_model_name": job.model_name,
+        "u_day": utcnow().date(),
+    }
+    return bool(session.connection().execute(_finish_statement(), params).scalar())
+
+
+USAGE_COUNTS = (
+    "requests",
+    "completed",
+    "errors",
+    "cancelled",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_duration_ns",
+    "queue_wait_ms",
+)
+
+
+def _usage_counts(job: ClaimedJob, outcome: Outcome) -> dict[str, int]:
+    metrics = outcome.metrics or {}
+    return {
         "requests": 1,
         "completed": int(outcome.status == RequestStatus.COMPLETED),
         "errors": int(outcome.status == RequestStatus.FAILED),
@@ -295,15 +345,45 @@ def _usage_upsert(job: ClaimedJob, outcome: Outcome, *, source: Any) -> Any:
         "total_duration_ns": int(metrics.get("total_duration") or 0),
         "queue_wait_ms": int((job.started_at - job.queued_at).total_seconds() * 1000),
     }
-    table = ModelUsageStats.__table__
-    row = {"model_name": job.model_name, "day": utcnow().date(), **counts}
-    columns = [literal(value, type_=table.c[name].type).label(name) for name, value in row.items()]
-    statement = insert(ModelUsageStats).from_select(list(row), select(*columns).select_from(source))
-    return statement.on_conflict_do_update(
-        index_elements=["model_name", "day"],
-        set_={name: table.c[name] + statement.excluded[name] for name in counts}
-        | {"updated_at": func.now()},
+
+
+@cache
+def _finish_statement() -> Any:
+    finished = (
+        update(_REQUESTS)
+        .where(
+            InferenceRequest.id == bindparam("f_request_id"),
+            InferenceRequest.status == RequestStatus.RUNNING,
+            InferenceRequest.worker_name == bindparam("f_worker"),
+            InferenceRequest.attempt == bindparam("f_attempt"),
+        )
+        .values(
+            status=bindparam("f_status"),
+            output=bindparam("f_output"),
+            # SQL NULL for no message, as a plain None in values() would be (not JSON null).
+            output_message=bindparam("f_output_message", type_=JSONB(none_as_null=True)),
+            done_reason=bindparam("f_done_reason"),
+            error=bindparam("f_error"),
+            error_code=bindparam("f_error_code"),
+            completed_at=func.now(),
+            first_token_at=bindparam("f_first_token_at"),
+            lease_until=None,
+            **{name: bindparam(f"m_{name}") for name in METRIC_COLUMNS},
+        )
+        .returning(InferenceRequest.id)
+        .cte("finished")
     )
+    # Add the job to its model's row for today (UTC), once per row the update returned.
+    table = ModelUsageStats.__table__
+    names = ["model_name", "day", *USAGE_COUNTS]
+    columns = [bindparam(f"u_{name}", type_=table.c[name].type).label(name) for name in names]
+    upsert = insert(_USAGE).from_select(names, select(*columns).select_from(finished))
+    usage = upsert.on_conflict_do_update(
+        index_elements=["model_name", "day"],
+        set_={name: table.c[name] + upsert.excluded[name] for name in USAGE_COUNTS}
+        | {"updated_at": func.now()},
+    ).cte("usage")
+    return select(func.count()).select_from(finished).add_cte(usage)
 
 
 def cancel(*, session: Session, request_id: uuid.UUID) -> str | None:
