@@ -265,9 +265,45 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def repeats(folder: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Other runs of the same code kept as cost-<label>-<name>.json: how far a figure moves
+    between runs on this machine, to read a before -> after difference against."""
+    found = {
+        path.stem.removeprefix("cost-"): json.loads(path.read_text())
+        for label in LABELS
+        for path in sorted(folder.glob(f"cost-{label}-*.json"))
+    }
+    if not found:
+        return []
+    keys = columns(runs)
+    lines = [
+        "## Repeat runs",
+        "",
+        "OllamaMax total CPU ms per job (others' CPU, % of the machine) in each kept run, the"
+        " reported one first: the spread is the noise a difference must exceed.",
+        "",
+        "| run | " + " | ".join(title(runs, key) for key in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for name, run in {**runs, **found}.items():
+        cells = []
+        for key in keys:
+            hits = [b for b in run["batches"] if (b["path"], b["callers"]) == key]
+            cells.append(
+                "; ".join(
+                    f"{b['ollamamax_ms_per_job']:.1f} ({b['machine']['others_share'] * 100:.0f})"
+                    for b in hits
+                )
+                or "n/a"
+            )
+        lines.append(f"| {name} ({run['meta']['started']}) | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def write(folder: Path) -> Path:
     path = folder / "cost.md"
-    path.write_text(render(load(folder)))
+    runs = load(folder)
+    path.write_text(render(runs) + "\n".join(["", *repeats(folder, runs)]))
     return path
 
 
