@@ -316,6 +316,7 @@ def idle_background(meter: Meter, seconds: float) -> dict[str, Any]:
         "sessions_per_s": (sql_after.sessions - sql_before.sessions) / elapsed,
         "statements_per_s": sum(changed["statements"].values()) / elapsed,
         "redis_commands_per_s": sum(changed["redis"].values()) / elapsed,
+        "redis_requests_per_s": changed["redis_reads"] / elapsed,
     }
 
 
@@ -399,6 +400,7 @@ def summarize(
             "statements": statements / n,
             "new_connections": sessions / n,
             "redis_commands": redis / n,
+            "redis_requests": changed["redis_reads"] / n,
         },
         "statements_by_text": {text: calls / n for text, calls in top},
         # pg_stat_statements keeps an IN list of each length as a statement of its own.
@@ -413,6 +415,7 @@ def summarize(
             "sql_settle_s": round(settled, 1),
             "statements": statements,
             "redis_commands": redis,
+            "redis_reads": changed["redis_reads"],
             "cpu_s": {role: round(seconds, 3) for role, seconds in cpu.items()},
         },
         "machine": {

@@ -8,6 +8,7 @@ row per figure; with both cost-before.json and cost-after.json, each cell reads
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from collections.abc import Callable
@@ -18,6 +19,12 @@ from bench.stack import RESULTS
 
 LABELS = ("before", "after")
 Figure = Callable[[dict[str, Any]], float | str]
+
+
+def redis_requests(b: dict[str, Any]) -> float | str:
+    """Socket reads per job; runs before this figure existed say so."""
+    return float(b["per_job"].get("redis_requests", float("nan")))
+
 
 ROWS: list[tuple[str, Figure | None, int]] = [
     ("jobs measured", lambda b: b["jobs"], -1),
@@ -49,6 +56,7 @@ ROWS: list[tuple[str, Figure | None, int]] = [
         lambda b: b["per_job"]["redis_commands"],
         1,
     ),
+    ("Redis requests (socket reads: a pipeline is one)", redis_requests, 1),
     ("**the machine meanwhile**", None, 0),
     ("load average, 1 min", lambda b: b["machine_during"]["load_1m"], 0),
     ("others' CPU, % of the machine", lambda b: b["machine"]["others_share"] * 100, 0),
@@ -87,7 +95,8 @@ def cell(runs: dict[str, dict[str, Any]], key: tuple[str, int], figure: Figure, 
         elif digits < 0:
             values.append(f"{sum(cast(list[float], found)):.0f}")
         else:
-            values.append(f"{statistics.median(cast(list[float], found)):.{digits}f}")
+            middle = statistics.median(cast(list[float], found))
+            values.append("n/a" if math.isnan(middle) else f"{middle:.{digits}f}")
     return " → ".join(values)
 
 

@@ -105,6 +105,9 @@ class Reading:
     statements: Counter[str] = field(default_factory=Counter)  # query text -> calls
     redis: Counter[str] = field(default_factory=Counter)  # command -> calls
     own_info_calls: int = 0  # our INFO calls issued before this reading's own
+    # Redis' total_reads_processed: requests as they arrive, a pipeline (or a MULTI block
+    # sent at once) in one read; commandstats counts each command in it.
+    redis_reads: int = 0
 
 
 @dataclass
@@ -177,23 +180,27 @@ class Meter:
             cursor.execute("SELECT dealloc FROM pg_stat_statements_info")
             return int(cursor.fetchone()[0])
 
-    def redis_commands(self) -> tuple[Counter[str], int]:
-        """(calls per command, our INFO calls before this one): Redis counts a command once
-        it has run, so this INFO is in the next reading, not in its own."""
+    def redis_counts(self) -> tuple[Counter[str], int, int]:
+        """(calls per command, socket reads, our INFO calls before this one): Redis counts
+        a command once it has run, so this INFO is in the next reading, not in its own."""
         before = self.info_calls
         self.info_calls += 1
-        stats: dict[str, dict[str, Any]] = self.redis.info("commandstats")
+        info: dict[str, Any] = self.redis.info("stats", "commandstats")
         calls = Counter(
-            {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+            {
+                name.removeprefix("cmdstat_"): int(entry["calls"])
+                for name, entry in info.items()
+                if name.startswith("cmdstat_")
+            }
         )
-        return calls, before
+        return calls, int(info["total_reads_processed"]), before
 
     def read(self) -> Reading:
         """CPU, statements and Redis commands now."""
         cpu = self.cpu()
         statements = self.statements()
-        redis, own = self.redis_commands()
-        return Reading(cpu=cpu, statements=statements, redis=redis, own_info_calls=own)
+        redis, reads, own = self.redis_counts()
+        return Reading(cpu, statements, redis, own_info_calls=own, redis_reads=reads)
 
     def sql(self) -> SqlTotals:
         """Transactions and new sessions of the application's database so far. A backend
@@ -215,13 +222,15 @@ def difference(before: Reading, after: Reading) -> dict[str, Any]:
     Redis calls per command (ours taken out)."""
     redis = after.redis.copy()
     redis.subtract(before.redis)
-    redis["info"] -= after.own_info_calls - before.own_info_calls
+    ours = after.own_info_calls - before.own_info_calls
+    redis["info"] -= ours
     statements = after.statements.copy()
     statements.subtract(before.statements)
     return {
         "cpu": {role: after.cpu[role] - before.cpu[role] for role in after.cpu},
         "statements": +statements,  # unary + drops the zeros
         "redis": +redis,
+        "redis_reads": after.redis_reads - before.redis_reads - ours,  # one read per INFO
     }
 
 
