@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,19 +124,11 @@ def pipeline_ttft(
         so that a stream has one job in flight at a time (20 streams = 20 jobs)."""
         pubsub.subscribe(f"omx:req:{request_id}")
         first: float | None = None
-        for event in events.replay(request_id):
+        for event in _stored_then_live(events, request_id, pubsub):
             if event["type"] == "token" and first is None:
                 first = (time.perf_counter() - started) * 1000
             if event.get("status") in ("completed", "failed", "cancelled"):
-                return first or 0.0
-        for message in pubsub.listen():
-            if message["type"] != "message":
-                continue
-            event = json.loads(message["data"])
-            if event["type"] == "token" and first is None:
-                first = (time.perf_counter() - started) * 1000
-            if event.get("status") in ("completed", "failed", "cancelled"):
-                return first or 0.0
+                break
         return first or 0.0
 
     def one_stream() -> None:
@@ -164,6 +157,14 @@ def pipeline_ttft(
     for thread in threads:
         thread.join()
     return results, submit_ms
+
+
+def _stored_then_live(events: EventLog, request_id: str, pubsub: Any) -> Iterator[dict[str, Any]]:
+    """A request's events: what was stored before the subscription, then live ones."""
+    yield from events.replay(request_id)
+    for message in pubsub.listen():
+        if message["type"] == "message":
+            yield json.loads(message["data"])
 
 
 def stages(stack: Stack) -> dict[str, float]:

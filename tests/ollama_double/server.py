@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,38 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"  # si
 
 class ClientGone(Exception):
     pass
+
+
+FAULT_REPLIES = {
+    "503": (503, {"error": "server busy, please try again.  maximum pending requests exceeded"}),
+    "500": (500, {"error": "model runner has unexpectedly stopped"}),
+}
+MIDSTREAM_ERROR = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an "
+    "internal error"
+)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One generation as the double will send it."""
+
+    requested: str
+    chat: bool
+    prompt: str
+    tokens: list[str]
+    done_reason: str
+    calls: list[dict[str, Any]]
+    started: int
+
+    def chunk(self, text: str, done: bool) -> dict[str, Any]:
+        base: dict[str, Any] = {"model": self.requested, "created_at": rfc3339()}
+        if self.chat:
+            base["message"] = {"role": "assistant", "content": text}
+        else:
+            base["response"] = text
+        base["done"] = done
+        return base
 
 
 class OllamaHandler(BaseHTTPRequestHandler):
@@ -226,95 +259,94 @@ class OllamaHandler(BaseHTTPRequestHandler):
         if (chat and not body.get("messages")) or (
             not chat and not prompt and not body.get("images")
         ):
-            # Load (or, with keep_alive 0, unload) the model: one object even when streaming.
-            unload = body.get("keep_alive") in (0, 0.0, "0", "0s")
-            reply = {"model": requested, "created_at": rfc3339()}
-            reply.update(
-                {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-            )
-            reply.update({"done": True, "done_reason": "unload" if unload else "load"})
-            if unload:
-                state.loaded.pop(name, None)
-            else:
-                state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
-            self._reply(200, reply)
+            self._load_or_unload(body, requested, name, chat)
             return
         fault = state.take_fault()
-        if fault == "503":
-            self._reply(
-                503, {"error": "server busy, please try again.  maximum pending requests exceeded"}
-            )
+        if fault in FAULT_REPLIES:
+            self._reply(*FAULT_REPLIES[fault])
             return
-        if fault == "500":
-            self._reply(500, {"error": "model runner has unexpectedly stopped"})
-            return
-
         started = time.monotonic_ns()
         state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
-        options = body.get("options") or {}
-        limit = int(options.get("num_predict") or 0)
-        count = limit if limit > 0 else state.knobs.default_tokens
-        tokens = tokens_for(prompt, count)
-        done_reason = "length" if limit > 0 else "stop"
-
-        def chunk(text: str, done: bool) -> dict[str, Any]:
-            base: dict[str, Any] = {"model": requested, "created_at": rfc3339()}
-            if chat:
-                base["message"] = {"role": "assistant", "content": text}
-            else:
-                base["response"] = text
-            base["done"] = done
-            return base
-
-        calls = self._tool_calls(body) if chat else []
-
+        limit = int((body.get("options") or {}).get("num_predict") or 0)
+        answer = _Answer(
+            requested=requested,
+            chat=chat,
+            prompt=prompt,
+            tokens=tokens_for(prompt, limit if limit > 0 else state.knobs.default_tokens),
+            done_reason="length" if limit > 0 else "stop",
+            calls=self._tool_calls(body) if chat else [],
+            started=started,
+        )
         if body.get("stream") is False:
-            time.sleep(state.knobs.first_token_delay_s + state.knobs.token_delay_s * count)
-            final = chunk("".join(tokens), True)
-            if calls:
-                final["message"]["tool_calls"] = calls
-            final.update(self._metrics(prompt, count, started, done_reason))
-            self._reply(200, final)
-            with state.lock:
-                state.completed.append(prompt)
-            return
+            self._whole(answer)
+        else:
+            self._stream(answer, fault)
 
+    def _load_or_unload(self, body: dict[str, Any], requested: str, name: str, chat: bool) -> None:
+        """Load (or, with keep_alive 0, unload) the model: one object even when streaming."""
+        state = self.server.state
+        unload = body.get("keep_alive") in (0, 0.0, "0", "0s")
+        reply = {"model": requested, "created_at": rfc3339()}
+        reply.update(
+            {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+        )
+        reply.update({"done": True, "done_reason": "unload" if unload else "load"})
+        if unload:
+            state.loaded.pop(name, None)
+        else:
+            state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
+        self._reply(200, reply)
+
+    def _whole(self, answer: _Answer) -> None:
+        state = self.server.state
+        count = len(answer.tokens)
+        time.sleep(state.knobs.first_token_delay_s + state.knobs.token_delay_s * count)
+        final = answer.chunk("".join(answer.tokens), True)
+        if answer.calls:
+            final["message"]["tool_calls"] = answer.calls
+        final.update(self._metrics(answer.prompt, count, answer.started, answer.done_reason))
+        self._reply(200, final)
+        with state.lock:
+            state.completed.append(answer.prompt)
+
+    def _stream(self, answer: _Answer, fault: str | None) -> None:
+        state = self.server.state
         self._start_stream()
         try:
             time.sleep(state.knobs.first_token_delay_s)
             eval_started = time.monotonic_ns()
-            for index, token in enumerate(tokens):
+            for index, token in enumerate(answer.tokens):
                 if (
                     fault in ("midstream_error", "stall")
                     and index == state.knobs.fault_after_tokens
                 ):
                     if fault == "stall":
                         time.sleep(state.knobs.stall_s)
-                    self._line(
-                        {
-                            "error": "model runner has unexpectedly stopped, this may be due "
-                            "to resource limitations or an internal error"
-                        }
-                    )
+                    self._line({"error": MIDSTREAM_ERROR})
                     self._end_stream()
                     return
                 if index:
                     time.sleep(state.knobs.token_delay_s)
-                self._line(chunk(token, False))
-            if calls:  # whole, in one chunk of its own, before the final one
-                call_chunk = chunk("", False)
-                call_chunk["message"]["tool_calls"] = calls
+                self._line(answer.chunk(token, False))
+            if answer.calls:  # whole, in one chunk of its own, before the final one
+                call_chunk = answer.chunk("", False)
+                call_chunk["message"]["tool_calls"] = answer.calls
                 self._line(call_chunk)
-            final = chunk("", True)
-            final.update(self._metrics(prompt, count, started, done_reason, eval_started))
+            final = answer.chunk("", True)
+            count = len(answer.tokens)
+            final.update(
+                self._metrics(
+                    answer.prompt, count, answer.started, answer.done_reason, eval_started
+                )
+            )
             self._line(final)
         except ClientGone:
             with state.lock:
-                state.disconnects.append(prompt)
+                state.disconnects.append(answer.prompt)
             return
         self._end_stream()
         with state.lock:
-            state.completed.append(prompt)
+            state.completed.append(answer.prompt)
 
     def _tool_calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         arguments = self.server.state.knobs.tool_arguments

@@ -298,29 +298,34 @@ def _answer(kind: RequestKind, job: Any, req: OpenAISampling, prefix: str) -> Re
             return _json(body, 502, headers={"x-should-retry": "false"})
         return _json(framer.whole(prefix + text, final))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-    def events() -> Iterator[str]:
-        if framer.chat:
-            yield framer.opening()
-        if prefix:
-            yield framer.piece(prefix)
-        for kind_, payload in outcomes(request_id):
-            if kind_ == "idle":  # an SSE comment: proxies keep the line, we see a caller leave
-                yield ": keep-alive\n\n"
-            elif kind_ == "token":
-                yield framer.piece(payload)
-            elif kind_ == "done":
-                yield framer.piece(None, payload)
-                if include_usage:
-                    yield framer.usage(payload)
-                yield "data: [DONE]\n\n"
-            elif kind_ == "restarted":
-                yield _stream_error(RESTARTED.format(request_id), "job_restarted")
-                return
-            else:
-                yield _stream_error(str(payload), "request_failed")
-
     answer = for_the_caller(
-        request_id, events(), lambda message: _stream_error(message, "stream_failed")
+        request_id,
+        _stream_events(framer, request_id, prefix, include_usage),
+        lambda message: _stream_error(message, "stream_failed"),
     )
     return Response(stream_with_context(answer), mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def _stream_events(
+    framer: _Framer, request_id: uuid.UUID, prefix: str, include_usage: bool
+) -> Iterator[str]:
+    """The job's outcomes as OpenAI's server-sent events."""
+    if framer.chat:
+        yield framer.opening()
+    if prefix:
+        yield framer.piece(prefix)
+    for kind, payload in outcomes(request_id):
+        if kind == "idle":  # an SSE comment: proxies keep the line, we see a caller leave
+            yield ": keep-alive\n\n"
+        elif kind == "token":
+            yield framer.piece(payload)
+        elif kind == "done":
+            yield framer.piece(None, payload)
+            if include_usage:
+                yield framer.usage(payload)
+            yield "data: [DONE]\n\n"
+        elif kind == "restarted":
+            yield _stream_error(RESTARTED.format(request_id), "job_restarted")
+            return
+        else:
+            yield _stream_error(str(payload), "request_failed")

@@ -156,26 +156,34 @@ class OpenAIEngine:
 
 def request_parameters(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI request for a job stored in Ollama's shape."""
-    params: dict[str, Any] = {"stream": True}
-    extra: dict[str, Any] = {}
-    options = body.get("options") or {}
-    for ours, theirs in STANDARD_OPTIONS.items():
-        if options.get(ours) is not None:
-            params[theirs] = options[ours]
-    for name in EXTRA_OPTIONS:
-        if options.get(name) is not None:
-            extra[name] = options[name]
-    if (num_predict := options.get("num_predict")) is not None and num_predict >= 0:
-        params["max_tokens"] = num_predict
+    params: dict[str, Any] = {"stream": True, **_sampling(body.get("options") or {})}
     if (response_format := _response_format(body.get("format"))) is not None:
         params["response_format"] = response_format
-    if extra:
-        params["extra_body"] = extra
     if kind == "chat":
         params["messages"] = _messages(body["messages"])
         if body.get("tools"):
             params["tools"] = body["tools"]
         return params
+    return params | _completion_input(body)
+
+
+def _sampling(options: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's options as OpenAI parameters; the ones OpenAI has no name for ride along in
+    `extra_body`, for the servers (vLLM, llama.cpp) that take them."""
+    params = {
+        theirs: options[ours]
+        for ours, theirs in STANDARD_OPTIONS.items()
+        if options.get(ours) is not None
+    }
+    if (num_predict := options.get("num_predict")) is not None and num_predict >= 0:
+        params["max_tokens"] = num_predict
+    extra = {name: options[name] for name in EXTRA_OPTIONS if options.get(name) is not None}
+    if extra:
+        params["extra_body"] = extra
+    return params
+
+
+def _completion_input(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("images"):
         raise EngineError(
             "an OpenAI-compatible engine takes images in chat only",
@@ -184,7 +192,7 @@ def request_parameters(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         )
     system, prompt = body.get("system"), body.get("prompt", "")
     # The completions endpoint has no system field and applies no template.
-    params["prompt"] = f"{system}\n\n{prompt}" if system else prompt
+    params = {"prompt": f"{system}\n\n{prompt}" if system else prompt}
     if body.get("suffix"):
         params["suffix"] = body["suffix"]
     return params
