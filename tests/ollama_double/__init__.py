@@ -1,1 +1,2 @@
-"""A protocol-faithful Ollama double for tests and benchmarks (see ../../../shared/reference)."""
+"""A protocol-faithful Ollama double for tests and benchmarks, written from the Ollama HTTP
+API as the server implements it and as the official Python client parses it."""
