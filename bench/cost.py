@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -584,6 +585,9 @@ def git(*argv: str) -> str:
 
 
 def main() -> None:
+    # A benchmark stopped with SIGTERM (a timeout, kill) still stops its throwaway
+    # PostgreSQL and Redis: SIGTERM raises SystemExit, so the `finally` blocks run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         prog="python -m bench.cost",
         description=__doc__,
