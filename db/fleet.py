@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import Exists, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -220,18 +220,26 @@ class Availability:
     served: bool
 
 
-def availability(*, session: Session, model_name: str, stale_after: timedelta) -> Availability:
-    """Whether an online, undrained node with a fresh heartbeat holds `model_name`: one query."""
-    serving = exists().where(
+def served(heard_since: Any) -> Exists:
+    """The rule for "a node serves this model" (correlated to the `models` row being read):
+    an online, undrained node with a heartbeat after `heard_since` holds an available
+    replica. Shared by the availability check and the submission's insert."""
+    return exists().where(
         ModelReplica.model_id == Model.id,
         ModelReplica.status == ReplicaStatus.AVAILABLE,
         Node.id == ModelReplica.node_id,
         Node.status == NodeStatus.ONLINE,
         Node.drained.is_(False),
-        Node.last_heartbeat_at > utcnow() - stale_after,
+        Node.last_heartbeat_at > heard_since,
     )
+
+
+def availability(*, session: Session, model_name: str, stale_after: timedelta) -> Availability:
+    """Whether an online, undrained node with a fresh heartbeat holds `model_name`: one query."""
     row = session.execute(
-        select(Model.id, Model.status, serving).where(Model.name == model_name)
+        select(Model.id, Model.status, served(utcnow() - stale_after)).where(
+            Model.name == model_name
+        )
     ).first()
     if row is None:
         return Availability(model_id=None, disabled=False, served=False)

@@ -29,15 +29,12 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
+from db.fleet import served
 from db.models import (
     InferenceRequest,
     Model,
-    ModelReplica,
     ModelStatus,
     ModelUsageStats,
-    Node,
-    NodeStatus,
-    ReplicaStatus,
     RequestStatus,
 )
 
@@ -129,14 +126,7 @@ _USAGE = cast(Table, ModelUsageStats.__table__)
 @cache
 def _insert_statement() -> Any:
     now = func.now()
-    serving = exists().where(
-        ModelReplica.model_id == Model.id,
-        ModelReplica.status == ReplicaStatus.AVAILABLE,
-        Node.id == ModelReplica.node_id,
-        Node.status == NodeStatus.ONLINE,
-        Node.drained.is_(False),
-        Node.last_heartbeat_at > now - bindparam("stale_after", type_=Interval),
-    )
+    serving = served(now - bindparam("stale_after", type_=Interval))
     model = (
         select(Model.id, Model.status, serving.label("served"))
         .where(Model.name == bindparam("v_model_name", type_=String))

@@ -1,11 +1,15 @@
-"""Submitting jobs and watching them from tests, through the public API."""
+"""Submitting jobs and watching them from tests, through the public API (or, for what the
+API would refuse, straight into the database)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask.testing import FlaskClient
 
+from db.models import InferenceRequest
+from db.session import Database
 from tests.pipeline.conftest import wait_for
 from workers.events import EventLog
 
@@ -56,3 +60,22 @@ def events_of(api: FlaskClient, request_id: str) -> list[dict[str, Any]]:
 
 def tokens_seen(api: FlaskClient, request_id: str) -> str:
     return "".join(e["text"] for e in events_of(api, request_id) if e["type"] == "token")
+
+
+def store_queued(
+    database: Database, owner: str, input_: dict[str, Any], options: dict[str, Any] | None = None
+) -> uuid.UUID:
+    """A queued generate job written straight to the database, as if the API had accepted
+    it (for input the API would refuse, or a worker driven by hand)."""
+    with database.unit_of_work() as session:
+        row = InferenceRequest(
+            id=uuid.uuid4(),
+            user_id=uuid.UUID(owner),
+            model_name="llama3.2:latest",
+            kind="generate",
+            input=input_,
+            options=options or {},
+            status="queued",
+        )
+        session.add(row)
+    return row.id

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from db.models import InferenceRequest
 from db.session import Database
 from tests.ollama_double.behaviour import tokens_for
 from tests.pipeline.conftest import Double, Worker, wait_for
-from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
+from tests.pipeline.jobs import (
+    events_of,
+    finished,
+    read,
+    store_queued,
+    submit,
+    tokens_seen,
+    wait_status,
+)
 from workers.dispatch import publish_inference
 
 pytestmark = pytest.mark.usefixtures("beat", "fresh_double")
@@ -137,18 +143,9 @@ def test_a_poison_job_fails_instead_of_looping(
 ) -> None:
     # Input the API would refuse, stored directly: the engine client cannot even encode it.
     owner = api.get("/api/v1/users/profile", headers=user_headers).get_json()["id"]
-    with committed.unit_of_work() as session:
-        row = InferenceRequest(
-            id=uuid.uuid4(),
-            user_id=uuid.UUID(owner),
-            model_name="llama3.2:latest",
-            kind="generate",
-            input={"prompt": "poison", "images": ["abc"]},
-            status="queued",
-        )
-        session.add(row)
-    assert publish_inference(api.application.extensions["celery"], row.id, row.model_name, 5)
-    result = finished(api, user_headers, str(row.id))
+    job_id = store_queued(committed, owner, {"prompt": "poison", "images": ["abc"]})
+    assert publish_inference(api.application.extensions["celery"], job_id, "llama3.2:latest", 5)
+    result = finished(api, user_headers, str(job_id))
     assert result["status"] == "failed"
     assert result["error_code"] == "internal_error"
     assert result["attempt"] == 1

@@ -26,11 +26,10 @@ from redis.connection import Connection, PythonRespSerializer
 from sqlalchemy import Engine, event
 
 from config.settings import build_settings
-from db.models import InferenceRequest
 from db.session import Database
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Double, Worker
-from tests.pipeline.jobs import finished
+from tests.pipeline.jobs import finished, store_queued
 from workers import runtime
 from workers.celery_app import create_celery_app
 from workers.engines import make_engine
@@ -218,18 +217,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
     owner = api.get("/api/v1/users/profile", headers=user_headers).get_json()["id"]
 
     def queued_job() -> uuid.UUID:
-        with committed.unit_of_work() as session:
-            row = InferenceRequest(
-                id=uuid.uuid4(),
-                user_id=uuid.UUID(owner),
-                model_name="llama3.2:latest",
-                kind="generate",
-                input={"prompt": "count me"},
-                options={"num_predict": 20},
-                status="queued",
-            )
-            session.add(row)
-        return row.id
+        return store_queued(committed, owner, {"prompt": "count me"}, {"num_predict": 20})
 
     previous = runtime._runtime
     runtime.install(rt)
