@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
+from db.fleet import Availability, availability
 from db.inference import (
     ClaimedJob,
     Inserted,
@@ -46,6 +47,7 @@ from tests.factories import InferenceRequestFactory, ModelFactory, ModelReplicaF
 SECOND = timedelta(seconds=1)
 LEASE = timedelta(seconds=30)
 STALE_AFTER = timedelta(seconds=30)
+MINUTE = timedelta(minutes=1)
 
 
 def _now(session: Session) -> datetime:
@@ -168,6 +170,20 @@ def test_only_an_available_replica_serves(db_session: Session) -> None:
         node__last_heartbeat_at=_now(db_session),
     )
     assert _insert(db_session, _new(user, pulling.model.name)) is None
+
+
+def test_availability_reads_the_same_rule(db_session: Session) -> None:
+    """db.fleet.availability tells a refused submission why (disabled, or not served)."""
+    model, stale = _served(db_session), _served(db_session, last_heartbeat_at=utcnow() - MINUTE)
+    assert _availability(db_session, model.name) == Availability(model.id, False, True)
+    assert _availability(db_session, stale.name) == Availability(stale.id, False, False)
+    assert _availability(db_session, "typo:latest") == Availability(None, False, False)
+    db_session.execute(update(Model).where(Model.id == model.id).values(status="disabled"))
+    assert _availability(db_session, model.name) == Availability(model.id, True, True)
+
+
+def _availability(session: Session, name: str) -> Availability:
+    return availability(session=session, model_name=name, stale_after=STALE_AFTER)
 
 
 def test_a_model_served_elsewhere_does_not_serve_this_one(db_session: Session) -> None:

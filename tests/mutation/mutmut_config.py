@@ -43,6 +43,11 @@ TARGETS: dict[str, Target] = {
             }
         ),
     ),
+    # The rule "a node serves this model", which the insert above runs in its statement.
+    "db/fleet.py": Target(
+        ("tests/db/test_inference_sql.py", "tests/web/test_accept.py"),
+        only=frozenset({"served", "availability"}),
+    ),
     "web/security/policy.py": Target(
         (
             "tests/web/test_policy.py",

@@ -33,9 +33,9 @@ REQUESTS = "/api/v1/inference/requests"
 
 @pytest.fixture
 def served() -> Model:
-    """llama3.2:latest, held by an online node with a fresh heartbeat."""
+    """accept-llama:latest, held by an online node with a fresh heartbeat."""
     replica = ModelReplicaFactory(
-        model__name="llama3.2:latest",
+        model__name="accept-llama:latest",
         model__status=ModelStatus.AVAILABLE,
         node__last_heartbeat_at=utcnow(),
     )
@@ -64,13 +64,13 @@ def test_a_job_is_stored_as_submitted(
 ) -> None:
     user = make_user()
     body = {
-        "model": "llama3.2",
+        "model": "accept-llama",
         "messages": [{"role": "user", "content": "hi"}],
         "options": {"temperature": 0.1},
         "priority": 0,
         "format": "json",
     }
-    before = _queued("llama3.2:latest")
+    before = _queued("accept-llama:latest")
 
     response = client.post(
         CHAT, json=body, headers={**auth_headers(client, user), "Idempotency-Key": "k1"}
@@ -81,7 +81,11 @@ def test_a_job_is_stored_as_submitted(
     assert answer["status"] == "queued"
     assert answer["links"]["ws"] == f"/ws/inference/{answer['id']}"
     row = _job(db_session, response)
-    assert (row.user_id, row.model_name, row.model_id) == (user.id, "llama3.2:latest", served.id)
+    assert (row.user_id, row.model_name, row.model_id) == (
+        user.id,
+        "accept-llama:latest",
+        served.id,
+    )
     assert (row.kind, row.source, row.status, row.attempt) == ("chat", "api", "queued", 1)
     assert row.input == {"messages": [{"role": "user", "content": "hi"}], "format": "json"}
     assert (row.options, row.priority, row.idempotency_key) == ({"temperature": 0.1}, 0, "k1")
@@ -89,7 +93,7 @@ def test_a_job_is_stored_as_submitted(
     [queued] = app.extensions["events"].replay(row.id)
     assert (queued["type"], queued["status"], queued["attempt"]) == ("status", "queued", 1)
     assert queued["user_id"] == str(user.id)
-    assert _queued("llama3.2:latest") == before + 1
+    assert _queued("accept-llama:latest") == before + 1
 
 
 def test_the_request_hash_is_stable_across_releases(
@@ -97,25 +101,25 @@ def test_the_request_hash_is_stable_across_releases(
 ) -> None:
     """Stored hashes are compared with new ones: a change of what is hashed, or how, turns
     a client's retry across a deploy into a 409."""
-    body = {"model": "llama3.2", "prompt": "Why is the sky blue?", "options": {"seed": 1}}
+    body = {"model": "accept-llama", "prompt": "Why is the sky blue?", "options": {"seed": 1}}
     response = client.post(GENERATE, json=body, headers=headers)
     described = {
         "kind": "generate",
-        "model": "llama3.2:latest",
+        "model": "accept-llama:latest",
         "priority": None,
         "options": {"seed": 1},
         "prompt": "Why is the sky blue?",
     }
     expected = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
     assert _job(db_session, response).request_hash == expected
-    assert expected == "cb8c7dc1562aaf60183a9772484f99a7a18fc562ccbf8787f2b771188589e7bd"
+    assert expected == "96882cd2310fde27a29d84e6cd60c4e10aa1e51cf9217ef6133baa59544747d7"
 
 
 @pytest.mark.parametrize("key", ["a", "!", "~", "K" * 255, "order-42/retry:1"])
 def test_an_idempotency_key_is_visible_ascii(
     client: FlaskClient, db_session: Session, served: Model, headers: dict[str, str], key: str
 ) -> None:
-    body = {"model": "llama3.2", "prompt": "p"}
+    body = {"model": "accept-llama", "prompt": "p"}
     response = client.post(GENERATE, json=body, headers={**headers, "Idempotency-Key": key})
     assert response.status_code == 202
     assert _job(db_session, response).idempotency_key == key
@@ -125,7 +129,7 @@ def test_an_idempotency_key_is_visible_ascii(
 def test_any_other_idempotency_key_is_400(
     client: FlaskClient, db_session: Session, served: Model, headers: dict[str, str], key: str
 ) -> None:
-    body = {"model": "llama3.2", "prompt": "p"}
+    body = {"model": "accept-llama", "prompt": "p"}
     response = client.post(GENERATE, json=body, headers={**headers, "Idempotency-Key": key})
     assert response.status_code == 400
     assert error_code(response) == "invalid_idempotency_key"
@@ -140,7 +144,7 @@ def test_a_missing_priority_is_the_systems_default(
     client = app_factory(default_priority=2).test_client()
     response = client.post(
         GENERATE,
-        json={"model": "llama3.2", "prompt": "x"},
+        json={"model": "accept-llama", "prompt": "x"},
         headers=auth_headers(client, make_user()),
     )
     row = _job(db_session, response)
@@ -155,7 +159,7 @@ def test_the_same_key_and_request_is_the_same_job(
     headers: dict[str, str],
     path: str,
 ) -> None:
-    body: dict[str, Any] = {"model": "llama3.2", "options": {"seed": 7}, "priority": 3}
+    body: dict[str, Any] = {"model": "accept-llama", "options": {"seed": 7}, "priority": 3}
     body |= (
         {"prompt": "p"} if path == GENERATE else {"messages": [{"role": "user", "content": "p"}]}
     )
@@ -166,7 +170,7 @@ def test_the_same_key_and_request_is_the_same_job(
     db_session.execute(
         update(InferenceRequest).where(InferenceRequest.id == row.id).values(status="running")
     )
-    again = client.post(path, json={**body, "model": "llama3.2:latest"}, headers=keyed)
+    again = client.post(path, json={**body, "model": "accept-llama:latest"}, headers=keyed)
 
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.get_json()["id"] == str(row.id)
@@ -182,7 +186,7 @@ def test_the_same_key_and_request_is_the_same_job(
         {"options": {"seed": 8}},
         {"options": None},
         {"system": "be brief"},
-        {"model": "llama3.2:1b"},
+        {"model": "accept-llama:1b"},
     ],
 )
 def test_the_same_key_with_another_request_is_a_conflict(
@@ -193,11 +197,11 @@ def test_the_same_key_with_another_request_is_a_conflict(
     change: dict[str, Any],
 ) -> None:
     ModelReplicaFactory(
-        model__name="llama3.2:1b",
+        model__name="accept-llama:1b",
         model__status=ModelStatus.AVAILABLE,
         node__last_heartbeat_at=utcnow(),
     )
-    body = {"model": "llama3.2", "prompt": "p", "options": {"seed": 7}, "priority": 3}
+    body = {"model": "accept-llama", "prompt": "p", "options": {"seed": 7}, "priority": 3}
     keyed = {**headers, "Idempotency-Key": "retry-2"}
     first = client.post(GENERATE, json=body, headers=keyed)
     assert first.status_code == 202
@@ -215,15 +219,15 @@ def test_a_generate_and_a_chat_are_different_requests(
     client: FlaskClient, served: Model, headers: dict[str, str]
 ) -> None:
     keyed = {**headers, "Idempotency-Key": "retry-3"}
-    assert client.post(GENERATE, json={"model": "llama3.2", "prompt": "p"}, headers=keyed)
-    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "p"}]}
+    assert client.post(GENERATE, json={"model": "accept-llama", "prompt": "p"}, headers=keyed)
+    chat = {"model": "accept-llama", "messages": [{"role": "user", "content": "p"}]}
     assert error_code(client.post(CHAT, json=chat, headers=keyed)) == "idempotency_conflict"
 
 
 def test_keys_are_per_user(
     client: FlaskClient, db_session: Session, served: Model, headers: dict[str, str]
 ) -> None:
-    body = {"model": "llama3.2", "prompt": "p"}
+    body = {"model": "accept-llama", "prompt": "p"}
     mine = client.post(GENERATE, json=body, headers={**headers, "Idempotency-Key": "shared"})
     theirs_headers = {**auth_headers(client, make_user()), "Idempotency-Key": "shared"}
     theirs = client.post(GENERATE, json={**body, "prompt": "q"}, headers=theirs_headers)
@@ -235,7 +239,7 @@ def test_a_replay_is_answered_even_once_the_model_is_refused(
     client: FlaskClient, db_session: Session, served: Model, headers: dict[str, str]
 ) -> None:
     """The key is looked up before the model's state: a retry gets its job, not a 409."""
-    body = {"model": "llama3.2", "prompt": "p"}
+    body = {"model": "accept-llama", "prompt": "p"}
     keyed = {**headers, "Idempotency-Key": "before-disable"}
     first = client.post(GENERATE, json=body, headers=keyed)
     db_session.execute(update(Model).values(status=ModelStatus.DISABLED))
@@ -253,17 +257,17 @@ def test_a_disabled_model_refuses_with_its_own_code(
 ) -> None:
     db_session.execute(update(Model).values(status=ModelStatus.DISABLED))
     keyed = {**headers, "Idempotency-Key": "new-key"}
-    response = client.post(GENERATE, json={"model": "llama3.2", "prompt": "p"}, headers=keyed)
+    response = client.post(GENERATE, json={"model": "accept-llama", "prompt": "p"}, headers=keyed)
     assert response.status_code == 409
     assert error_code(response) == "model_disabled"
-    assert response.get_json()["error"]["message"] == "Model llama3.2:latest is disabled."
+    assert response.get_json()["error"]["message"] == "Model accept-llama:latest is disabled."
 
 
-@pytest.mark.parametrize("model", ["nowhere:latest", "llama3.2"])
+@pytest.mark.parametrize("model", ["nowhere:latest", "accept-llama"])
 def test_a_model_nobody_serves_refuses_with_its_name(
     client: FlaskClient, db_session: Session, headers: dict[str, str], model: str
 ) -> None:
-    ModelReplicaFactory(model__name="llama3.2:latest", node__status="offline")
+    ModelReplicaFactory(model__name="accept-llama:latest", node__status="offline")
     keyed = {**headers, "Idempotency-Key": "unserved"}
     response = client.post(GENERATE, json={"model": model, "prompt": "p"}, headers=keyed)
     name = model if ":" in model else f"{model}:latest"
@@ -305,11 +309,11 @@ def test_a_failed_publish_leaves_the_job_to_the_outbox_sweeper(
         return False
 
     monkeypatch.setattr(service, "publish_inference", broker_down)
-    body = {"model": "llama3.2", "prompt": "p", "priority": 6}
+    body = {"model": "accept-llama", "prompt": "p", "priority": 6}
     response = client.post(GENERATE, json=body, headers=headers)
     assert response.status_code == 202
     row = _job(db_session, response)
-    assert published == [(row.id, "llama3.2:latest", 6)]
+    assert published == [(row.id, "accept-llama:latest", 6)]
     assert row.dispatched_at is None
     assert row.status == "queued"
 
@@ -327,7 +331,7 @@ def test_a_failed_announcement_does_not_fail_the_answer(
         raise RedisConnectionError("down")
 
     monkeypatch.setattr(app.extensions["events"], "publish", redis_down)
-    response = client.post(GENERATE, json={"model": "llama3.2", "prompt": "p"}, headers=headers)
+    response = client.post(GENERATE, json={"model": "accept-llama", "prompt": "p"}, headers=headers)
     assert response.status_code == 202
     row = _job(db_session, response)
     assert row.dispatched_at is not None  # still published
