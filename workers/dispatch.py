@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from db.inference import Dispatchable, mark_dispatched
+from db.recovery import Dispatchable, mark_dispatched
 from db.session import Database
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,8 @@ from db.inference import (
     claim,
     find_by_idempotency_key,
     finish,
-    hand_back,
     insert_if_servable,
-    mark_dispatched,
     renew_leases,
-    requeue_expired_leases,
-    undispatched,
-    undo_dispatch,
 )
 from db.models import (
     InferenceRequest,
@@ -40,6 +35,13 @@ from db.models import (
     ReplicaStatus,
     RequestStatus,
     User,
+)
+from db.recovery import (
+    hand_back,
+    mark_dispatched,
+    requeue_expired_leases,
+    undispatched,
+    undo_dispatch,
 )
 from db.session import Database
 from tests.factories import InferenceRequestFactory, ModelFactory, ModelReplicaFactory, UserFactory

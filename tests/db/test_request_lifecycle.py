@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from db.inference import cancel, claim, requeue_expired_leases, undispatched
+from db.inference import cancel, claim
 from db.models import InferenceRequest
+from db.recovery import requeue_expired_leases, undispatched
 from tests.factories import InferenceRequestFactory
 
 PAST = datetime.now(UTC) - timedelta(minutes=5)

@@ -25,9 +25,10 @@ from flask import current_app, request
 from redis.exceptions import RedisError
 
 from db.fleet import availability, canonical_model_name
-from db.inference import NewRequest, find_by_idempotency_key, insert_if_servable, undo_dispatch
+from db.inference import NewRequest, find_by_idempotency_key, insert_if_servable
 from db.inference import cancel as cancel_job
 from db.models import TERMINAL_STATUSES, InferenceRequest, RequestKind, RequestStatus
+from db.recovery import undo_dispatch
 from db.session import Database
 from web.database import after_commit, end_unit_of_work, get_db, get_session
 from web.errors import BadRequest, Conflict, NotFound

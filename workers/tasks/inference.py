@@ -20,8 +20,9 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.inference import ClaimedJob, Outcome, claim, finish, hand_back
+from db.inference import ClaimedJob, Outcome, claim, finish
 from db.models import RequestStatus
+from db.recovery import hand_back
 from workers import metrics, runtime
 from workers.dispatch import republish
 from workers.engines.base import EngineError

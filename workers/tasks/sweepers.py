@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from celery import shared_task
 
-from db.inference import requeue_expired_leases, undispatched
 from db.models import RequestStatus
+from db.recovery import requeue_expired_leases, undispatched
 from workers import runtime
 from workers.dispatch import republish
 
