@@ -67,14 +67,11 @@ def _spend_budget(budget: Budget) -> None:
     endpoint = request.endpoint
     if not endpoint or endpoint in EXEMPT_ENDPOINTS or endpoint.endswith(".static"):
         return  # no route (a 404 of its own), or one that must always answer
-    verdict = budget.spend(current_runtime_config().ratelimit_default, caller_key())
+    limits, caller = current_runtime_config().ratelimit_default, caller_key()
+    verdict = budget.spend(limits, caller)
     g.rate_verdict = verdict
     if not verdict.allowed:
-        log.info(
-            "rate limit exceeded: %s for %s",
-            current_runtime_config().ratelimit_default,
-            caller_key(),
-        )
+        log.info("rate limit exceeded: %s for %s", limits, caller)
         RATE_LIMITED.labels(route_label()).inc()
         retry_after = max(1, verdict.reset_at - int(time.time()))
         raise TooManyRequests(headers={"Retry-After": str(retry_after)})
