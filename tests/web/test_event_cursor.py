@@ -1,5 +1,8 @@
 """EventCursor, the seq follower that the WebSocket relay and both doors share, against a real
-Redis event log: each event once, in order, gaps filled from the store, nothing after the end."""
+Redis event log: each event once, in order, gaps filled from the store, nothing after the end,
+and nothing from an attempt older than one the reader has seen (a swept worker's leftovers).
+The readers themselves (the door follower, the socket) are in
+tests/pipeline/test_relay_exactly_once.py."""
 
 from __future__ import annotations
 
@@ -259,3 +262,172 @@ def test_quiet_asks_the_database_every_few_quiet_periods(
 def test_quiet_checks_are_spread_between_two_and_three_periods(events: EventLog) -> None:
     seen = {EventCursor(events, uuid.uuid4())._check_every for _ in range(200)}
     assert seen == {2, 3}
+
+
+# --- stale attempts --------------------------------------------------------------------------
+
+
+def _attempts(events: EventLog, request_id: uuid.UUID, *script: tuple[str, int]) -> None:
+    """Publish events of the given (type or status, attempt); tokens' text names both."""
+    for n, (what, attempt) in enumerate(script, start=1):
+        if what == "token":
+            events.publish(request_id, "token", text=f"a{attempt}-{n}", attempt=attempt)
+        else:
+            events.publish(request_id, "status", status=what, attempt=attempt)
+
+
+def _counting_reads(events: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The `after` of every store read the cursor makes."""
+    reads: list[int] = []
+    replay_raw = events.replay_raw
+
+    def counted(request_id: uuid.UUID | str, after: int = 0, count: int | None = None) -> Any:
+        reads.append(after)
+        return replay_raw(request_id, after, count)
+
+    monkeypatch.setattr(events, "replay_raw", counted)
+    return reads
+
+
+def test_a_swept_attempts_late_events_are_read_but_not_handed_on(events: EventLog) -> None:
+    """The sweeper requeued attempt 1 (`restarted`, attempt 2) while its worker still
+    streamed: that worker's later tokens are dropped, the new attempt's pass."""
+    request_id = uuid.uuid4()
+    _attempts(
+        events,
+        request_id,
+        ("queued", 1),
+        ("running", 1),
+        ("token", 1),  # 3: before `restarted`, voided by it (readers drop text so far)
+        ("restarted", 2),  # 4: the sweeper
+        ("token", 1),  # 5: the swept worker, not yet aware
+        ("running", 2),
+        ("token", 2),
+        ("token", 1),  # 8: still the swept worker
+        ("completed", 2),
+    )
+    cursor = EventCursor(events, request_id)
+
+    [page] = list(cursor.catch_up())
+
+    assert _seqs(page) == [1, 2, 3, 4, 6, 7, 9]
+    assert [event["text"] for event, _ in page if event["type"] == "token"] == ["a1-3", "a2-7"]
+    assert (cursor.last_seq, cursor.attempt, cursor.ended) == (9, 2, True)
+
+
+def test_any_event_of_a_newer_attempt_fences_the_older_ones(events: EventLog) -> None:
+    """Not only `restarted`: a reader that missed it (trimmed) learns attempt 2 from any of
+    its events."""
+    request_id = uuid.uuid4()
+    cursor = EventCursor(events, request_id, after=3)
+    assert _seqs(cursor.take([_live(request_id, 4, attempt=2)])) == [4]
+    assert cursor.take([_live(request_id, 5, attempt=1)]) == []
+    assert _seqs(cursor.take([_live(request_id, 6, attempt=2)])) == [6]
+    assert cursor.attempt == 2
+
+
+def test_a_dropped_event_moves_last_seq_so_no_gap_is_filled_for_it(
+    events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request_id = uuid.uuid4()
+    _attempts(events, request_id, ("token", 1), ("restarted", 2), ("token", 1), ("token", 2))
+    cursor = EventCursor(events, request_id, after=1)
+    reads = _counting_reads(events, monkeypatch)
+
+    assert _seqs(cursor.take([_live(request_id, 2, type="status", attempt=2)])) == [2]
+    assert cursor.take([_live(request_id, 3, attempt=1)]) == []
+    assert cursor.last_seq == 3
+    taken = cursor.take([_live(request_id, 4, attempt=2)])
+
+    assert _seqs(taken) == [4]
+    assert reads == []  # 3 was read (live), not missing: nothing to fill
+    assert cursor.take(events.replay_raw(request_id)) == []  # the store's copies: seen
+
+
+def test_stale_events_in_a_filled_gap_are_dropped_too(events: EventLog) -> None:
+    request_id = uuid.uuid4()
+    _attempts(
+        events,
+        request_id,
+        ("restarted", 2),
+        ("token", 1),
+        ("token", 1),
+        ("running", 2),
+        ("token", 2),
+    )
+    cursor = EventCursor(events, request_id)
+    assert _seqs(cursor.take([_live(request_id, 1, type="status", attempt=2)])) == [1]
+
+    taken = cursor.take([_live(request_id, 5, attempt=2)])  # 2-4 lost live: from the store
+
+    assert _seqs(taken) == [4, 5]
+    assert cursor.last_seq == 5
+
+
+def test_events_without_an_attempt_and_of_the_same_attempt_pass(events: EventLog) -> None:
+    """An engine retry's `restarted` keeps its attempt's number; events that carry none
+    (none do today) are never taken for stale."""
+    request_id = uuid.uuid4()
+    _attempts(events, request_id, ("running", 2), ("token", 2), ("restarted", 2), ("token", 2))
+    events.publish(request_id, "progress", note="no attempt")
+    cursor = EventCursor(events, request_id)
+    assert [_seqs(page) for page in cursor.catch_up()] == [[1, 2, 3, 4, 5]]
+    assert cursor.attempt == 2
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_a_terminal_status_ends_the_stream_whatever_attempt_it_names(
+    events: EventLog, status: str
+) -> None:
+    """A terminal status follows the statement that ended the row, so it is never a stale
+    worker's; a cancel names the attempt its caller read before the statement, which may
+    be older than one a sweep has just announced."""
+    request_id = uuid.uuid4()
+    _attempts(events, request_id, ("running", 1), ("restarted", 2), (status, 1), ("token", 2))
+    cursor = EventCursor(events, request_id)
+    assert [_seqs(page) for page in cursor.catch_up()] == [[1, 2, 3]]
+    assert cursor.ended
+
+
+def test_a_resumed_reader_knows_the_attempt_of_its_last_event_in_the_same_read(
+    events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """?after=S: the reader was given S, so S's attempt is the newest it knows. The first
+    replay reads from S itself (one read, as before) and drops a stale worker's events."""
+    request_id = uuid.uuid4()
+    _attempts(events, request_id, ("running", 1), ("restarted", 2), ("token", 1), ("token", 2))
+    reads = _counting_reads(events, monkeypatch)
+    cursor = EventCursor(events, request_id, after=2)
+
+    pages = list(cursor.catch_up())
+
+    assert reads == [1]  # from S - 1: S and what follows it, in one read
+    assert [_seqs(page) for page in pages] == [[4]]
+    assert pages[0][0][1] == events.replay_raw(request_id, after=3)[0]
+    assert (cursor.last_seq, cursor.attempt) == (4, 2)
+
+
+def test_a_resumed_reader_whose_last_event_was_trimmed_replays_everything_after_it(
+    events: EventLog, redis_client: Redis
+) -> None:
+    request_id = uuid.uuid4()
+    _attempts(events, request_id, ("running", 1), ("restarted", 2), ("token", 2))
+    redis_client.xdel(STREAM_KEY.format(request_id), "2-1")
+    cursor = EventCursor(events, request_id, after=2)
+    assert [_seqs(page) for page in cursor.catch_up()] == [[3]]
+    assert cursor.attempt == 2
+
+
+@pytest.mark.parametrize("trimmed", [False, True], ids=["kept", "trimmed"])
+def test_a_resumed_reader_pages_as_before(
+    events: EventLog, redis_client: Redis, monkeypatch: pytest.MonkeyPatch, trimmed: bool
+) -> None:
+    """The first read holds one event more (S itself), never a longer page."""
+    monkeypatch.setattr(cursor_module, "REPLAY_PAGE", 2)
+    request_id = uuid.uuid4()
+    _publish(events, request_id, 7)
+    if trimmed:
+        redis_client.xdel(STREAM_KEY.format(request_id), "2-1")
+    cursor = EventCursor(events, request_id, after=2)
+    assert [_seqs(page) for page in cursor.catch_up()] == [[3, 4], [5, 6], [7]]
+    assert cursor.last_seq == 7

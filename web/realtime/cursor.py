@@ -8,6 +8,19 @@ whatever the store no longer has was trimmed and cannot come back. A terminal st
 the stream. And since a worker that died between saving its result and announcing it
 leaves no terminal event, a reader that has heard nothing for a few quiet periods asks the
 database whether the request ended (`quiet`).
+
+Stale attempts are fenced off here too. A worker whose lease was swept (or which handed the
+job back) may still publish a few events before it notices, or late (events it held through
+a Redis outage), while a newer attempt runs. The database refuses its
+result; readers drop its events: once a reader has taken an event of attempt N (`restarted`
+announces N as soon as the job is requeued), a later event of an attempt below N is read
+(`last_seq` moves past it, so no gap is filled for it) but not handed on. Events without an
+`attempt` pass. A terminal status always passes: it is published only after the statement
+that ended the row, so it is never a stale worker's, whatever attempt it names (a cancel
+names the attempt its caller read before it). Events of the old attempt numbered *before*
+`restarted` pass, as before: `restarted` tells readers to drop the text they got so far. A
+reader resuming after `seq` S learns the attempt from event S itself, read with the first
+page of its replay (no extra round trip).
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ class EventCursor:
         self.request_id = request_id
         self.last_seq = after
         self.ended = False
+        self.attempt = 0  # the newest attempt taken: older ones are stale workers'
+        self._resumed = after > 0  # the first replay also reads event `after`, for its attempt
         self._quiet = 0
         # Readers that started together check the database at different times.
         self._check_every = QUIET_CHECKS_EVERY + random.randrange(QUIET_CHECKS_EVERY)  # noqa: S311
@@ -41,10 +56,29 @@ class EventCursor:
         """Every stored event after the last one taken, a page at a time (a reader sends
         each before the next is read)."""
         while not self.ended:
-            page = self.events.replay_raw(self.request_id, after=self.last_seq, count=REPLAY_PAGE)
+            if self._resumed:
+                self._resumed = False
+                page = self._resume()
+            else:
+                page = self.events.replay_raw(
+                    self.request_id, after=self.last_seq, count=REPLAY_PAGE
+                )
             yield self.take(page)
             if len(page) < REPLAY_PAGE:
                 return
+
+    def _resume(self) -> list[bytes]:
+        """The first page after `after`, read from event `after` itself, which the reader
+        took on an earlier connection: its attempt is the newest that reader was given."""
+        page = self.events.replay_raw(
+            self.request_id, after=self.last_seq - 1, count=REPLAY_PAGE + 1
+        )
+        if page:
+            first = json.loads(page[0])
+            if first.get("seq") == self.last_seq:
+                self._note_attempt(first)
+                return page[1:]
+        return page[:REPLAY_PAGE]
 
     def take(self, items: list[bytes]) -> Taken:
         """The events among `items` (live or stored) not taken yet, in order, with any gap
@@ -76,7 +110,20 @@ class EventCursor:
     def _take(self, event: dict[str, Any], raw: bytes, taken: Taken) -> None:
         if self.ended or event["seq"] <= self.last_seq:
             return
-        taken.append((event, raw))
         self.last_seq = event["seq"]
-        if event.get("type") == "status" and event.get("status") in TERMINAL_STATUSES:
+        terminal = event.get("type") == "status" and event.get("status") in TERMINAL_STATUSES
+        if not terminal and self._stale(event):
+            return  # read, not handed on: a stale attempt's
+        taken.append((event, raw))
+        self._note_attempt(event)
+        if terminal:
             self.ended = True
+
+    def _stale(self, event: dict[str, Any]) -> bool:
+        attempt = event.get("attempt")
+        return isinstance(attempt, int) and attempt < self.attempt
+
+    def _note_attempt(self, event: dict[str, Any]) -> None:
+        attempt = event.get("attempt")
+        if isinstance(attempt, int) and attempt > self.attempt:
+            self.attempt = attempt
