@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     engine_max_attempts: int = Field(default=3, ge=1)  # tries per job on engine faults
     engine_retry_backoff_s: float = Field(default=0.5, ge=0)  # doubled per try, with jitter
     engine_stall_timeout_s: float = Field(default=60.0, gt=0)  # no byte for this long = fault
+    # A worker whose engine stops answering takes no new jobs and hands back those it took,
+    # probing the engine this often; after ENGINE_DOWN_GRACE_S it stops waiting (jobs fail).
+    engine_probe_s: float = Field(default=1.0, gt=0)
+    engine_down_grace_s: float = Field(default=60.0, ge=0)
+    # A running job holds its events while Redis is unreachable for up to this long, then is
+    # handed back to the queue. Storing a finished result waits up to its lease for PostgreSQL.
+    event_hold_s: float = Field(default=30.0, ge=0)
     # A stopping worker lets running jobs finish for this long, then hands them back to the
     # queue. Keep it under the supervisor's stop timeout (honcho 35 s here; Docker's default
     # is 10 s, so compose services set stop_grace_period).

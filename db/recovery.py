@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, false, func, select, update
 from sqlalchemy.orm import Session
 
 from db.inference import ClaimedJob, ours
@@ -37,24 +37,43 @@ class Requeued:
     user_id: uuid.UUID | None
 
 
-def hand_back(*, session: Session, job: ClaimedJob, worker_name: str) -> str | None:
-    """A stopping worker returns a job it still runs to the queue: attempt + 1 (readers drop
-    the text streamed so far), partial output dropped. A job whose cancel was asked for
-    meanwhile ends `cancelled` instead (the claim would never take it again). Returns the new
-    status, or None if the job is no longer ours."""
+def hand_back(
+    *,
+    session: Session,
+    job: ClaimedJob,
+    worker_name: str,
+    max_attempts: int | None = None,
+    error: str | None = None,
+    error_code: str | None = None,
+) -> str | None:
+    """A worker returns a job it runs to the queue (it is stopping, or it cannot run it
+    now): attempt + 1 (readers drop the text streamed so far), partial output dropped. A
+    job whose cancel was asked for meanwhile ends `cancelled` instead (the claim would never
+    take it again), and one on its `max_attempts`-th attempt ends `failed` with `error`.
+    Returns the new status, or None if the job is no longer ours."""
     cancelled = InferenceRequest.cancel_requested_at.is_not(None)
+    exhausted = InferenceRequest.attempt >= max_attempts if max_attempts is not None else false()
+    ends = cancelled | exhausted
     row = session.execute(
         update(InferenceRequest)
         .where(ours(job.id, worker_name, job.attempt))
         .values(
-            status=case((cancelled, RequestStatus.CANCELLED), else_=RequestStatus.QUEUED),
-            attempt=case((cancelled, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
-            output=case((cancelled, InferenceRequest.output), else_=None),
-            completed_at=case((cancelled, func.now()), else_=None),
+            status=case(
+                (cancelled, RequestStatus.CANCELLED),
+                (exhausted, RequestStatus.FAILED),
+                else_=RequestStatus.QUEUED,
+            ),
+            attempt=case((ends, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
+            output=case((ends, InferenceRequest.output), else_=None),
+            error=case((~cancelled & exhausted, error), else_=InferenceRequest.error),
+            error_code=case(
+                (~cancelled & exhausted, error_code), else_=InferenceRequest.error_code
+            ),
+            completed_at=case((ends, func.now()), else_=None),
             worker_name=None,
             node_id=None,
             lease_until=None,
-            started_at=case((cancelled, InferenceRequest.started_at), else_=None),
+            started_at=case((ends, InferenceRequest.started_at), else_=None),
             first_token_at=None,
             dispatched_at=None,
         )

@@ -6,6 +6,11 @@ One Lua script numbers, stores and publishes each event, so numbering and public
 never diverge (two workers for one request still get distinct, increasing numbers). The
 keys' time to live is set by the first event and renewed by every status event (a job's
 life has a few), not by each of its many token events.
+
+A round trip that failed (Redis restarting) may still have run. A running job's events
+therefore carry a mark, (attempt, n), stored in the stream beside the event; sent again
+with `once=True`, an event whose mark the stream already holds (or a later one of the same
+attempt) is skipped, so a retry never publishes an event twice (workers/job_events.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import uuid
 from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +35,26 @@ STATUS_CHANNEL = "omx:inference:status"  # every request's status changes, for t
 TOPIC_CHANNEL = "omx:topic:{}"  # fleet-wide news: node_status, model_update, system_metrics
 
 _PUBLISH = """
+if ARGV[6] == '1' then
+  local attempt, n = string.match(ARGV[5], '^(%d+):(%d+)$')
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 64)) do
+    local fields = entry[2]
+    if fields[3] == 'm' then
+      local a, m = string.match(fields[4], '^(%d+):(%d+)$')
+      if a == attempt then
+        if tonumber(m) >= tonumber(n) then return 0 end
+        break
+      end
+    end
+  end
+end
 local seq = redis.call('INCR', KEYS[1])
 local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'event', event)
+if ARGV[5] == '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'event', event)
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'event', event, 'm', ARGV[5])
+end
 if seq == 1 or ARGV[4] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -41,10 +65,26 @@ return seq
 """
 
 
+def worker_redis(url: str, timeout_s: float) -> Redis:
+    """A worker's Redis client: it fails within a fraction of a second while Redis is away.
+    One quick retry still reconnects a pooled connection that a Redis restart broke; redis-
+    py's default (ten, backing off to a second each) would stall a running job for seconds
+    at every try during an outage (workers/job_events.py holds its events instead)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=2),
+    )
+
+
 class Event(NamedTuple):
     request_id: uuid.UUID | str
     type: str
     fields: dict[str, Any]
+    # "<attempt>:<n>", the n-th event of that attempt's worker: stored beside the event so
+    # that one sent again after a failed round trip can be recognised (`publish_many(once=)`).
+    mark: str = ""
 
 
 def event(request_id: uuid.UUID | str, event_type: str, **fields: Any) -> Event:
@@ -60,39 +100,42 @@ class EventLog:
 
     def publish(self, request_id: uuid.UUID | str, event_type: str, **fields: Any) -> int:
         """Append one event; returns its sequence number."""
-        return int(self._script(*self._call(request_id, event_type, fields)))
+        return int(self._script(*self._call(Event(request_id, event_type, fields))))
 
     def publish_many(
         self,
         events: list[Event] | list[tuple[uuid.UUID | str, str, dict[str, Any]]],
         delete: list[str] | None = None,
+        *,
+        once: bool = False,
     ) -> list[int]:
         """Append (request_id, event_type, fields) events in order, and then delete the
-        `delete` keys, in one round trip; returns the events' sequence numbers.
+        `delete` keys, in one round trip; returns the events' sequence numbers (0 for a
+        marked event skipped because the stream holds it already: `once`).
 
         The pipeline calls the script by its digest: redis-py's pipelined scripts would ask
         SCRIPT EXISTS first, a second round trip every time. A Redis that lost the script
         (a restart) answers NOSCRIPT for all of them, and nothing ran: load it and go again.
         """
+        batch = [Event(*item) for item in events]
         try:
-            return self._pipelined(events, delete)
+            return self._pipelined(batch, delete, once)
         except NoScriptError:
             self.redis.script_load(_PUBLISH)
-            return self._pipelined(events, delete)
+            return self._pipelined(batch, delete, once)
 
-    def _pipelined(self, events: Any, delete: list[str] | None) -> list[int]:
+    def _pipelined(self, events: list[Event], delete: list[str] | None, once: bool) -> list[int]:
         with self.redis.pipeline(transaction=False) as pipe:
-            for request_id, event_type, fields in events:
-                keys, args = self._call(request_id, event_type, fields)
+            for item in events:
+                keys, args = self._call(item, once)
                 pipe.evalsha(self._script.sha, len(keys), *keys, *args)
             if delete:
                 pipe.delete(*delete)
             results = pipe.execute()
         return [int(seq) for seq in results[: len(events)]]
 
-    def _call(
-        self, request_id: uuid.UUID | str, event_type: str, fields: dict[str, Any]
-    ) -> tuple[list[str], list[Any]]:
+    def _call(self, item: Event, once: bool = False) -> tuple[list[str], list[Any]]:
+        request_id, event_type, fields, mark = item
         body = json.dumps(
             {"type": event_type, "request_id": str(request_id), **fields},
             separators=(",", ":"),
@@ -105,7 +148,8 @@ class EventLog:
             STATUS_CHANNEL,
         ]
         also_status = "1" if event_type == "status" else "0"
-        return keys, [body, self.ttl_s, self.max_events, also_status]
+        check = "1" if once and mark else "0"
+        return keys, [body, self.ttl_s, self.max_events, also_status, mark, check]
 
     def replay(self, request_id: uuid.UUID | str, after: int = 0) -> list[dict[str, Any]]:
         """Stored events with seq > after, in order."""

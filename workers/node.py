@@ -108,17 +108,29 @@ def _announce_status(rt: Runtime, status: NodeStatus, reason: str | None) -> Non
 
 class Heartbeat(threading.Thread):
     """Every HEARTBEAT_INTERVAL_S: beat, refresh models, follow new and removed models, and
-    do what operators asked of the node (drain, slots, decommission)."""
+    do what operators asked of the node (drain, slots, decommission). While the engine does
+    not answer, every ENGINE_PROBE_S, consuming no model queue (workers/engine_health.py);
+    a job that finds the engine down wakes it at once."""
 
     def __init__(self, rt: Runtime, app: Celery, consumed: set[str]) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.rt, self.app, self.consumed = rt, app, set(consumed)
+        # The model queues the engine had when it last answered: consumed again when it
+        # does, or when it has been down so long that jobs stop waiting for it.
+        self.model_queues = set(consumed)
         self.stop = threading.Event()
         self.consumer: Any = None  # the Celery consumer, once the worker is ready
         self.slots_applied = rt.slots
 
     def run(self) -> None:
-        while not self.stop.wait(self.rt.settings.heartbeat_interval_s):
+        health = self.rt.engine_health
+        while not self.stop.is_set():
+            down = health.down
+            interval = self.rt.settings.engine_probe_s if down else None
+            health.changed.wait(interval or self.rt.settings.heartbeat_interval_s)
+            health.changed.clear()
+            if self.stop.is_set():
+                return
             try:
                 self.beat()
             except Exception:  # a missed beat is retried next time; never kill the thread
@@ -128,6 +140,10 @@ class Heartbeat(threading.Thread):
         rt = self.rt
         assert rt.node_id is not None
         inventory = _read_engine(rt)
+        if inventory is None:
+            rt.engine_health.report_down("the heartbeat's probe")
+        else:
+            rt.engine_health.report_up()
         status, reason = (
             (NodeStatus.ONLINE, None)
             if inventory is not None
@@ -151,13 +167,22 @@ class Heartbeat(threading.Thread):
         self._apply_slots(orders.slots)
         if inventory is None:
             invalidate_fleet_reads(rt)
-            return
-        wanted = _sync_models(rt, inventory)
-        invalidate_fleet_reads(rt)
+            # Take no new job while the engine is away, unless it has been away so long
+            # that jobs stop waiting for it (they then fail, bounded, as they always did).
+            wanted = set() if rt.engine_health.waiting() else self.model_queues
+        else:
+            wanted = _sync_models(rt, inventory)
+            invalidate_fleet_reads(rt)
+            if wanted:
+                self.model_queues = wanted
+            elif not orders.drained:
+                return  # an empty list from a flaky engine must not stop every consumer
         if orders.drained:
             wanted = set()  # finish what runs, take nothing new (the node queue stays)
-        elif not wanted:
-            return  # an empty list from a flaky engine must not stop every consumer
+        self._consume(wanted)
+
+    def _consume(self, wanted: set[str]) -> None:
+        rt = self.rt
         for queue in sorted(wanted - self.consumed):
             self.app.control.add_consumer(queue, destination=[rt.worker_name], reply=False)
         for queue in sorted(self.consumed - wanted):

@@ -13,8 +13,10 @@ from redis import Redis
 
 from config.settings import Settings
 from db.session import Database
+from workers.engine_health import EngineHealth
 from workers.engines.base import Engine
 from workers.events import EventLog
+from workers.job_events import Backlog
 from workers.runtime_config import RuntimeConfigSource
 from workers.watch import Watcher
 
@@ -41,11 +43,17 @@ class Runtime:
     stopping_since: float | None = None
     # Cancel requests and leases of every job this process runs (workers/watch.py).
     watcher: Watcher = field(init=False)
+    # Whether the engine answers; the heartbeat stops consuming while it does not.
+    engine_health: EngineHealth = field(init=False)
+    # Events of jobs that ended while Redis was away, published when it returns.
+    backlog: Backlog = field(init=False)
 
     def __post_init__(self) -> None:
         self.watcher = Watcher(
             self.redis, self.database, self.worker_name, self.settings.lease_ttl_s
         )
+        self.engine_health = EngineHealth(self.settings.engine_down_grace_s)
+        self.backlog = Backlog(self.events, keep_s=self.settings.event_ttl_s)
 
     def begin_stopping(self) -> None:
         if self.stopping_since is None:

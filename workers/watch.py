@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from db.inference import renew_leases
 from db.session import Database
@@ -53,6 +54,7 @@ class Watcher:
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.stopped = threading.Event()
+        self.redis_down = False  # said once per outage, not every poll
 
     def watch(self, request_id: uuid.UUID, attempt: int) -> JobWatch:
         """Start watching a job just claimed (its lease is fresh)."""
@@ -80,6 +82,11 @@ class Watcher:
                 continue
             try:
                 self._check_cancels(watched)
+            except RedisError as error:
+                # The row's cancel flag still arrives with each lease renewal.
+                if not self.redis_down:
+                    log.warning("cannot read cancel flags while Redis is away: %s", error)
+                self.redis_down = True
             except Exception:  # keep watching: one failed poll must not end the jobs
                 log.exception("checking %d job(s) for cancels failed once", len(watched))
             now = time.monotonic()
@@ -95,6 +102,7 @@ class Watcher:
 
     def _check_cancels(self, watched: list[JobWatch]) -> None:
         flags = self.redis.mget([cancel_key(watch.request_id) for watch in watched])
+        self.redis_down = False
         for watch, flag in zip(watched, flags, strict=True):
             if flag is not None:
                 watch.cancelled.set()

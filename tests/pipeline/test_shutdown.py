@@ -67,7 +67,9 @@ def test_a_stopped_worker_hands_back_what_does_not_fit_and_another_runs_it(
         assert done["attempt"] == 2
         assert done["eval_count"] == 100
         restarts = [e for e in events_of(api, request_id) if e.get("status") == "restarted"]
-        assert [e["reason"] for e in restarts] == ["worker_stopping"]
+        # The hand-back's, then the next attempt's own (for readers who missed the first).
+        assert [e["reason"] for e in restarts] == ["worker_stopping", "attempt_started"]
+        assert [e["attempt"] for e in restarts] == [2, 2]
 
 
 def test_the_web_process_closes_websockets_with_going_away(

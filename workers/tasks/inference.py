@@ -6,6 +6,14 @@ process's watcher (workers/watch.py) renews its lease and looks for a cancel req
 streaming loop acts on both between chunks. Engine faults are retried with backoff and
 jitter; output already streamed is then announced as restarted, so readers never see text
 twice.
+
+Outages of what a job depends on end no job (docs/operations.md, "Faults"):
+- Redis: its events wait and go out in order when Redis returns (workers/job_events.py);
+  past EVENT_HOLD_S the job is handed back to the queue.
+- PostgreSQL: only the claim is retried as a task (nothing is held yet); an outcome that
+  cannot be stored is kept and written again with backoff while the lease lasts.
+- The engine: a job that cannot reach it is handed back, and the worker takes no new jobs
+  until it answers (workers/engine_health.py).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from workers import metrics, runtime
 from workers.dispatch import republish
 from workers.engines.base import EngineError
 from workers.events import Event, event
+from workers.job_events import EventsOnHold, JobEvents
 from workers.runtime import Runtime
 from workers.watch import JobWatch, cancel_key
 
@@ -51,9 +60,19 @@ class HandBack(Exception):
     """The worker is stopping and the job did not finish within the grace period."""
 
 
+class EngineDown(Exception):
+    """The engine does not answer: the job goes back to the queue, not to its end."""
+
+
+# Retrying the claim (PostgreSQL unreachable before it): the task's countdown, doubled per retry.
+CLAIM_RETRY_S, CLAIM_RETRY_MAX_S, CLAIM_RETRIES = 1.0, 60.0, 8
+# Storing an outcome while PostgreSQL is unreachable: the first pause, doubled up to the last.
+STORE_RETRY_S, STORE_RETRY_MAX_S = 0.1, 2.0
+
+
 class JobRunner:
-    def __init__(self, rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
-        self.rt, self.job, self.watch = rt, job, watch
+    def __init__(self, rt: Runtime, job: ClaimedJob, watch: JobWatch, events: JobEvents) -> None:
+        self.rt, self.job, self.watch, self.events = rt, job, watch, events
         self.settings = rt.settings
         self.max_generation_s = rt.runtime_config.current().max_generation_s
         self.deadline = time.monotonic() + self.max_generation_s
@@ -64,6 +83,7 @@ class JobRunner:
         # from the database, whose clock may differ from this host's).
         self.started_monotonic = time.monotonic()
         self.seconds_to_first_token: float | None = None
+        self.answered = False  # the engine sent something on the current try
 
     def run(self) -> Outcome:
         try:
@@ -81,6 +101,7 @@ class JobRunner:
             except EngineError as error:
                 metrics.ENGINE_FAULTS.labels(error.code, self.rt.node_name).inc()
                 self._check_stop()
+                self._check_engine_down(error, try_number)
                 if not error.retryable or try_number == attempts:
                     return Outcome(
                         RequestStatus.FAILED,
@@ -99,8 +120,7 @@ class JobRunner:
                 self.pending = []  # this try's text is void either way
                 if self.parts:
                     self.parts = []
-                    self.rt.events.publish(
-                        self.job.id,
+                    self.events.publish(
                         "status",
                         status="restarted",
                         attempt=self.job.attempt,
@@ -110,6 +130,18 @@ class JobRunner:
                 backoff = self.settings.engine_retry_backoff_s * 2 ** (try_number - 1)
                 self._pause(backoff * (0.5 + random.random()))  # noqa: S311  (jitter)
         raise AssertionError("unreachable")
+
+    def _check_engine_down(self, error: EngineError, try_number: int) -> None:
+        """Not even a connection, twice in a row (or the engine is known to be down): the
+        engine is down, and this job goes back to the queue unless it has been down so long
+        that jobs stop waiting for it."""
+        if error.code != "engine_unreachable" or self.answered:
+            return
+        health = self.rt.engine_health
+        if try_number > 1 or health.down:
+            health.report_down(str(error))
+        if health.waiting():
+            raise EngineDown(str(error))
 
     def _pause(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -150,9 +182,13 @@ class JobRunner:
         pending_since = 0.0
         extras: dict[str, Any] = {}
         self.pending = []
+        self.answered = False
         stream = self.rt.engine.stream(self.job.kind, self._engine_body())
         try:
             for chunk in stream:
+                if not self.answered:
+                    self.answered = True
+                    self.rt.engine_health.report_up()
                 self._check()
                 _accumulate(extras, chunk.message_extras)
                 if chunk.text:
@@ -164,7 +200,8 @@ class JobRunner:
                         pending_since = time.monotonic()
                     self.parts.append(chunk.text)
                     self.pending.append(chunk.text)
-                    if not chunk.done and (first or time.monotonic() - pending_since >= coalesce_s):
+                    due = first or time.monotonic() - pending_since >= coalesce_s
+                    if not chunk.done and due and self.events.ready():
                         self._publish_pending()
                 if chunk.done:
                     message = (
@@ -188,10 +225,8 @@ class JobRunner:
             stream.close()  # tells the engine to stop if we are leaving early
 
     def _publish_pending(self) -> None:
-        self.rt.events.publish(
-            self.job.id, "token", text="".join(self.pending), attempt=self.job.attempt
-        )
-        self.pending = []
+        text, self.pending = "".join(self.pending), []
+        self.events.publish("token", text=text, attempt=self.job.attempt)
 
     def final_events(self, outcome: Outcome) -> list[Event]:
         """What readers get once the result is stored: the text not yet published, then
@@ -241,22 +276,46 @@ def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
 
 
 def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
-    rt.events.publish(
-        job.id,
-        "status",
-        status="running",
-        attempt=job.attempt,
-        worker=rt.worker_name,
-        user_id=job.user_id,
-    )
-    runner = JobRunner(rt, job, watch)
+    events = JobEvents(rt.events, rt.backlog, job.id, job.attempt, rt.settings.event_hold_s)
+    runner = JobRunner(rt, job, watch, events)
     try:
+        if job.attempt > 1:
+            # Whoever requeued the job said so already, unless Redis was away then: readers
+            # drop the text of earlier attempts on this (a second one changes nothing).
+            events.publish(
+                "status",
+                status="restarted",
+                attempt=job.attempt,
+                reason="attempt_started",
+                user_id=job.user_id,
+            )
+        events.publish(
+            "status",
+            status="running",
+            attempt=job.attempt,
+            worker=rt.worker_name,
+            user_id=job.user_id,
+        )
         outcome = runner.run()
     except LostLease:
         log.warning("request %s: lease lost; another attempt owns it now", job.id)
         return
     except HandBack:
-        _hand_back(rt, job)
+        _hand_back(rt, job, events, reason="worker_stopping")
+        return
+    except EventsOnHold as error:
+        log.warning("request %s: handed back: %s", job.id, error)
+        _hand_back(rt, job, events, reason="events_unavailable")
+        return
+    except EngineDown as error:
+        _hand_back(
+            rt,
+            job,
+            events,
+            reason="engine_unreachable",
+            ends_after=rt.settings.job_max_attempts,
+            error=f"the engine did not answer on any attempt: {error}",
+        )
         return
     except Exception as error:  # a bug or a poison input: end the job, never leave it running
         log.exception("request %s failed inside the worker", job.id)
@@ -266,19 +325,11 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
             error=f"internal error: {type(error).__name__}",
             error_code="internal_error",
         )
-    with rt.database.unit_of_work() as session:
-        won = finish(
-            session=session,
-            job=job,
-            worker_name=rt.worker_name,
-            outcome=outcome,
-            first_token_at=runner.first_token_at,
-        )
-    if not won:
+    if not _store(rt, job, watch, outcome, runner.first_token_at):
         return
     # The rest of the text, `done`, the terminal status and the cancel flag's removal: one
     # round trip, once the result is stored (a reader told "completed" can read it).
-    rt.events.publish_many(runner.final_events(outcome), delete=[cancel_key(job.id)])
+    events.finish(runner.final_events(outcome), delete=[cancel_key(job.id)])
     measured = outcome.metrics or {}
     metrics.job_finished(
         status=str(outcome.status),
@@ -290,29 +341,107 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
     )
 
 
-def _hand_back(rt: Runtime, job: ClaimedJob) -> None:
+def _store(
+    rt: Runtime,
+    job: ClaimedJob,
+    watch: JobWatch,
+    outcome: Outcome,
+    first_token_at: datetime | None,
+) -> bool:
+    """Write the outcome; True if this attempt's write won. While PostgreSQL is unreachable
+    the outcome is kept and written again, with backoff, for as long as the lease lasts: a
+    short outage never has the job generated twice. Past the lease the sweeper may have
+    given the job to another worker, and the fence in `finish` would refuse the write."""
+    pause = STORE_RETRY_S
+    while True:
+        try:
+            with rt.database.unit_of_work() as session:
+                return finish(
+                    session=session,
+                    job=job,
+                    worker_name=rt.worker_name,
+                    outcome=outcome,
+                    first_token_at=first_token_at,
+                )
+        except (OperationalError, InterfaceError) as error:
+            left = watch.renewed_at + rt.settings.lease_ttl_s - time.monotonic()
+            if left <= 0:
+                log.error(
+                    "request %s: its outcome could not be stored within its lease (%s); "
+                    "the lease sweep will queue it again",
+                    job.id,
+                    error.__class__.__name__,
+                )
+                return False
+            log.warning(
+                "request %s: storing its outcome failed (%s); trying again in %.1f s",
+                job.id,
+                error.__class__.__name__,
+                min(pause, left),
+            )
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, STORE_RETRY_MAX_S)
+
+
+def _hand_back(
+    rt: Runtime,
+    job: ClaimedJob,
+    events: JobEvents,
+    *,
+    reason: str,
+    ends_after: int | None = None,
+    error: str | None = None,
+) -> None:
     """Return the job to the queue (the engine stream is already closed) and publish it
-    again, so another worker runs it now rather than after the lease expires."""
-    with rt.database.unit_of_work() as session:
-        status = hand_back(session=session, job=job, worker_name=rt.worker_name)
+    again, so another worker runs it now rather than after the lease expires. With
+    `ends_after`, a job on that attempt fails with `error` instead (code `reason`)."""
+    try:
+        with rt.database.unit_of_work() as session:
+            status = hand_back(
+                session=session,
+                job=job,
+                worker_name=rt.worker_name,
+                max_attempts=ends_after,
+                error=error,
+                error_code=reason,
+            )
+    except (OperationalError, InterfaceError) as db_error:
+        log.warning(
+            "request %s: could not hand it back (%s); the lease sweep will",
+            job.id,
+            db_error.__class__.__name__,
+        )
+        return
     if status is None:
         return
-    if status == RequestStatus.CANCELLED:  # a cancel arrived while it was stopping
-        rt.events.publish(
-            job.id, "status", status="cancelled", attempt=job.attempt, user_id=job.user_id
+    done = [cancel_key(job.id)]
+    if status in (RequestStatus.CANCELLED, RequestStatus.FAILED):  # cancelled meanwhile, or spent
+        ended = event(
+            job.id,
+            "status",
+            status=status,
+            attempt=job.attempt,
+            user_id=job.user_id,
+            error=error if status == RequestStatus.FAILED else None,
+            error_code=reason if status == RequestStatus.FAILED else None,
         )
-        rt.redis.delete(cancel_key(job.id))
+        events.finish([ended], delete=done)
+        metrics.job_finished(
+            status=str(status),
+            model=job.model_name,
+            node=rt.node_name,
+            seconds_to_first_token=None,
+            eval_count=None,
+            eval_duration_ns=None,
+        )
         return
-    log.warning("request %s: the worker is stopping; handed back to the queue", job.id)
+    log.warning("request %s: handed back to the queue (%s)", job.id, reason)
     attempt = job.attempt + 1
-    rt.events.publish(
-        job.id,
-        "status",
-        status="restarted",
-        attempt=attempt,
-        reason="worker_stopping",
-        user_id=job.user_id,
+    restarted = event(
+        job.id, "status", status="restarted", attempt=attempt, reason=reason, user_id=job.user_id
     )
+    # Not kept for later: published after the next attempt's events, it would void them.
+    events.finish([restarted], delete=[], or_later=False)
     republish(rt.celery, rt.database, [(job.id, job.model_name, job.priority)])
 
 
@@ -322,16 +451,18 @@ def _hand_back(rt: Runtime, job: ClaimedJob) -> None:
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
-    # The database was unreachable before the claim: try again later instead of losing the
-    # message (a failed task is still acknowledged). After the claim, the lease covers it.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    max_retries=8,
 )
 def run(self: Task, request_id: str) -> None:
     rt = runtime.current()
     job_id = uuid.UUID(request_id)
-    job = _claim(rt, job_id)
+    try:
+        job = _claim(rt, job_id)
+    except (OperationalError, InterfaceError) as error:
+        # The database was unreachable before the claim: try again later instead of losing
+        # the message (a failed task is still acknowledged). Only the claim: past it, the
+        # job's own retries and its lease cover every write (see _store and _hand_back).
+        countdown = min(CLAIM_RETRY_S * 2**self.request.retries, CLAIM_RETRY_MAX_S)
+        raise self.retry(exc=error, countdown=countdown, max_retries=CLAIM_RETRIES) from error
     if job is None:
         log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
         return

@@ -9,11 +9,13 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from redis.exceptions import RedisError
 
 from db.models import RequestStatus
 from db.recovery import requeue_expired_leases, undispatched
 from workers import runtime
 from workers.dispatch import republish
+from workers.events import event
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +38,37 @@ def expired_leases() -> int:
             swept = requeue_expired_leases(
                 session=session, max_attempts=rt.settings.job_max_attempts
             )
-        requeued = []
+        news = []
         for job in swept:
             log.warning(
                 "request %s: its worker stopped renewing the lease; now %s",
                 job.request_id,
                 job.status,
             )
-            if job.status != RequestStatus.QUEUED:
-                rt.events.publish(
+            news.append(
+                event(
                     job.request_id,
                     "status",
-                    status=job.status,
+                    # A requeued job's readers drop the text they have: it restarts.
+                    status="restarted" if job.status == RequestStatus.QUEUED else job.status,
                     attempt=job.attempt,
                     reason="lease_expired",
                     user_id=job.user_id,
                 )
-                continue
-            rt.events.publish(
-                job.request_id,
-                "status",
-                status="restarted",
-                attempt=job.attempt,
-                reason="lease_expired",
-                user_id=job.user_id,
             )
-            requeued.append((job.request_id, job.model_name, job.priority))
+        if news:
+            try:
+                rt.events.publish_many(news)
+            except RedisError as error:
+                # Endings wait for Redis; a requeued job's next attempt says `restarted` itself.
+                log.warning("could not announce %d swept job(s): %s", len(news), error)
+                ended = [news_ for news_ in news if news_.fields["status"] != "restarted"]
+                rt.backlog.add(ended, [], None)
+        requeued = [
+            (job.request_id, job.model_name, job.priority)
+            for job in swept
+            if job.status == RequestStatus.QUEUED
+        ]
         republish(rt.celery, rt.database, requeued)
         return len(swept)
     finally:
