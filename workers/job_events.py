@@ -160,6 +160,7 @@ class Backlog:
                 self.events.publish_many(events, delete=delete, once=True)
             except RedisError:
                 return False  # still away; the next round tries again
+            log.info("Redis is back; published %d held event(s) of an ended job", len(events))
         with self.lock:
             self.waiting.popleft()
         return True

@@ -455,6 +455,11 @@ def _hand_back(
 def run(self: Task, request_id: str) -> None:
     rt = runtime.current()
     job_id = uuid.UUID(request_id)
+    if rt.engine_health.waiting():
+        # Taken before the heartbeat stopped this worker's consumers: leave the job queued,
+        # its attempt unspent, and look again after a probe (bounded by ENGINE_DOWN_GRACE_S:
+        # then `waiting` is over and the job runs, or fails as it always did).
+        raise self.retry(countdown=rt.settings.engine_probe_s, max_retries=None)
     try:
         job = _claim(rt, job_id)
     except (OperationalError, InterfaceError) as error:
