@@ -9,6 +9,12 @@ the engine's models, then runs a Celery worker with a pool of `--slots` threads 
 `node.<name>` queue and `default` (sweeps). `--slots` should equal the engine's
 OLLAMA_NUM_PARALLEL (or the OpenAI-compatible server's parallel sequences). Without --gpu it
 is a CPU node.
+
+The process exits 0 when it was asked to stop (SIGTERM, a remote shutdown, a decommission)
+and non-zero when it failed, Celery's "Unrecoverable error" included (a broker that answers
+its consumer with an error), so that its supervisor restarts it (ops/keepalive.py under
+`make run`, `restart:` in compose). Whatever stops it, running jobs get SHUTDOWN_GRACE_S and
+are then handed back, so a failed worker does not wait out its jobs.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import argparse
 import logging
 import os
 import socket
+import sys
 import time
+from typing import Any
 
-from celery.signals import worker_ready, worker_shutting_down
+from celery import bootsteps
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 from redis import Redis
 
 from config.logging import configure_logging
@@ -63,6 +72,31 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="wait this long for the engine to list its models before registering",
     )
     return parser.parse_args(argv)
+
+
+class HandBackWhenStopping(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Starts the grace period however the worker stops. Celery closes every step before
+    it stops the pool, and the pool waits for the running jobs: a SIGTERM starts the grace
+    earlier (worker_shutting_down), but a consumer that failed or a remote shutdown send
+    no signal, and their jobs would run to their end (MAX_GENERATION_S) in a process that
+    can no longer acknowledge them."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def close(self, parent: Any) -> None:
+        runtime.current().begin_stopping()
+
+
+def exit_status(worker: Any) -> int:
+    """The status for the process. `worker_main` drops the worker's own: Celery sets 1
+    (EX_FAILURE) on an unrecoverable error, 0 on a warm shutdown (SIGTERM, a remote
+    shutdown), and nothing on a cold one (asked for too)."""
+    if worker is None:
+        return 1  # never built: the command line or the app failed
+    code = worker.exitcode
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,6 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     log.info("node %s consumes %s", name, ", ".join(queues))
     heartbeat = Heartbeat(rt, celery_app, set(model_queues))
 
+    workers: list[Any] = []
+
+    @worker_init.connect
+    def remember_worker(sender: object, **_: object) -> None:
+        workers.append(sender)  # its exit code, read once worker_main returns
+
     @worker_ready.connect
     def remember_consumer(sender: object, **_: object) -> None:
         heartbeat.consumer = sender  # how the heartbeat applies slot changes
@@ -142,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("stopping: running jobs have %g s to finish", settings.shutdown_grace_s)
         rt.begin_stopping()
 
+    celery_app.steps["worker"].add(HandBackWhenStopping)
     heartbeat.start()
     metrics_port = args.metrics_port or settings.worker_metrics_port
     if metrics_port:
@@ -169,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         heartbeat.stop.set()
         rt.watcher.stop()
         go_offline(rt, reason="worker stopped")
+    code = exit_status(workers[-1] if workers else None)
+    if code:
+        log.error("worker %s failed (exit status %d); its supervisor restarts it", name, code)
+    sys.exit(code)
 
 
 def wait_for_engine(engine: Engine, timeout_s: float) -> None:
