@@ -8,9 +8,11 @@ picks the engine (the Ollama at OLLAMA_HOST when it answers, else the embedded l
 model), and runs under honcho: the web process, one worker per GPU (one CPU worker
 without a GPU, or for the embedded model), beat, Flower behind basic auth, the embedded
 engine when used, and `first-answer`, which streams a first answer from the model to the
-console. Every process logs in the console format (LOG_FORMAT=console), in colour on a
-terminal; what repeats every few seconds shows only at LOG_LEVEL=DEBUG. Ctrl-C stops every
-process (SIGTERM, then SIGKILL after STOP_GRACE_S).
+console. Each worker runs under `python -m ops.keepalive`: honcho stops the whole stack when
+any process ends, so a worker that fails is started again there, after a short backoff.
+Every process logs in the console format (LOG_FORMAT=console), in colour on a terminal; what
+repeats every few seconds shows only at LOG_LEVEL=DEBUG. Ctrl-C stops every process
+(SIGTERM, then SIGKILL after STOP_GRACE_S).
 """
 
 from __future__ import annotations
@@ -148,7 +150,12 @@ def _add_workers(
         ]
         if gpu is not None:
             args.append(f"--gpu {gpu}")
-        manager.add_process(f"worker.{name}", _python(*args), env=env)
+        manager.add_process(f"worker.{name}", _keepalive(f"worker.{name}", *args), env=env)
+
+
+def _keepalive(name: str, *args: str) -> str:
+    """`_python(*args)`, started again by ops/keepalive.py whenever it fails."""
+    return _python(f"-m ops.keepalive --name {name} --", shlex.quote(sys.executable), *args)
 
 
 def banner_lines(
