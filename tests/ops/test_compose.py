@@ -61,6 +61,17 @@ def test_every_service_has_a_health_check() -> None:
         assert len(check["test"]) > 1, name
 
 
+def test_a_service_that_dies_is_restarted_and_one_shots_are_not() -> None:
+    """A worker that fails exits non-zero (workers/__main__.py), and Docker starts it again;
+    `unless-stopped` also brings it back after a reboot, which `on-failure` would not."""
+    one_shots = {"migrate", "benchmark"}
+    for name, service in services().items():
+        expected = "no" if name in one_shots else "unless-stopped"
+        assert service.get("restart") == expected, name
+    for name in APP_SERVICES - one_shots:
+        assert services()[name].get("init") is True, name  # tini passes signals and the status
+
+
 def test_host_ports_stay_above_11111_and_off_ollamas() -> None:
     published = {
         name: [int(port["published"]) for port in service.get("ports", [])]
