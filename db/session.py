@@ -6,9 +6,10 @@ flushes; whoever opened the unit of work (a web request, a task) commits once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
@@ -17,7 +18,7 @@ from config.settings import Settings
 
 
 def build_engine(settings: Settings, pool_size: int | None = None) -> Engine:
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -29,6 +30,29 @@ def build_engine(settings: Settings, pool_size: int | None = None) -> Engine:
         # Keep parameter values out of exception messages and logs.
         hide_parameters=True,
     )
+    event.listen(engine, "do_connect", _connect_within(settings.db_connect_timeout_s))
+    return engine
+
+
+def _connect_within(timeout_s: float) -> Callable[..., Any]:
+    """libpq applies connect_timeout only to a blocking connect. Where psycopg2 has been made
+    cooperative (gunicorn's gevent workers install a wait callback), it connects without
+    blocking and the timeout is ignored: a server that takes the connection and never
+    answers would hang the request for good. There, the connect runs under a gevent timeout
+    that fails it as libpq would."""
+
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        dbapi = dialect.loaded_dbapi
+        extensions = getattr(dbapi, "extensions", None)
+        if extensions is None or extensions.get_wait_callback() is None:
+            return None  # a blocking connect: libpq keeps its own time
+        from gevent import Timeout
+
+        expired = dbapi.OperationalError(f"timeout expired (no answer within {timeout_s} s)")
+        with Timeout(timeout_s, expired):
+            return dialect.connect(*cargs, **cparams)
+
+    return connect
 
 
 @dataclass

@@ -6,12 +6,16 @@ import logging
 from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from config.logging import request_id_var
 from db.session import Database, set_audit_context
-from web.errors import error_response, handle_integrity_error, handle_unexpected_error
+from web.errors import (
+    database_unavailable_response,
+    database_unreachable,
+    handle_integrity_error,
+    handle_unexpected_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +66,33 @@ def keep_changes_on_error() -> None:
     g.keep_changes_on_error = True
 
 
+def _discard(session: Session) -> None:
+    """Roll back; a connection that died meanwhile has nothing left to undo (the pool drops
+    it), so a failure here must not turn the answer into a 500."""
+    try:
+        session.rollback()
+    except SQLAlchemyError as error:
+        log.warning("rollback failed: %s", type(error).__name__)
+
+
 def commit_or_rollback(response: Response) -> Response:
     """Runs before the response leaves, so a failed commit still changes the answer."""
     session: Session | None = g.get("db_session")
     if session is None:
         return response
     if response.status_code >= 400 and not g.get("keep_changes_on_error"):
-        session.rollback()
+        _discard(session)
         return response
     try:
         session.commit()
     except IntegrityError as error:
-        session.rollback()
+        _discard(session)
         return handle_integrity_error(error)
-    except (OperationalError, InterfaceError):
-        session.rollback()
-        log.exception("commit failed: database unreachable")
-        return error_response(
-            503,
-            "database_unavailable",
-            "The change could not be saved; try again.",
-            {"request_id": request_id_var.get()},
-        )
     except SQLAlchemyError as error:
-        session.rollback()
+        _discard(session)
+        if database_unreachable(error):
+            log.warning("commit failed: database unreachable: %s", type(error).__name__)
+            return database_unavailable_response("The change could not be saved; try again.")
         return handle_unexpected_error(error)
     _run_after_commit()
     return response
@@ -103,13 +110,20 @@ def end_unit_of_work(*, commit: bool = True) -> None:
             session.commit()
             _run_after_commit()
     finally:
-        session.close()
+        _close(session)
+
+
+def _close(session: Session) -> None:
+    try:
+        session.close()  # rolls back whatever was not committed
+    except SQLAlchemyError as error:  # a dead connection: the pool has dropped it
+        log.warning("closing the session failed: %s", type(error).__name__)
 
 
 def close_session(_error: BaseException | None = None) -> None:
     session: Session | None = g.pop("db_session", None)
     if session is not None:
-        session.close()  # rolls back whatever was not committed
+        _close(session)
 
 
 def init_database(app: Flask, database: Database) -> None:

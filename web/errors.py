@@ -12,7 +12,14 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from config.logging import request_id_var
@@ -90,6 +97,20 @@ class ServiceUnavailable(APIError):
     status_code = 503
     code = "service_unavailable"
     message = "A dependency is unavailable; try again shortly."
+
+
+# What a caller is told to wait before asking again while the database is away. Recovery
+# needs no restart: the pool reconnects on the first request after the database is back.
+DATABASE_RETRY_AFTER_S = 2
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    message = "The database is unavailable; try again shortly."
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+        super().__init__(message, **kwargs)
 
 
 # Codes for errors that Werkzeug raises itself (routing, body size, ...).
@@ -174,6 +195,37 @@ def handle_integrity_error(error: IntegrityError) -> Response:
     return handle_unexpected_error(error)
 
 
+def database_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the database could not be reached or used, rather than refusing
+    a statement: no connection (refused, reset, shutting down, starting up; psycopg2 calls
+    these OperationalError), a connection already closed (InterfaceError), one that died
+    under a statement (a disconnect SQLAlchemy caught and invalidated), or no pooled
+    connection free within DB_POOL_TIMEOUT_S."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def database_unavailable_response(message: str = DatabaseUnavailable.message) -> Response:
+    """503 `database_unavailable` with Retry-After and the request id (for the logs)."""
+    error = DatabaseUnavailable(message, details={"request_id": request_id_var.get()})
+    return handle_api_error(error)
+
+
+def handle_database_error(error: SQLAlchemyError) -> Response:
+    """The database away is a 503 the caller may retry, never a 500: whether it failed the
+    caller's lookup before any view ran, a view's query or the commit. Anything else the
+    database refused is a conflict or a bug."""
+    if isinstance(error, IntegrityError):
+        return handle_integrity_error(error)
+    if not database_unreachable(error):
+        return handle_unexpected_error(error)
+    # One line, no traceback: during an outage every request would log one.
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    log.warning("database unavailable: %s: %s", type(error).__name__, reason[0] if reason else "")
+    return database_unavailable_response()
+
+
 def handle_unexpected_error(error: Exception) -> Response:
     request_id = request_id_var.get()
     log.error("unhandled error: %s", type(error).__name__, exc_info=error)
@@ -194,8 +246,8 @@ def render_error(error: Exception) -> Response:
         return handle_http_exception(error)
     if isinstance(error, ValidationError):
         return handle_validation_error(error)
-    if isinstance(error, IntegrityError):
-        return handle_integrity_error(error)
+    if isinstance(error, SQLAlchemyError):
+        return handle_database_error(error)
     return handle_unexpected_error(error)
 
 
@@ -204,4 +256,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(IntegrityError, handle_integrity_error)
+    app.register_error_handler(DBAPIError, handle_database_error)
+    app.register_error_handler(PoolTimeout, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected_error)

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import request
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from db.inference import METRIC_COLUMNS as METRICS
 from db.models import RequestKind
@@ -86,7 +87,7 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
     sent_text = False
     for event in follow(current_relay(), request_id, current_settings().ws_heartbeat_s):
         if isinstance(event, Quiet):
-            state = final_state(request_id) if event.ask_database else None
+            state = _stored_end(request_id) if event.ask_database else None
             if state is not None:  # it ended without announcing it (a worker died then)
                 yield from _from_stored(state, sent_text)
                 return
@@ -109,6 +110,16 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
                 return
 
 
+def _stored_end(request_id: uuid.UUID) -> dict[str, Any] | None:
+    """The job as stored if it has ended; None if not, or if the database cannot say now
+    (only a fallback for a lost terminal event: the events go on, and so does the job)."""
+    try:
+        return final_state(request_id)
+    except SQLAlchemyError as error:
+        log.warning("request %s: state check failed: %s", request_id, type(error).__name__)
+        return None
+
+
 def _from_stored(state: dict[str, Any], sent_text: bool) -> Iterator[tuple[str, Any]]:
     """The outcome of a job that ended without its last events, as the database has it."""
     if state["status"] != "completed":
@@ -122,7 +133,19 @@ def _from_stored(state: dict[str, Any], sent_text: bool) -> Iterator[tuple[str, 
 
 
 def collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
-    """The whole answer of a job (for non-streamed calls): its text and final fields."""
+    """The whole answer of a job (for non-streamed calls): its text and final fields. A
+    failure to follow it (Redis, the database) is a JobFailed too, saying where the result
+    will be: the job goes on, and asking again would run it twice."""
+    try:
+        return _collect(request_id)
+    except JobFailed:
+        raise
+    except Exception:
+        log.exception("request %s: following it failed", request_id)
+        raise JobFailed(STREAM_FAILED.format(request_id)) from None
+
+
+def _collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
     parts: list[str] = []
     for kind, payload in outcomes(request_id):
         if kind == "idle":
@@ -147,8 +170,21 @@ def for_the_caller(
     try:
         yield from frames
     except GeneratorExit:
-        abandon(request_id)
+        _abandon(request_id)
         raise
     except Exception:
         log.exception("request %s: its answer's stream failed", request_id)
         yield failed(STREAM_FAILED.format(request_id))
+
+
+def _abandon(request_id: uuid.UUID) -> None:
+    """Cancel the job of a caller who went away; if that fails (the database away), the job
+    runs to its end and its result is kept, as for any other."""
+    try:
+        abandon(request_id)
+    except Exception as error:
+        log.warning(
+            "request %s: its caller left, and cancelling it failed: %s",
+            request_id,
+            type(error).__name__,
+        )
