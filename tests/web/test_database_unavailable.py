@@ -211,6 +211,12 @@ def request_context(no_database: Flask) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("request_context")
+def test_a_stream_starts_with_an_empty_item_that_sends_the_headers() -> None:
+    stream = jobs.for_the_caller(uuid.uuid4(), iter(["a", "b"]), lambda m: m)
+    assert list(stream) == ["", "a", "b"]
+
+
+@pytest.mark.usefixtures("request_context")
 def test_a_caller_leaving_while_the_database_is_away_ends_only_the_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -247,6 +253,16 @@ def test_a_whole_answer_that_cannot_be_followed_says_where_the_result_will_be(
     monkeypatch.setattr(jobs, "outcomes", broken)
     with pytest.raises(jobs.JobFailed, match=f"/api/v1/inference/requests/{request_id}"):
         jobs.collect(request_id)
+
+
+def test_job_headers_name_the_job_and_link_to_it(no_database: Flask) -> None:
+    request_id = uuid.uuid4()
+    with no_database.test_request_context("/"):
+        headers = jobs.job_headers(request_id)
+    assert headers == {
+        "X-OllamaMax-Request-ID": str(request_id),
+        "Link": f'</api/v1/inference/requests/{request_id}>; rel="related"',
+    }
 
 
 # --- a server that takes the connection and never answers ---------------------------------

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import request
+from flask import request, url_for
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +35,10 @@ STREAM_FAILED = (
     "the answer's stream failed here; the job goes on and its result will be at "
     "/api/v1/inference/requests/{}"
 )
+# The job behind a door's answer, so that a caller cut off mid-stream can find it: its id,
+# and a link to it in the native API. Named after X-Request-ID, which is something else: the
+# id of one HTTP exchange, for logs.
+JOB_ID_HEADER = "X-OllamaMax-Request-ID"
 # What a "done" outcome carries besides the metrics.
 FINAL_FIELDS = (*METRICS, "done_reason", "tool_calls")
 
@@ -76,6 +80,13 @@ def start(kind: RequestKind, job: GenerateRequest | ChatRequest, source: str) ->
     accepted = accept(kind, job, source=source)
     end_unit_of_work()
     return accepted.id
+
+
+def job_headers(request_id: uuid.UUID) -> dict[str, str]:
+    """`X-OllamaMax-Request-ID: <uuid>` and `Link: </api/v1/inference/requests/<uuid>>;
+    rel="related"` (RFC 8288; a Location header would mean a redirect or a creation)."""
+    link = url_for("inference.read_request", request_id=request_id)
+    return {JOB_ID_HEADER: str(request_id), "Link": f'<{link}>; rel="related"'}
 
 
 def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
@@ -166,8 +177,14 @@ def for_the_caller(
 ) -> Iterator[str]:
     """A door's frames as sent: a caller who goes away (the server closes the stream) takes
     their job with them; a failure here (Redis, the database) ends the stream with the door's
-    error frame instead, and the job goes on."""
+    error frame instead, and the job goes on.
+
+    The first item is empty: a WSGI server sends the status and headers (the job's id among
+    them) with the first body write, and an empty one sends nothing else (gunicorn writes no
+    chunk for it, so the chunked body is not ended). The caller learns the job's id at once,
+    not when its first token exists, which may be after a long wait in the queue."""
     try:
+        yield ""
         yield from frames
     except GeneratorExit:
         _abandon(request_id)

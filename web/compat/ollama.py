@@ -8,6 +8,7 @@ mid-stream error lines.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from web.compat.jobs import (
     JobFailed,
     collect,
     for_the_caller,
+    job_headers,
     json_object_body,
     outcomes,
     start,
@@ -58,6 +60,8 @@ INFERENCE_ANSWERS = {
     422: None,
     500: "The job failed (stream false).",
 }
+# A proxy (nginx) passes each line on as it comes instead of buffering the answer.
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -303,15 +307,23 @@ class _Framer:
         return body
 
 
+def _whole(framer: _Framer, request_id: uuid.UUID) -> Response:
+    """The job's answer as one object (stream false), once it has ended."""
+    try:
+        text, final = collect(request_id)
+    except JobFailed as error:
+        return _error(str(error), 500)
+    return _json(framer.final(final, text))
+
+
 def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
     request_id = start(kind, parsed, source="ollama")
+    headers = job_headers(request_id)
     framer = _Framer(kind, str(body.get("model")))
     if body.get("stream") is False:
-        try:
-            text, final = collect(request_id)
-        except JobFailed as error:
-            return _error(str(error), 500)
-        return _json(framer.final(final, text))
+        whole = _whole(framer, request_id)
+        whole.headers.update(headers)
+        return whole
 
     def lines() -> Iterator[str]:
         for kind_, payload in outcomes(request_id):
@@ -332,4 +344,8 @@ def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
         return json.dumps({"error": message}) + "\n"
 
     answer = for_the_caller(request_id, lines(), error_line)
-    return Response(stream_with_context(answer), mimetype="application/x-ndjson")
+    return Response(
+        stream_with_context(answer),
+        mimetype="application/x-ndjson",
+        headers={**headers, **STREAM_HEADERS},
+    )

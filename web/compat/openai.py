@@ -24,6 +24,7 @@ from web.compat.jobs import (
     JobFailed,
     collect,
     for_the_caller,
+    job_headers,
     json_object_body,
     outcomes,
     start,
@@ -288,6 +289,7 @@ def completions() -> Response:
 
 def _answer(kind: RequestKind, job: Any, req: OpenAISampling, prefix: str) -> Response:
     request_id = start(kind, job, source="openai")
+    headers = job_headers(request_id)
     framer = _Framer(kind == RequestKind.CHAT, request_id, req.model)
     if not req.stream:
         try:
@@ -295,15 +297,19 @@ def _answer(kind: RequestKind, job: Any, req: OpenAISampling, prefix: str) -> Re
         except JobFailed as error:
             # A finished job: asking again would run it again, so tell clients not to retry.
             body = _error_object(str(error), "server_error", "request_failed")
-            return _json(body, 502, headers={"x-should-retry": "false"})
-        return _json(framer.whole(prefix + text, final))
+            return _json(body, 502, headers={**headers, "x-should-retry": "false"})
+        return _json(framer.whole(prefix + text, final), headers=headers)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     answer = for_the_caller(
         request_id,
         _stream_events(framer, request_id, prefix, include_usage),
         lambda message: _stream_error(message, "stream_failed"),
     )
-    return Response(stream_with_context(answer), mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(
+        stream_with_context(answer),
+        mimetype="text/event-stream",
+        headers={**headers, **SSE_HEADERS},
+    )
 
 
 def _stream_events(

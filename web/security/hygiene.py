@@ -16,6 +16,9 @@ EXPOSED_HEADERS = [
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
+    # The front doors' job (web/compat/jobs.py), for browser callers cut off mid-stream.
+    "X-OllamaMax-Request-ID",
+    "Link",
 ]
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"]
 # JSON answers never need to load anything; HTML pages set their own policy.
