@@ -22,7 +22,7 @@ def load_body(schema: type[SchemaT]) -> SchemaT:
         payload = None
     if payload is None:
         raise BadRequest("The body is not valid JSON.", code="invalid_json")
-    _refuse_nul(payload, "body")
+    refuse_nul(payload, "body")
     try:
         return schema.model_validate(payload)
     except ValidationError as error:
@@ -32,14 +32,14 @@ def load_body(schema: type[SchemaT]) -> SchemaT:
 def load_query(schema: type[SchemaT]) -> SchemaT:
     """The query string as `schema` (repeated keys become lists): 422 when invalid."""
     raw = {key: values if len(values) > 1 else values[0] for key, values in request.args.lists()}
-    _refuse_nul(raw, "query")
+    refuse_nul(raw, "query")
     try:
         return schema.model_validate(raw)
     except ValidationError as error:
         raise ValidationFailed(details=validation_details(error, prefix="query")) from None
 
 
-def _refuse_nul(value: object, where: str) -> None:
+def refuse_nul(value: object, where: str) -> None:
     """PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database."""
     stack = [value]
     while stack:

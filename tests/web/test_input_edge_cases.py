@@ -5,6 +5,8 @@ and are kept here as plain tests."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -79,6 +81,29 @@ def test_nul_characters_are_a_400(client: FlaskClient, path: str, body: dict[str
     response = client.post(path, json=body)
     assert response.status_code == 400
     assert error_code(response) == "invalid_characters"
+
+
+OLLAMA_CALL = {"function": {"name": "f", "arguments": {"k": "a\x00b"}}}
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        # Found by the fuzzer: a NUL deep in a tool call's arguments reached the JSONB insert.
+        ("/api/chat", {"role": "assistant", "content": "", "tool_calls": [OLLAMA_CALL]}),
+        ("/v1/chat/completions", {"role": "user", "content": "a\x00b"}),
+    ],
+)
+def test_nul_characters_in_a_doors_body_are_a_400(
+    client: FlaskClient, path: str, message: dict[str, Any]
+) -> None:
+    response = client.post(
+        path,
+        json={"model": "m", "messages": [message], "stream": False},
+        headers=auth_headers(client, make_user()),
+    )
+    assert response.status_code == 400
+    assert "NUL character" in response.get_data(as_text=True)
 
 
 def test_nul_in_a_query_and_a_huge_page_are_4xx(client: FlaskClient) -> None:
