@@ -170,10 +170,24 @@ def test_query_models_become_one_parameter_per_field(document: dict[str, Any]) -
 
 def test_websockets_are_listed_as_their_handshake(document: dict[str, Any]) -> None:
     stream = document["paths"]["/ws/inference/{request_id}"]["get"]
-    assert set(stream["responses"]) == {"101", "400", "404", "414", "429"}
+    # 503: the caller is resolved, in the database, before the upgrade.
+    assert set(stream["responses"]) == {"101", "400", "404", "414", "429", "503"}
     assert {"queryToken": []} in stream["security"]
     assert "1008" in stream["x-websocket"]["close_codes"]
     assert "after" in [parameter["name"] for parameter in stream["parameters"]]
+
+
+def test_every_route_that_reads_the_database_documents_its_absence(
+    document: dict[str, Any],
+) -> None:
+    """A credential is resolved in the database, and every body is stored there."""
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            if operation.get("security") or "requestBody" in operation:
+                why = operation["responses"]["503"]["description"]
+                assert "database_unavailable" in why, (method, path)
+    probes = document["paths"]["/health"]["get"]["responses"]
+    assert "503" not in probes
 
 
 def test_the_decorator_only_records(base_app: Flask) -> None:

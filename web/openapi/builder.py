@@ -83,6 +83,8 @@ UNAUTHORIZED = "No credential, or one that is invalid, expired or revoked."
 FORBIDDEN = "The caller's role (or API key's scopes) lacks the `{}` permission."
 RATE_LIMITED = "Over the caller's rate limit (per user, or per IP when anonymous); see Retry-After."
 BLOCKLIST_DOWN = "Redis, which holds the token blocklist, is unreachable: tokens cannot be trusted."
+# Resolving a credential reads the database, and so does every route that takes a body.
+DATABASE_DOWN = "PostgreSQL is unreachable (`database_unavailable`); see Retry-After."
 SWITCHING = "Switching Protocols: the WebSocket is open (frames and close codes: x-websocket)."
 UNDESCRIBED = "Not described in this document yet: its input and answers are not listed."
 NOT_AN_UPGRADE = "Not a WebSocket handshake: connect with a WebSocket client."
@@ -253,6 +255,8 @@ def _implied_errors(
         errors[414] = URI_TOO_LONG
     if route.rule.endpoint not in EXEMPT_ENDPOINTS:
         errors[429] = RATE_LIMITED
+    if security or (operation.body is not None and not route.rule.websocket):
+        errors[503] = f"{errors[503]} {DATABASE_DOWN}" if 503 in errors else DATABASE_DOWN
     return errors
 
 
