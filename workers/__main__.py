@@ -29,7 +29,6 @@ from typing import Any
 
 from celery import bootsteps
 from celery.signals import worker_init, worker_ready, worker_shutting_down
-from redis import Redis
 
 from config.logging import configure_logging
 from config.settings import get_settings
@@ -41,7 +40,7 @@ from workers.celery_app import create_celery_app
 from workers.dispatch import queue_for_node
 from workers.engines import make_engine
 from workers.engines.base import Engine, EngineError
-from workers.events import EventLog
+from workers.events import EventLog, worker_redis
 from workers.node import Heartbeat, go_offline, register
 from workers.runtime_config import RuntimeConfigSource
 
@@ -118,11 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     database = Database.from_settings(settings, pool_size=args.slots + 3)
     celery_app = create_celery_app(settings)
     celery_app.set_default()  # the app our @shared_task tasks run under
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
+    redis = worker_redis(settings.redis_url, settings.redis_timeout_s)
     rt = runtime.Runtime(
         settings=settings,
         database=database,
@@ -133,11 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         runtime_config=RuntimeConfigSource(
             settings,
             database,
-            Redis.from_url(
-                settings.cache_url,
-                socket_timeout=settings.redis_timeout_s,
-                socket_connect_timeout=settings.redis_timeout_s,
-            ),
+            worker_redis(settings.cache_url, settings.redis_timeout_s),
         ),
         engine=make_engine(engine_kind, engine_url, settings),
         worker_name=celery_hostname,

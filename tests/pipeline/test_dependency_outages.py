@@ -65,13 +65,31 @@ def _answers(url: str) -> bool:
         return False
 
 
+class Engine:
+    """A double of the test's own, serving the one model `outage`, that may be restarted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.double = own_double(self.port, "outage:latest")
+
+    @property
+    def url(self) -> str:
+        return self.double.url
+
+    def restart(self, down_s: float) -> None:
+        """Killed mid-generation, back on the same port `down_s` later."""
+        self.double.process.kill()
+        self.double.process.wait()
+        time.sleep(down_s)
+        self.double = own_double(self.port, "outage:latest")
+
+
 @pytest.fixture
-def engine() -> Iterator[tuple[Double, int]]:
-    """A double of the test's own (it may be killed), serving the one model `outage`."""
-    port = free_port()
-    double = own_double(port, "outage:latest")
-    yield double, port
-    double.process.kill()
+def engine() -> Iterator[Engine]:
+    engine = Engine()
+    yield engine
+    engine.double.process.kill()
+    engine.double.process.wait()
 
 
 class Api:
@@ -121,46 +139,44 @@ def assert_readers_saw_each_event_once(events: EventLog, request_id: str, output
 
 
 def test_an_engine_restart_fails_no_job(
-    engine: tuple[Double, int],
+    engine: Engine,
     start_worker: Any,
     settings_overrides: dict[str, Any],
     committed: Database,
 ) -> None:
-    double, port = engine
-    worker = start_worker(double.url, name="w-engine-restart@test", slots=2)
-    api = Api(settings_overrides, committed)
-    ids = [api.submit(f"engine restart {n}") for n in range(8)]
-    wait_for(lambda: api.running_with_text(ids[:2]), timeout=20)
+    worker = start_worker(engine.url, name="w-engine-restart@test", slots=2)
+    try:
+        api = Api(settings_overrides, committed)
+        prompts = [f"engine restart {n}" for n in range(8)]
+        ids = [api.submit(prompt) for prompt in prompts]
+        wait_for(lambda: api.running_with_text(ids[:2]), timeout=20)
 
-    double.process.kill()  # the engine dies mid-generation
-    double.process.wait()
-    time.sleep(3)
-    own_double(port, "outage:latest")  # and is back on the same port
+        engine.restart(down_s=3)
 
-    rows = api.all_ended(ids, timeout=90)
-    assert {i: r["status"] for i, r in rows.items()} == dict.fromkeys(ids, "completed"), rows
-    for request_id, row in rows.items():
-        assert row["output"] == "".join(
-            tokens_for(f"engine restart {ids.index(request_id)}", TOKENS)
-        )
-        assert row["attempt"] <= 2  # handed back at most once
-    log = worker.log()
-    assert "the engine does not answer" in log
-    assert "the engine answers again" in log
+        rows = api.all_ended(ids, timeout=90)
+        assert {i: r["status"] for i, r in rows.items()} == dict.fromkeys(ids, "completed"), rows
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            assert rows[request_id]["output"] == "".join(tokens_for(prompt, TOKENS))
+            assert rows[request_id]["attempt"] <= 2  # handed back at most once
+        log = worker.log()
+        assert "the engine does not answer" in log
+        assert "the engine answers again" in log
+    finally:
+        # Its model queue is every test's here: a worker left running would take their jobs.
+        worker.stop()
 
 
 def test_a_redis_restart_mid_generation_fails_no_job_and_leaves_no_gap(
     start_worker: Any,
     settings_overrides: dict[str, Any],
     committed: Database,
-    engine: tuple[Double, int],
+    engine: Engine,
     tmp_path: Path,
 ) -> None:
-    double, _ = engine
     with ThrowawayRedis() as redis:
         overrides = {**settings_overrides, "redis_url": redis.url}
         worker = start_worker(
-            double.url, name="w-redis-restart@test", slots=3, env={"REDIS_URL": redis.url}
+            engine.url, name="w-redis-restart@test", slots=3, env={"REDIS_URL": redis.url}
         )
         web = start_live_server(overrides, tmp_path, WS_HEARTBEAT_S="0.5")
         try:
@@ -254,15 +270,14 @@ class FollowerThread:
 def test_a_postgresql_outage_at_finish_keeps_the_result(
     start_worker: Any,
     settings_overrides: dict[str, Any],
-    engine: tuple[Double, int],
+    engine: Engine,
 ) -> None:
-    double, _ = engine
     with ThrowawayPostgres() as postgres:
         url = postgres.migrated("ollamamax_outage")
         overrides = {**settings_overrides, "database_url": url}
         database = Database.from_settings(build_settings(overrides), pool_size=2)
         worker = start_worker(
-            double.url,
+            engine.url,
             name="w-pg-outage@test",
             slots=3,
             # The lease outlasts the outage: the worker keeps its jobs and their results.
