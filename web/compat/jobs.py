@@ -97,23 +97,23 @@ def outcomes(request_id: uuid.UUID) -> Iterator[tuple[str, Any]]:
     marks a quiet period, for doors that keep the connection alive (and so notice a caller
     who left while the job was still queued)."""
     done: dict[str, Any] = {}
-    sent_text = False
+    sent: list[str] = []  # the text yielded since the last restart
     for event in follow(current_relay(), request_id, current_settings().ws_heartbeat_s):
         if isinstance(event, Quiet):
             state = _stored_end(request_id) if event.ask_database else None
-            if state is not None:  # it ended without announcing it (a worker died then)
-                yield from _from_stored(state, sent_text)
+            if state is not None:  # it ended without announcing it (see _from_stored)
+                yield from _from_stored(state, "".join(sent))
                 return
             yield "idle", None
         elif event["type"] == "token":
-            sent_text = True
+            sent.append(event["text"])
             yield "token", event["text"]
         elif event["type"] == "done":
             done = {k: event.get(k) for k in FINAL_FIELDS}
         elif event["type"] == "status":
             status = event.get("status")
-            if status == "restarted" and sent_text:
-                sent_text = False
+            if status == "restarted" and sent:
+                sent = []
                 yield "restarted", None
             elif status == "completed":
                 yield "done", done
@@ -133,13 +133,19 @@ def _stored_end(request_id: uuid.UUID) -> dict[str, Any] | None:
         return None
 
 
-def _from_stored(state: dict[str, Any], sent_text: bool) -> Iterator[tuple[str, Any]]:
-    """The outcome of a job that ended without its last events, as the database has it."""
+def _from_stored(state: dict[str, Any], sent: str) -> Iterator[tuple[str, Any]]:
+    """The outcome of a job that ended without its last events reaching us (its worker died
+    after storing it, or Redis was away and the events wait in the worker's backlog), as
+    the database has it: the text not yet sent, then the end."""
     if state["status"] != "completed":
         yield "error", state.get("error") or f"request {state['status']}"
         return
-    if not sent_text and state.get("output"):
-        yield "token", state["output"]
+    output = state.get("output") or ""
+    if not output.startswith(sent):  # what was sent belonged to an attempt since voided
+        yield "restarted", None
+        sent = ""
+    if output[len(sent) :]:
+        yield "token", output[len(sent) :]
     final = {k: state.get(k) for k in (*METRICS, "done_reason")}
     final["tool_calls"] = (state.get("output_message") or {}).get("tool_calls")
     yield "done", final
