@@ -92,7 +92,13 @@ class RequestStream:
         self.ended = self.cursor.ended
 
     def _send_final(self) -> None:
-        state = final_state(self.request_id)
+        try:
+            state = final_state(self.request_id)
+        except SQLAlchemyError as error:
+            # The client resumes with ?after= once the database answers again.
+            log.warning("request %s: final state unavailable: %s", self.request_id, error)
+            self.sock.close(TRY_AGAIN_LATER, "database_unavailable")
+            return
         if state is None:
             return
         self.sock.send_json({"type": "final", "request": state})

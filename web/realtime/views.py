@@ -84,6 +84,7 @@ def _admit(relay_socket: RelaySocket, check: Callable[[], Any]) -> Any:
     `check` returned, or None after a refusal."""
     try:
         admitted = check()
+        end_unit_of_work()  # its commit may fail too (the database went away meanwhile)
     except Exception as error:  # auth errors come from several libraries
         end_unit_of_work(commit=False)
         response = current_app.handle_user_exception(error)
@@ -98,7 +99,6 @@ def _admit(relay_socket: RelaySocket, check: Callable[[], Any]) -> Any:
             body.get("code", "refused"), body.get("message", "Refused."), close_code
         )
         return None
-    end_unit_of_work()
     return admitted
 
 
