@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from ops.smoke.api import describe
@@ -71,9 +72,11 @@ def read_job(ctx: Context, job_id: str) -> dict[str, Any]:
 def _check_exactly_once(stream: Stream) -> None:
     seqs = stream.seqs
     check(seqs, "the stream carried no numbered event")
+    # Strictly increasing from 1; it may skip where the relay dropped events of an attempt
+    # whose lease was swept while its worker still ran (docs/realtime.md).
     check(
-        seqs == list(range(1, len(seqs) + 1)),
-        f"seq is not 1, 2, 3, … without gaps or repeats: {seqs[:40]}",
+        seqs[0] == 1 and all(a < b for a, b in pairwise(seqs)),
+        f"seq does not start at 1 and rise without repeats: {seqs[:40]}",
     )
 
 
