@@ -93,24 +93,24 @@ class TooManyRequests(APIError):
     message = "Too many requests; slow down."
 
 
+# What a caller is told to wait before asking again while a dependency (PostgreSQL, Redis)
+# is away. Recovery needs no restart: pools reconnect on the first request after it is back.
+RETRY_AFTER_S = 2
+
+
 class ServiceUnavailable(APIError):
     status_code = 503
     code = "service_unavailable"
     message = "A dependency is unavailable; try again shortly."
 
-
-# What a caller is told to wait before asking again while the database is away. Recovery
-# needs no restart: the pool reconnects on the first request after the database is back.
-DATABASE_RETRY_AFTER_S = 2
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": str(RETRY_AFTER_S)})
+        super().__init__(message, **kwargs)
 
 
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     message = "The database is unavailable; try again shortly."
-
-    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("headers", {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
-        super().__init__(message, **kwargs)
 
 
 # Codes for errors that Werkzeug raises itself (routing, body size, ...).
