@@ -24,7 +24,11 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     "db/inference.py": Target(
-        ("tests/db/test_inference_sql.py", "tests/db/test_request_lifecycle.py"),
+        (
+            "tests/db/test_inference_sql.py",
+            "tests/db/test_request_lifecycle.py",
+            "tests/db/test_fencing.py",
+        ),
         only=frozenset(
             {
                 "insert_if_servable",
@@ -41,7 +45,11 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "db/recovery.py": Target(
-        ("tests/db/test_inference_sql.py", "tests/db/test_request_lifecycle.py"),
+        (
+            "tests/db/test_inference_sql.py",
+            "tests/db/test_request_lifecycle.py",
+            "tests/db/test_fencing.py",
+        ),
         only=frozenset({"hand_back", "requeue_expired_leases", "undispatched"}),
     ),
     # The rule "a node serves this model", which the insert above runs in its statement.
