@@ -64,8 +64,9 @@ from bench.meter import (
     difference,
     read_procs,
 )
-from bench.services import ThrowawayPostgres, ThrowawayRedis
+from bench.services import measured_postgres, unpersisted_redis
 from bench.stack import RESULTS, ROOT, Stack, percentile, progress
+from tests.support.throwaway import ThrowawayPostgres, ThrowawayRedis
 from tests.support.ws import connect, next_frame
 
 MODEL = "llama3.2"
@@ -482,7 +483,7 @@ def measure(plan: Plan) -> dict[str, Any]:
     batches: list[dict[str, Any]] = []
     sources: dict[str, Any] = {}
     others = Others(interval_s=2.0)
-    with ThrowawayPostgres() as pg, ThrowawayRedis() as redis:
+    with measured_postgres() as pg, unpersisted_redis() as redis:
         progress(f"cost: own PostgreSQL on :{pg.port} ({pg.folder}), redis on :{redis.port}")
         admin = psycopg2.connect(pg.dsn("postgres"))
         admin.autocommit = True

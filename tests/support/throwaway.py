@@ -1,9 +1,10 @@
 """Throwaway PostgreSQL and Redis servers for fault tests: each test that stops a dependency
 gets one of its own, since the machine's servers are shared and must never be stopped.
 
-Unlike bench/services.py (servers that live as long as one benchmark), these are made to be
-stopped and started again: a server keeps its port and its data folder across restarts, so
-the processes under test reconnect to the same address and find what they wrote.
+They are made to be stopped and started again: a server keeps its port and its data folder
+across restarts, so the processes under test reconnect to the same address and find what
+they wrote. The benchmarks run on them too, configured as a measurement needs them
+(bench/services.py).
 
     with ThrowawayPostgres() as pg:
         url = pg.migrated("ollamamax")  # created and migrated as tests/conftest.py does
@@ -82,6 +83,11 @@ class Throwaway:
         self.close()
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -151,9 +157,21 @@ class ThrowawayPostgres(Throwaway):
 
     name = "postgres"
 
-    def __init__(self, port: int | None = None, bin_dir: Path = PG_BIN) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        bin_dir: Path = PG_BIN,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        """`settings`: server settings (`-c name=value`) on top of a scratch cluster's."""
         super().__init__("omx-throwaway-pg-", port)
         self.bin_dir = bin_dir
+        self.settings = {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self.folder),
+            "fsync": "off",  # a scratch cluster: durability across a crash is not tested here
+            **(settings or {}),
+        }
         self.data = self.folder / "data"
         self.as_account: dict[str, Any] = {}
         if os.geteuid() == 0:
@@ -190,12 +208,7 @@ class ThrowawayPostgres(Throwaway):
                 **self.as_account,
             )
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port)]
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(self.folder),
-            "fsync": "off",  # a scratch cluster: durability across a crash is not tested here
-        }
-        for name, value in settings.items():
+        for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
         return self._popen(argv, **self.as_account)
 
@@ -213,12 +226,14 @@ class ThrowawayPostgres(Throwaway):
 
 class ThrowawayRedis(Throwaway):
     """redis-server on 127.0.0.1:<port> with appendonly yes in its folder, so what was
-    written before a stop is there after the next start."""
+    written before a stop is there after the next start (`persist=False`: nothing written to
+    disk, for a benchmark that never restarts it)."""
 
     name = "redis"
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persist: bool = True) -> None:
         super().__init__("omx-throwaway-redis-", port)
+        self.persist = persist
 
     @property
     def url(self) -> str:
@@ -236,7 +251,8 @@ class ThrowawayRedis(Throwaway):
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--dir", str(self.folder), "--appendonly", "yes", "--save", ""]
+        argv += ["--dir", str(self.folder), "--save", ""]
+        argv += ["--appendonly", "yes" if self.persist else "no"]
         argv += ["--daemonize", "no", "--logfile", ""]  # the log to stdout, so to self.log
         return self._popen(argv)
 
