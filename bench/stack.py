@@ -60,6 +60,8 @@ class Stack:
         self.slots = slots
         self.processes: list[subprocess.Popen[bytes]] = []
         self.names: list[str] = []
+        # What each name was spawned with, for `respawn`.
+        self.commands: dict[str, tuple[tuple[str, ...], bool, dict[str, str]]] = {}
         self.logs = Path(tempfile.mkdtemp(prefix="omx-bench-"))
         self.env = {
             **os.environ,
@@ -82,14 +84,26 @@ class Stack:
         """Run `argv` as part of the stack, logging to <logs>/<name>.log. `own_env=False`
         gives it this process's environment instead of the stack's (an engine must not see
         WEB_CONCURRENCY, which uvicorn also reads)."""
-        log = (self.logs / f"{name}.log").open("wb")
+        self.commands[name] = (argv, own_env, env)
         self.names.append(name)
+        self.processes.append(self._popen(name, "wb"))
+
+    def respawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start `name` again as it was spawned, once it has ended (a supervisor's restart):
+        the same command and environment, its log appended to; `pid_of` names the new one."""
+        index = self.names.index(name)
+        if self.processes[index].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.processes[index] = self._popen(name, "ab")
+        return self.processes[index]
+
+    def _popen(self, name: str, mode: str) -> subprocess.Popen[bytes]:
+        argv, own_env, env = self.commands[name]
         base = self.env if own_env else dict(os.environ)
-        self.processes.append(
-            subprocess.Popen(
+        with (self.logs / f"{name}.log").open(mode) as log:  # the child keeps its own copy
+            return subprocess.Popen(
                 argv, cwd=ROOT, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT
             )
-        )
 
     def start(self) -> None:
         migrate.create_database(self.database_url, drop_existing=True)
@@ -109,11 +123,18 @@ class Stack:
         self.spawn("web", sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app")
         wait_http(f"http://127.0.0.1:{self.port}/health")
 
-    def start_worker(self, engine_url: str | None = None, engine: str = "ollama") -> None:
+    def start_worker(
+        self,
+        engine_url: str | None = None,
+        engine: str = "ollama",
+        name: str = "bench@local",
+        process: str = "worker",
+    ) -> None:
         """One worker (`python -m workers run`) with `slots` threads, in front of the double
-        unless another engine is named."""
+        unless another engine is named; `name` is its node's, `process` its name in the
+        stack (and its log's), for a stack of several workers."""
         self.spawn(
-            "worker",
+            process,
             sys.executable,
             "-m",
             "workers",
@@ -125,10 +146,11 @@ class Stack:
             "--slots",
             str(self.slots),
             "--name",
-            "bench@local",
+            name,
             LOG_LEVEL="INFO",  # its "ready." line is how we know it consumes
         )
-        wait_until(lambda: "ready." in (self.logs / "worker.log").read_text(errors="replace"))
+        log = self.logs / f"{process}.log"
+        wait_until(lambda: "ready." in log.read_text(errors="replace"))
 
     def start_beat(self) -> None:
         """Celery beat, as `make run` starts it (its schedule file among the logs)."""
