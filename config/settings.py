@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     # Redis serves four roles; each can move to its own instance.
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None
-    celery_result_backend: str | None = None
     ratelimit_storage_url: str | None = None
     cache_redis_url: str | None = None
     # Socket timeouts of the app's Redis client (cache, blocklist, rate limits).
@@ -218,10 +217,6 @@ class Settings(BaseSettings):
         return self.celery_broker_url or self.redis_url
 
     @property
-    def result_backend(self) -> str:
-        return self.celery_result_backend or self.redis_url
-
-    @property
     def limiter_storage_url(self) -> str:
         return self.ratelimit_storage_url or self.redis_url
 
@@ -267,7 +262,6 @@ def _production_problems(settings: Settings) -> list[str]:
         "database_url",
         "redis_url",
         "celery_broker_url",
-        "celery_result_backend",
         "ratelimit_storage_url",
         "cache_redis_url",
     ):

@@ -29,6 +29,9 @@ def _configure(app: Celery, settings: Settings) -> None:
         broker_transport=(
             "workers.broker:Transport" if settings.broker_url.startswith("redis://") else None
         ),
+        # No task returns a result anyone reads. Celery itself still takes a backend from
+        # CELERY_RESULT_BACKEND in the environment, whatever this says: publishing with
+        # ignore_result (workers/dispatch.py) keeps it from subscribing to results.
         result_backend=None,
         task_ignore_result=True,
         task_acks_late=True,

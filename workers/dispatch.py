@@ -44,8 +44,9 @@ def broker_priority(api_priority: int) -> int:
 
 def _publish(celery: Celery, task: str, args: list[Any], **options: Any) -> bool:
     try:
-        # retry=False: never hold the caller while the broker is away.
-        celery.send_task(task, args=args, retry=False, **options)
+        # retry=False: never hold the caller while the broker is away. ignore_result: nobody
+        # waits for one, so no result channel is subscribed for it (see workers/celery_app.py).
+        celery.send_task(task, args=args, retry=False, ignore_result=True, **options)
     except (OperationalError, ConnectionError, OSError) as error:
         log.warning("could not publish %s%s: %s", task, args, error)
         return False

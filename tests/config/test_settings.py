@@ -51,7 +51,7 @@ def test_production_refuses_one_key_for_both_purposes() -> None:
         production(secret_key=STRONG, jwt_secret_key=STRONG)
 
 
-@pytest.mark.parametrize("field", ["celery_result_backend", "ratelimit_storage_url"])
+@pytest.mark.parametrize("field", ["celery_broker_url", "ratelimit_storage_url"])
 def test_production_checks_every_redis_url(field: str) -> None:
     with pytest.raises(InsecureSettingsError, match=field.upper()):
         production(
