@@ -9,6 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Celery
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.fleet import (
     NodeReport,
@@ -133,6 +135,8 @@ class Heartbeat(threading.Thread):
                 return
             try:
                 self.beat()
+            except (OperationalError, InterfaceError, RedisError) as error:  # an outage
+                log.warning("heartbeat failed: %s", str(error).strip().split("\n")[0])
             except Exception:  # a missed beat is retried next time; never kill the thread
                 log.exception("heartbeat failed")
 

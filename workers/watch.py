@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from redis import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.inference import renew_leases
 from db.session import Database
@@ -29,6 +30,10 @@ from db.session import Database
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # a cancel reaches the engine stream within this (plus one chunk)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def cancel_key(request_id: uuid.UUID | str) -> str:
@@ -78,27 +83,35 @@ class Watcher:
         while not self.stopped.wait(POLL_S):
             with self.lock:
                 watched = list(self.jobs.values())
-            if not watched:
-                continue
-            try:
-                self._check_cancels(watched)
-            except RedisError as error:
-                # The row's cancel flag still arrives with each lease renewal.
-                if not self.redis_down:
-                    log.warning("cannot read cancel flags while Redis is away: %s", error)
-                self.redis_down = True
-            except Exception:  # keep watching: one failed poll must not end the jobs
-                log.exception("checking %d job(s) for cancels failed once", len(watched))
-            now = time.monotonic()
-            for watch in watched:
-                if now - watch.renewed_at > self.ttl_s * 5 / 6:
-                    watch.lost.set()
-            # One renewal round for all, as soon as the oldest lease is a third spent.
-            if min(watch.renewed_at for watch in watched) <= now - self.ttl_s / 3:
-                try:
-                    self._renew([w for w in watched if not w.lost.is_set()], now)
-                except Exception:
-                    log.exception("renewing %d lease(s) failed once", len(watched))
+            if watched:
+                self._poll_cancels(watched)
+                self._keep_leases(watched)
+
+    def _poll_cancels(self, watched: list[JobWatch]) -> None:
+        try:
+            self._check_cancels(watched)
+        except RedisError as error:
+            # The row's cancel flag still arrives with each lease renewal.
+            if not self.redis_down:
+                log.warning("cannot read cancel flags while Redis is away: %s", error)
+            self.redis_down = True
+        except Exception:  # keep watching: one failed poll must not end the jobs
+            log.exception("checking %d job(s) for cancels failed once", len(watched))
+
+    def _keep_leases(self, watched: list[JobWatch]) -> None:
+        now = time.monotonic()
+        for watch in watched:
+            if now - watch.renewed_at > self.ttl_s * 5 / 6:
+                watch.lost.set()
+        # One renewal round for all, as soon as the oldest lease is a third spent.
+        if min(watch.renewed_at for watch in watched) > now - self.ttl_s / 3:
+            return
+        try:
+            self._renew([w for w in watched if not w.lost.is_set()], now)
+        except (OperationalError, InterfaceError) as error:  # an outage: no traceback
+            log.warning("renewing %d lease(s) failed: %s", len(watched), _first_line(error))
+        except Exception:
+            log.exception("renewing %d lease(s) failed once", len(watched))
 
     def _check_cancels(self, watched: list[JobWatch]) -> None:
         flags = self.redis.mget([cancel_key(watch.request_id) for watch in watched])
