@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
+from flask_jwt_extended.exceptions import JWTExtendedException
+from jwt.exceptions import PyJWTError
 from pydantic import ValidationError
 from sqlalchemy.exc import (
     DBAPIError,
@@ -237,9 +239,23 @@ def handle_unexpected_error(error: Exception) -> Response:
     )
 
 
+def handle_token_error(error: JWTExtendedException | PyJWTError) -> Response:
+    """A bearer that is not a token we can accept (malformed, foreign, expired, revoked), as
+    the app answers it everywhere: flask-jwt-extended registers a handler for each of its and
+    PyJWT's errors on the app, which calls our loaders (web/security/tokens.py: 401
+    `invalid_token`, `token_expired`, `token_revoked`)."""
+    handlers = current_app.error_handler_spec.get(None, {}).get(None, {})
+    for kind in type(error).__mro__:
+        handler = handlers.get(kind)
+        if handler is not None and kind not in (Exception, BaseException):
+            return current_app.make_response(current_app.ensure_sync(handler)(error))
+    return handle_unexpected_error(error)
+
+
 def render_error(error: Exception) -> Response:
     """Any exception as our JSON error response: for front doors that reshape it into
-    another protocol's error object (their blueprint handler sees every exception first)."""
+    another protocol's error object (their blueprint handler sees every exception first,
+    before the app's own handlers, the token errors' among them)."""
     if isinstance(error, APIError):
         return handle_api_error(error)
     if isinstance(error, HTTPException):
@@ -248,6 +264,8 @@ def render_error(error: Exception) -> Response:
         return handle_validation_error(error)
     if isinstance(error, SQLAlchemyError):
         return handle_database_error(error)
+    if isinstance(error, JWTExtendedException | PyJWTError):
+        return handle_token_error(error)
     return handle_unexpected_error(error)
 
 

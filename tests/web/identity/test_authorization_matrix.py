@@ -1,4 +1,5 @@
-"""Every route of the app x every kind of caller, with the answer each must get.
+"""Every route of the app x every kind of caller, with the answer each must get; and every
+front-door route x every kind of bad credential, answered in the door's own shape.
 
 The table is checked against the app's URL map: a new route that is not listed here fails
 the suite until someone decides who may call it.
@@ -6,12 +7,15 @@ the suite until someone decides who may call it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from config.settings import DEV_JWT_SECRET_KEY
 from db.models import ModelStatus, Role
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory, ModelReplicaFactory
 from tests.support.identity import bearer, login, make_user
@@ -139,3 +143,89 @@ def test_route_answers_each_caller_as_the_policy_says(
         )
     else:
         assert response.status_code == expected, response.get_json()
+
+
+# --- bad credentials on the front doors -------------------------------------------------
+
+DOOR_ROUTES = sorted(
+    (method, rule)
+    for method, rule in COMPAT_MATRIX
+    if rule == "/" or rule.startswith(("/api/", "/v1/"))
+)
+# Each kind of bad credential, and what the answer's message says (as on the native API).
+BAD_CREDENTIALS = {
+    "missing": "Authentication is required",
+    "malformed": "The token is not valid",  # neither an API key nor a JWT
+    "expired": "The token has expired",
+    "revoked": "The token has been revoked",  # its login was logged out
+    "foreign": "The token is not valid",  # a JWT signed with someone else's key
+    "wrong_key": "The API key is invalid",  # shaped like an API key, but no such key
+    "refresh": "The token is not valid",  # a refresh token where an access token belongs
+}
+FOREIGN_KEY = "an-attacker-chosen-key-of-32-bytes!"
+
+
+def _forged(claims: dict[str, Any], key: str, **times: timedelta) -> str:
+    now = datetime.now(UTC)
+    payload = {
+        **claims,
+        "iat": now - timedelta(minutes=20),
+        "nbf": now - timedelta(minutes=20),
+        "exp": now + times.get("expires_in", timedelta(minutes=5)),
+    }
+    return jwt.encode(payload, key, algorithm="HS256")
+
+
+def _bad_credential(client: FlaskClient, kind: str) -> dict[str, str]:
+    if kind == "missing":
+        return {}
+    if kind == "malformed":
+        return bearer("wrong")
+    if kind == "wrong_key":
+        return bearer("omx_0123456789_" + "x" * 43)
+    tokens = login(client, make_user())
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    if kind == "expired":
+        return bearer(_forged(claims, DEV_JWT_SECRET_KEY, expires_in=timedelta(seconds=-5)))
+    if kind == "foreign":
+        return bearer(_forged(claims, FOREIGN_KEY))
+    if kind == "refresh":
+        return bearer(tokens["refresh_token"])
+    assert kind == "revoked"
+    headers = bearer(tokens["access_token"])
+    assert client.post("/api/v1/users/logout", headers=headers).status_code == 204
+    return headers
+
+
+def test_the_door_routes_are_the_doors_rows() -> None:
+    assert len(DOOR_ROUTES) == len(COMPAT_MATRIX) - 1  # all but /metrics
+
+
+@pytest.mark.parametrize("credential", sorted(BAD_CREDENTIALS))
+@pytest.mark.parametrize(("method", "rule"), DOOR_ROUTES)
+def test_a_bad_credential_on_a_door_is_a_401_in_the_doors_shape(
+    client: FlaskClient, method: str, rule: str, credential: str
+) -> None:
+    """Never a 500, never another protocol's error: what the native API answers 401
+    (web/security/tokens.py), each door answers 401 as its clients expect. A public route
+    (Ollama's liveness and version) ignores the credential, as Ollama does."""
+    headers = _bad_credential(client, credential)
+    url = rule.replace("<path:name>", "llama3.2:latest")
+    body = {} if method in ("POST", "DELETE") else None
+
+    response = client.open(url, method=method, headers=headers, json=body)
+
+    if MATRIX[(method, rule)]["anonymous"] == OK:
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    error = response.get_json()["error"]
+    if rule.startswith("/v1/"):  # OpenAI's error object
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+        message = error["message"]
+    else:  # Ollama's
+        assert set(response.get_json()) == {"error"}
+        message = error
+    assert BAD_CREDENTIALS[credential] in message
