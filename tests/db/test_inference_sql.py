@@ -578,6 +578,56 @@ def test_handing_back_a_job_asked_to_stop_cancels_it(db_session: Session) -> Non
     assert (back.worker_name, back.lease_until, back.dispatched_at) == (None, None, None)
 
 
+def _hand_back_bounded(db_session: Session, row: InferenceRequest) -> str | None:
+    """As a worker whose engine is down hands a job back: bounded at the third attempt."""
+    return hand_back(
+        session=db_session,
+        job=_claimed(row),
+        worker_name="w",
+        max_attempts=3,
+        error="the engine did not answer",
+        error_code="engine_unreachable",
+    )
+
+
+def test_a_bounded_hand_back_before_the_last_attempt_requeues_without_an_error(
+    db_session: Session,
+) -> None:
+    row = _running(attempt=2, error="earlier", error_code="earlier_code")
+    assert _hand_back_bounded(db_session, row) == "queued"
+    back = _row(db_session, row.id)
+    assert (back.status, back.attempt, back.output, back.completed_at) == ("queued", 3, None, None)
+    assert (back.error, back.error_code) == ("earlier", "earlier_code")  # untouched
+
+
+def test_a_bounded_hand_back_on_the_last_attempt_fails_the_job_with_its_error(
+    db_session: Session,
+) -> None:
+    row = _running(attempt=3)
+    started = row.started_at
+    assert _hand_back_bounded(db_session, row) == "failed"
+    back = _row(db_session, row.id)
+    assert (back.status, back.attempt, back.output) == ("failed", 3, "partial")
+    assert (back.error, back.error_code) == ("the engine did not answer", "engine_unreachable")
+    assert (back.started_at, back.completed_at) == (started, _now(db_session))
+    assert (back.worker_name, back.lease_until, back.dispatched_at) == (None, None, None)
+
+
+def test_a_bounded_hand_back_of_a_job_asked_to_stop_cancels_it_without_an_error(
+    db_session: Session,
+) -> None:
+    row = _running(attempt=3, cancel_requested_at=utcnow())
+    assert _hand_back_bounded(db_session, row) == "cancelled"
+    back = _row(db_session, row.id)
+    assert (back.status, back.attempt, back.error, back.error_code) == ("cancelled", 3, None, None)
+
+
+def test_an_unbounded_hand_back_requeues_whatever_the_attempt(db_session: Session) -> None:
+    row = _running(attempt=7)
+    assert hand_back(session=db_session, job=_claimed(row), worker_name="w") == "queued"
+    assert _row(db_session, row.id).attempt == 8
+
+
 @pytest.mark.parametrize(
     "change",
     [{"worker_name": "other"}, {"attempt": 2}, {"status": "queued"}, {"status": "completed"}],
