@@ -19,7 +19,7 @@ from sqlalchemy import select
 from db.inference import METRIC_COLUMNS as METRICS
 from db.models import EngineKind, Model, ModelReplica, Node, NodeStatus, RequestKind
 from web.compat.catalog import available_models, model_named
-from web.compat.errors import error_facts
+from web.compat.errors import door_paths, error_facts, no_route
 from web.compat.jobs import (
     RESTARTED,
     JobFailed,
@@ -46,10 +46,12 @@ from web.schemas.ollama import (
     OllamaTags,
     OllamaVersion,
 )
+from web.security.hygiene import body_is_json_whatever_its_content_type
 from web.security.policy import Permission
 from web.security.principal import require
 
 bp = Blueprint("ollama_compat", __name__)
+bp.url_value_preprocessor(body_is_json_whatever_its_content_type)
 
 # NDJSON chunks when streaming (a failure mid-stream is a last {"error"} line), else one object.
 INFERENCE_ANSWERS = {
@@ -57,6 +59,7 @@ INFERENCE_ANSWERS = {
     400: "Bad input (Ollama's status for what OllamaMax calls a validation error).",
     404: "No online node serves the model.",
     409: "The Idempotency-Key was used with a different request.",
+    415: None,  # a door's body is JSON whatever its Content-Type
     422: None,
     500: "The job failed (stream false).",
 }
@@ -87,6 +90,17 @@ def _ollama_error(error: Exception) -> Response:
     if facts.code in ("model_unavailable", "model_disabled"):
         status, message = 404, f"model '{(facts.details or {}).get('model', '')}' not found"
     return facts.carry_headers(_error(message, status))
+
+
+def _ollamas_path(path: str) -> bool:
+    """Ollama's paths: / and /api/*, but not the native API's /api/v1."""
+    native = path == "/api/v1" or path.startswith("/api/v1/")
+    return path == "/" or (path.startswith("/api/") and not native)
+
+
+door_paths("ollama", _ollamas_path, _ollama_error)
+bp.app_errorhandler(404)(no_route)
+bp.app_errorhandler(405)(no_route)
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -205,7 +219,7 @@ def running_models() -> Response:
     "A model's details",
     tags=["ollama_compat"],
     body=OllamaShowBody,
-    responses={200: OllamaShown, 404: "No such model.", 422: None},
+    responses={200: OllamaShown, 404: "No such model.", 415: None, 422: None},
     error_body=OllamaError,
 )
 @require(Permission.FLEET_READ)
@@ -241,7 +255,8 @@ def show() -> Response:
 @require(Permission.INFERENCE_SUBMIT)
 def generate() -> Response:
     body = json_object_body()
-    parsed = validated(GenerateRequest, body, known_only=True)
+    # Ollama's prompt defaults to "" (a load request); its client leaves an unset one out.
+    parsed = validated(GenerateRequest, {"prompt": "", **body}, known_only=True)
     if not parsed.prompt and not parsed.images:
         return _load_reply(parsed.model, body)
     return _run(RequestKind.GENERATE, parsed, body)

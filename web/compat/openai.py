@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, request, stream_with_context
+from flask import Blueprint, Response, stream_with_context
 
 from db.models import Model, RequestKind
 from web.compat.catalog import available_models, model_named
-from web.compat.errors import error_facts
+from web.compat.errors import door_paths, error_facts, no_route
 from web.compat.jobs import (
     RESTARTED,
     JobFailed,
@@ -31,7 +31,7 @@ from web.compat.jobs import (
     validated,
 )
 from web.compat.openai_jobs import chat_job, generate_job
-from web.errors import APIError, render_error
+from web.errors import APIError
 from web.inference.views import IDEMPOTENCY
 from web.openapi.metadata import Reply, documented
 from web.schemas.openai import (
@@ -44,10 +44,12 @@ from web.schemas.openai import (
     OpenAIModelList,
     OpenAISampling,
 )
+from web.security.hygiene import body_is_json_whatever_its_content_type
 from web.security.policy import Permission
 from web.security.principal import require
 
 bp = Blueprint("openai_compat", __name__, url_prefix="/v1")
+bp.url_value_preprocessor(body_is_json_whatever_its_content_type)
 
 # One object, or (stream true) server-sent events of chunks ending in `data: [DONE]`.
 STREAMED_OR_NOT = ("application/json", "text/event-stream")
@@ -55,6 +57,7 @@ INFERENCE_ERRORS = {
     400: "Bad input (type invalid_request_error, `param` names the field).",
     404: "No online node serves the model (code model_not_found).",
     409: "The Idempotency-Key was used with a different request.",
+    415: None,  # a door's body is JSON whatever its Content-Type
     422: None,  # OpenAI says 400
     502: "The job failed (code request_failed; x-should-retry: false).",
 }
@@ -100,15 +103,15 @@ def _openai_error(error: Exception) -> Response:
     return facts.carry_headers(_json(body, status))
 
 
-@bp.app_errorhandler(404)
-@bp.app_errorhandler(405)
-def _no_route(error: Exception) -> Response:
-    """A request routing refuses has no blueprint, so the handler above never sees it: a miss
-    under /v1/ (a model id routing cannot take, a mistyped endpoint, a wrong method) still
-    answers as OpenAI does; any other path gets the API's own error object."""
-    if request.path.startswith(f"{bp.url_prefix}/"):
-        return _openai_error(error)
-    return render_error(error)
+def _under_v1(path: str) -> bool:
+    """A miss under /v1/ (a model id routing cannot take, a mistyped endpoint, a wrong method)
+    answers as OpenAI does."""
+    return path.startswith(f"{bp.url_prefix}/")
+
+
+door_paths("openai", _under_v1, _openai_error)
+bp.app_errorhandler(404)(no_route)
+bp.app_errorhandler(405)(no_route)
 
 
 # --- models ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Request hygiene: CORS, security headers, and X-Forwarded-* only from trusted proxies."""
+"""Request hygiene: CORS, security headers, X-Forwarded-* only from trusted proxies, and the
+front doors' bodies taken as JSON whatever their Content-Type."""
 
 from __future__ import annotations
 
@@ -23,6 +24,27 @@ EXPOSED_HEADERS = [
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"]
 # JSON answers never need to load anything; HTML pages set their own policy.
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+JSON_MEDIA_TYPE = "application/json"
+# Where a door body's own Content-Type is kept, for whoever wants to know what was sent.
+SENT_CONTENT_TYPE = "ollamamax.sent_content_type"
+
+
+def body_is_json_whatever_its_content_type(_endpoint: str | None, _values: Any) -> None:
+    """For the front doors' blueprints (`bp.url_value_preprocessor`): Ollama parses a body as
+    JSON whatever Content-Type says, and so do OpenAI's servers; `curl -d '{...}'` sends
+    application/x-www-form-urlencoded, other clients nothing or text/plain. The native API
+    refuses a body that is not sent as JSON with 415 (web/request_context.py, before any
+    view); for a door's routes the request is marked JSON first, since URL value
+    preprocessors run before the app's before_request hooks. The doors read the body with
+    `get_json(force=True)` anyway (web/compat/jobs.py: json_object_body)."""
+    if request.mimetype == JSON_MEDIA_TYPE:
+        return
+    request.environ[SENT_CONTENT_TYPE] = request.environ.get("CONTENT_TYPE", "")
+    request.environ["CONTENT_TYPE"] = JSON_MEDIA_TYPE
+    # Werkzeug keeps the parsed header once read: read it again from the environ.
+    vars(request).pop("_parsed_content_type", None)
 
 
 class TrustedProxyFix:
