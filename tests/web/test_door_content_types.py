@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from db.models import ModelStatus, NodeStatus, Role
+from db.models import ModelStatus, Node, NodeStatus, Role
 from tests.factories import ModelReplicaFactory
 from tests.support.identity import auth_headers, make_user
 
@@ -31,16 +32,28 @@ DOOR_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/generate"): {"model": MODEL},  # a load request: 200 done_reason load
     ("POST", "/api/chat"): {"model": MODEL, "messages": []},  # likewise
     ("POST", "/api/show"): {"model": MODEL},  # 200, or 404 had the name not been read
+    ("POST", "/api/pull"): {"model": UNKNOWN, "stream": False},  # 409: no Ollama node here
+    ("DELETE", "/api/delete"): {"model": UNKNOWN},  # 404 model 'no-such-model:latest'...
     ("POST", "/v1/chat/completions"): {
         "model": UNKNOWN,
         "messages": [{"role": "user", "content": "hi"}],
     },  # 404 model_not_found naming it
     ("POST", "/v1/completions"): {"model": UNKNOWN, "prompt": "hi"},
 }
+# Routes that refuse whatever the body says: still never a 415.
+REFUSED = (
+    "/api/copy",
+    "/api/create",
+    "/api/push",
+    f"/api/blobs/sha256:{'0' * 64}",
+    "/api/embed",
+    "/api/embeddings",
+)
 
 
 @pytest.fixture
 def headers(client: FlaskClient, db_session: Session) -> dict[str, str]:
+    db_session.execute(update(Node).values(status=NodeStatus.OFFLINE))  # no node can pull
     ModelReplicaFactory(
         model__name=MODEL, model__status=ModelStatus.AVAILABLE, node__status=NodeStatus.OFFLINE
     )
@@ -90,6 +103,16 @@ def _without_times(body: Any) -> Any:
     if isinstance(body, dict):
         return {k: _without_times(v) for k, v in body.items() if k not in ("created_at",)}
     return body
+
+
+@pytest.mark.parametrize("content_type", CONTENT_TYPES, ids=str)
+@pytest.mark.parametrize("path", REFUSED)
+def test_a_door_refusal_is_never_a_415(
+    client: FlaskClient, headers: dict[str, str], path: str, content_type: str | None
+) -> None:
+    response = _send(client, "POST", path, {"model": MODEL}, headers, content_type)
+    assert response.status_code == 400
+    assert " not s" in response.get_json()["error"]  # not supported, not served
 
 
 @pytest.mark.parametrize("content_type", CONTENT_TYPES, ids=str)

@@ -47,6 +47,8 @@ def test_the_ollama_client_gets_a_401(app: Flask, redis_client: Any, bearer: str
         "show": lambda: door.show("llama3.2"),
         "generate": lambda: door.generate(model="llama3.2", prompt="hi"),
         "chat streamed": lambda: next(iter(door.chat("llama3.2", MESSAGES, stream=True))),
+        "pull streamed": lambda: next(iter(door.pull("llama3.2", stream=True))),
+        "delete": lambda: door.delete("llama3.2"),
     }
     for name, call in calls.items():
         with pytest.raises(ollama.ResponseError) as refused:

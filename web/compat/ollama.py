@@ -3,23 +3,31 @@
 Each /api/generate and /api/chat is a normal job: persisted, queued with its priority,
 tracked (source "ollama"), cancelled when a streaming client goes away. Responses are framed
 as Ollama frames them: NDJSON chunks, a final chunk with metrics, `{"error": ...}` bodies and
-mid-stream error lines.
+mid-stream error lines. Model management is the fleet's (web/compat/fleet_ops.py): a pull
+onto every Ollama node, a removal from every node; what the fleet cannot do (copy, create,
+push, embeddings) is refused with a 400 saying why, as Ollama refuses what a model does not
+support.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, json, stream_with_context
+from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
+from db.fleet import canonical_model_name
 from db.inference import METRIC_COLUMNS as METRICS
 from db.models import EngineKind, Model, ModelReplica, Node, NodeStatus, RequestKind
 from web.compat.catalog import available_models, model_named
 from web.compat.errors import door_paths, error_facts, no_route
+from web.compat.fleet_ops import FleetFailed, remove_everywhere, start_pull
 from web.compat.jobs import (
     RESTARTED,
     JobFailed,
@@ -32,7 +40,7 @@ from web.compat.jobs import (
     validated,
 )
 from web.database import get_session
-from web.errors import APIError
+from web.errors import APIError, ServiceUnavailable
 from web.openapi.metadata import Reply, documented
 from web.schemas.inference import ChatRequest, GenerateRequest
 from web.schemas.ollama import (
@@ -40,6 +48,9 @@ from web.schemas.ollama import (
     OllamaChunk,
     OllamaError,
     OllamaGenerateBody,
+    OllamaModelBody,
+    OllamaProgress,
+    OllamaPullBody,
     OllamaRunningModels,
     OllamaShowBody,
     OllamaShown,
@@ -49,6 +60,8 @@ from web.schemas.ollama import (
 from web.security.hygiene import body_is_json_whatever_its_content_type
 from web.security.policy import Permission
 from web.security.principal import require
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("ollama_compat", __name__)
 bp.url_value_preprocessor(body_is_json_whatever_its_content_type)
@@ -63,6 +76,16 @@ INFERENCE_ANSWERS = {
     422: None,
     500: "The job failed (stream false).",
 }
+# Ollama's fields the workers cannot carry to the engine: refused rather than dropped, unless
+# empty (clients that send them empty lose nothing).
+NOT_CARRIED = {
+    "template": "jobs run with the model's own template (change it on the engine)",
+    "context": "no answer carries one; send the conversation to /api/chat instead",
+    "logprobs": "the workers do not return log probabilities",
+    "top_logprobs": "the workers do not return log probabilities",
+}
+GENERATE_NOT_CARRIED = ("template", "context", "logprobs", "top_logprobs")
+CHAT_NOT_CARRIED = ("logprobs", "top_logprobs")
 # A proxy (nginx) passes each line on as it comes instead of buffering the answer.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
@@ -79,6 +102,14 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
+
+
+class NotSupported(APIError):
+    """An Ollama call the fleet cannot do: a 400 saying why, as Ollama answers a call a model
+    does not support (never a 5xx: nothing failed)."""
+
+    status_code = 400
+    code = "not_supported"
 
 
 @bp.errorhandler(Exception)
@@ -216,7 +247,7 @@ def running_models() -> Response:
 
 @bp.post("/api/show")
 @documented(
-    "A model's details",
+    "A model's details, as recorded",
     tags=["ollama_compat"],
     body=OllamaShowBody,
     responses={200: OllamaShown, 404: "No such model.", 415: None, 422: None},
@@ -224,6 +255,10 @@ def running_models() -> Response:
 )
 @require(Permission.FLEET_READ)
 def show() -> Response:
+    """The web never asks an engine itself: this is what the registry holds. The engine's
+    own /api/show fields (modelfile, template, parameters, model_info, capabilities) come
+    from the model's `parameters.show` where a worker or an operator recorded them, else
+    they are empty; `capabilities` is left out rather than guessed."""
     body = json_object_body()
     name = str(body.get("model") or body.get("name") or "")
     if not name:
@@ -231,17 +266,22 @@ def show() -> Response:
     model = model_named(name)
     if model is None:
         return _error(f"model '{name}' not found", 404)
-    return _json(
-        {
-            "modelfile": "",
-            "parameters": "",
-            "template": "",
-            "details": _details(model),
-            "model_info": {},
-            "capabilities": ["completion"],
-            "modified_at": model.updated_at.isoformat(),
-        }
-    )
+    recorded = model.parameters or {}
+    engine: dict[str, Any] = recorded.get("show") or {}
+    if not isinstance(engine, dict):
+        engine = {}
+    shown: dict[str, Any] = {
+        field: engine[field] if isinstance(engine.get(field), str) else ""
+        for field in ("modelfile", "parameters", "template")
+    }
+    shown["details"] = _details(model)
+    info = engine.get("model_info")
+    shown["model_info"] = info if isinstance(info, dict) else {}
+    capabilities = engine.get("capabilities", recorded.get("capabilities"))
+    if isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities):
+        shown["capabilities"] = capabilities
+    shown["modified_at"] = model.updated_at.isoformat()
+    return _json(shown)
 
 
 @bp.post("/api/generate")
@@ -255,6 +295,7 @@ def show() -> Response:
 @require(Permission.INFERENCE_SUBMIT)
 def generate() -> Response:
     body = json_object_body()
+    _refuse_not_carried(body, GENERATE_NOT_CARRIED)
     # Ollama's prompt defaults to "" (a load request); its client leaves an unset one out.
     parsed = validated(GenerateRequest, {"prompt": "", **body}, known_only=True)
     if not parsed.prompt and not parsed.images:
@@ -273,9 +314,22 @@ def generate() -> Response:
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> Response:
     body = json_object_body()
+    _refuse_not_carried(body, CHAT_NOT_CARRIED)
     if not body.get("messages"):
         return _load_reply(str(body.get("model") or ""), body, chat=True)
     return _run(RequestKind.CHAT, validated(ChatRequest, body, known_only=True), body)
+
+
+def _refuse_not_carried(body: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """A field Ollama honours and we cannot is a 400 naming it, not silence; sent empty, it
+    asks for nothing and passes."""
+    for name in fields:
+        value = body.get(name)
+        if value is not None and value is not False and value not in ("", [], 0):
+            raise APIError(
+                f"{name} is not supported by OllamaMax: {NOT_CARRIED[name]}",
+                details={"field": name},
+            )
 
 
 def _load_reply(name: str, body: dict[str, Any], chat: bool = False) -> Response:
@@ -363,4 +417,144 @@ def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
         stream_with_context(answer),
         mimetype="application/x-ndjson",
         headers={**headers, **STREAM_HEADERS},
+    )
+
+
+# --- model management, through the fleet ----------------------------------------------
+
+
+def _model_reference(schema: type[OllamaPullBody] | type[OllamaModelBody]) -> Any:
+    """The body, and the model it names: as sent (for messages) and as the registry has it."""
+    parsed = validated(schema, json_object_body(), known_only=True)
+    name = parsed.model or parsed.name
+    if not name:
+        raise APIError("model is required")
+    return parsed, name, canonical_model_name(name)
+
+
+@bp.post("/api/pull")
+@documented(
+    "Pull a model onto every online Ollama node, with Ollama's progress",
+    tags=["ollama_compat"],
+    body=OllamaPullBody,
+    responses={
+        200: Reply(OllamaProgress, media_types=("application/x-ndjson", "application/json")),
+        409: "The model is disabled, or no online Ollama node can take the pull.",
+        415: None,
+        422: None,
+        500: 'The pull failed on a node (stream false; streamed, a last {"error"} line).',
+        503: "The fleet's event feed (Redis) or a node's queue is unavailable.",
+    },
+    error_body=OllamaError,
+)
+@require(Permission.FLEET_WRITE)
+def pull() -> Response:
+    """The fleet's pull (POST /api/v1/models/{id}/pull, to every online, undrained Ollama
+    node), registering the model first if the registry does not know it. Streamed, the
+    workers' progress comes as Ollama's NDJSON lines, then `{"status": "success"}` once
+    every node has it; a caller who goes away stops following, and the pull goes on."""
+    parsed, _, name = _model_reference(OllamaPullBody)
+    progress = start_pull(name).progress()
+    if not parsed.stream:
+        try:
+            for _ in progress:
+                pass
+        except FleetFailed as error:
+            return _error(str(error), 500)
+        return _json({"status": "success"})
+    return Response(
+        stream_with_context(_progress_lines(name, progress)),
+        mimetype="application/x-ndjson",
+        headers=STREAM_HEADERS,
+    )
+
+
+def _progress_lines(name: str, progress: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The first item is empty: the status and headers go out at once (see jobs.py:
+    for_the_caller). A failure here ends the stream with an error line; the pull goes on."""
+    try:
+        yield ""
+        for line in progress:
+            yield json.dumps(line) + "\n"
+    except FleetFailed as error:
+        yield json.dumps({"error": str(error)}) + "\n"
+    except (ServiceUnavailable, SQLAlchemyError, RedisError) as error:
+        log.warning("pull of %s: following it failed: %s", name, type(error).__name__)
+        yield json.dumps({"error": f"following the pull failed here; it goes on: {error}"}) + "\n"
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()
+
+
+@bp.delete("/api/delete")
+@documented(
+    "Remove a model from every node that holds it",
+    tags=["ollama_compat"],
+    body=OllamaModelBody,
+    responses={
+        200: Reply(None, "Removed from every online node (an empty body, as Ollama sends)."),
+        404: "No node holds the model.",
+        409: "A node holding it runs an OpenAI-compatible engine, which cannot remove models.",
+        415: None,
+        422: None,
+        500: "A node failed to remove it, or did not confirm within 60 s.",
+        503: "The fleet's event feed (Redis) or a node's queue is unavailable.",
+    },
+    error_body=OllamaError,
+)
+@require(Permission.FLEET_WRITE)
+def delete() -> Response:
+    """The fleet's replica removal on every node that holds the model; answers once every
+    online node has removed it (an offline node does it when it returns). The registry keeps
+    the model, unavailable."""
+    _, sent, name = _model_reference(OllamaModelBody)
+    try:
+        remove_everywhere(name, sent)
+    except FleetFailed as error:
+        return _error(str(error), 500)
+    return Response(status=200)
+
+
+REFUSALS = {
+    "copy": "copying a model is not supported by OllamaMax: the fleet serves models under the "
+    "names their engines pull them by",
+    "create": "creating a model is not supported by OllamaMax: create it on an engine host "
+    "(the fleet registers it at the worker's next heartbeat), or pull it",
+    "push": "pushing a model is not supported by OllamaMax: push it from an engine host",
+    "blobs": "uploading blobs is not supported by OllamaMax: models are created on engine "
+    "hosts, not through the fleet",
+    "embed": "embeddings are not served by OllamaMax: jobs are generate and chat",
+}
+
+
+def _refusal(call: str, permission: Permission) -> Any:
+    """A 400 saying why, to a caller who may otherwise ask for this kind of thing."""
+
+    def refused(**_path: Any) -> Response:
+        raise NotSupported(REFUSALS[call])
+
+    refused.__name__ = f"refused_{call}"
+    return documented(
+        f"Refused (400): {REFUSALS[call].partition(':')[0]}",
+        description=REFUSALS[call] + ".",
+        tags=["ollama_compat"],
+        responses={400: REFUSALS[call] + "."},
+        error_body=OllamaError,
+    )(require(permission)(refused))
+
+
+for _path, _call, _permission, _methods in (
+    ("/api/copy", "copy", Permission.FLEET_WRITE, ("POST",)),
+    ("/api/create", "create", Permission.FLEET_WRITE, ("POST",)),
+    ("/api/push", "push", Permission.FLEET_WRITE, ("POST",)),
+    ("/api/blobs/<digest>", "blobs", Permission.FLEET_WRITE, ("POST", "HEAD")),
+    ("/api/embed", "embed", Permission.INFERENCE_SUBMIT, ("POST",)),
+    ("/api/embeddings", "embed", Permission.INFERENCE_SUBMIT, ("POST",)),
+):
+    bp.add_url_rule(
+        _path,
+        endpoint=f"refused_{_path.removeprefix('/api/').split('/')[0]}",
+        view_func=_refusal(_call, _permission),
+        methods=list(_methods),
     )

@@ -3,11 +3,16 @@ OpenAPI document. The door builds its answers as dicts; these say what they hold
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from web.schemas.inference import ChatRequest, GenerateRequest
+from web.schemas.common import fits_with_its_tag
+from web.schemas.inference import ChatRequest, GenerateRequest, ModelName
+
+# A model to pull or remove: as jobs name it, and it must fit the registry with its tag.
+ModelReference = Annotated[str, ModelName, AfterValidator(fits_with_its_tag)]
+REFUSED = "Refused with a 400 naming the field unless empty, false or 0 (docs/compat.md)."
 
 
 class OllamaError(BaseModel):
@@ -22,15 +27,24 @@ class OllamaStreamed(BaseModel):
     )
 
 
-class OllamaGenerateBody(GenerateRequest, OllamaStreamed):
-    """Ollama's /api/generate body; fields Ollama knows and OllamaMax does not use are ignored.
-    An empty prompt is Ollama's load request."""
+class OllamaLogprobs(BaseModel):
+    logprobs: bool | None = Field(default=None, description=REFUSED)
+    top_logprobs: int | None = Field(default=None, description=REFUSED)
+
+
+class OllamaGenerateBody(GenerateRequest, OllamaStreamed, OllamaLogprobs):
+    """Ollama's /api/generate body. An empty prompt is Ollama's load request. `template`,
+    `context` and `logprobs` are refused (the workers cannot carry them to the engine); other
+    fields Ollama knows and OllamaMax does not use are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
+    template: str | None = Field(default=None, description=REFUSED)
+    context: list[int] | None = Field(default=None, description=REFUSED)
 
-class OllamaChatBody(ChatRequest, OllamaStreamed):
-    """Ollama's /api/chat body; no messages is Ollama's load request."""
+
+class OllamaChatBody(ChatRequest, OllamaStreamed, OllamaLogprobs):
+    """Ollama's /api/chat body; no messages is Ollama's load request. `logprobs` is refused."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -38,6 +52,39 @@ class OllamaChatBody(ChatRequest, OllamaStreamed):
 class OllamaShowBody(BaseModel):
     model: str | None = None
     name: str | None = Field(default=None, description="Older clients' spelling of model.")
+
+
+class OllamaPullBody(BaseModel):
+    """Ollama's /api/pull body: the model is pulled onto every online Ollama node."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: ModelReference | None = None
+    name: ModelReference | None = Field(default=None, description="Older clients' spelling.")
+    insecure: bool | None = Field(
+        default=None, description="Ignored: each engine's own registry settings apply."
+    )
+    stream: bool = Field(
+        default=True, description="true: NDJSON progress lines; false: one object at the end."
+    )
+
+
+class OllamaProgress(BaseModel):
+    """One line of a pull's progress (stream true), or its end: `{"status": "success"}`."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class OllamaModelBody(BaseModel):
+    """A body naming one model (/api/delete)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: ModelReference | None = None
+    name: ModelReference | None = Field(default=None, description="Older clients' spelling.")
 
 
 class OllamaDetails(BaseModel):
@@ -77,12 +124,16 @@ class OllamaRunningModels(BaseModel):
 
 
 class OllamaShown(BaseModel):
+    """What is recorded about the model: the engine's own /api/show fields where its worker
+    or an operator recorded them (the model's `parameters.show`), else empty; `capabilities`
+    only when recorded, never guessed."""
+
     modelfile: str
     parameters: str
     template: str
     details: OllamaDetails
     model_info: dict[str, Any]
-    capabilities: list[str]
+    capabilities: list[str] | None = None
     modified_at: str
 
 

@@ -20,6 +20,7 @@ from db.models import ModelStatus, Role
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory, ModelReplicaFactory
 from tests.support.identity import bearer, login, make_user
 from tests.web.identity.matrix_compat import COMPAT_MATRIX
+from tests.web.identity.matrix_door_models import DOOR_MODELS_MATRIX
 from tests.web.identity.matrix_fleet import FLEET_MATRIX
 from tests.web.identity.matrix_system import SYSTEM_MATRIX
 from web.openapi.views import ASSETS
@@ -34,6 +35,7 @@ ADMIN_ONLY = {"anonymous": 401, "owner": 403, "other": 403, "operator": 403, "ad
 OWNER_OR_STAFF = {"anonymous": 401, "owner": OK, "other": 404, "operator": OK, "admin": OK}
 
 DOCS_ASSET = "/docs/assets/<any(" + ", ".join(map(repr, ASSETS)) + "):name>"
+DIGEST = "sha256:" + "0" * 64
 
 MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): PUBLIC,
@@ -66,6 +68,7 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     **FLEET_MATRIX,
     **SYSTEM_MATRIX,
     **COMPAT_MATRIX,
+    **DOOR_MODELS_MATRIX,
 }
 
 # WebSocket routes: the test client cannot open them, so tests/pipeline/test_relay_streams.py
@@ -115,6 +118,7 @@ def test_route_answers_each_caller_as_the_policy_says(
         .replace("<uuid:key_id>", key["id"])
         .replace("<uuid:user_id>", str(owner.id))
         .replace("<path:name>", replica.model.name)
+        .replace("<digest>", DIGEST)
         .replace(DOCS_ASSET.removeprefix("/docs/assets/"), "docs.js")
     )
     callers = {
@@ -149,7 +153,7 @@ def test_route_answers_each_caller_as_the_policy_says(
 
 DOOR_ROUTES = sorted(
     (method, rule)
-    for method, rule in COMPAT_MATRIX
+    for method, rule in {**COMPAT_MATRIX, **DOOR_MODELS_MATRIX}
     if rule == "/" or rule.startswith(("/api/", "/v1/"))
 )
 # Each kind of bad credential, and what the answer's message says (as on the native API).
@@ -198,7 +202,7 @@ def _bad_credential(client: FlaskClient, kind: str) -> dict[str, str]:
 
 
 def test_the_door_routes_are_the_doors_rows() -> None:
-    assert len(DOOR_ROUTES) == len(COMPAT_MATRIX) - 1  # all but /metrics
+    assert len(DOOR_ROUTES) == len(COMPAT_MATRIX) + len(DOOR_MODELS_MATRIX) - 1  # /metrics
 
 
 @pytest.mark.parametrize("credential", sorted(BAD_CREDENTIALS))
@@ -210,7 +214,7 @@ def test_a_bad_credential_on_a_door_is_a_401_in_the_doors_shape(
     (web/security/tokens.py), each door answers 401 as its clients expect. A public route
     (Ollama's liveness and version) ignores the credential, as Ollama does."""
     headers = _bad_credential(client, credential)
-    url = rule.replace("<path:name>", "llama3.2:latest")
+    url = rule.replace("<path:name>", "llama3.2:latest").replace("<digest>", DIGEST)
     body = {} if method in ("POST", "DELETE") else None
 
     response = client.open(url, method=method, headers=headers, json=body)
