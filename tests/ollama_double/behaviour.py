@@ -107,6 +107,9 @@ class Knobs:
     # A chat request that offers tools calls the first one with these arguments, in one
     # chunk of its own after the text, as Ollama streams a tool call.
     tool_arguments: dict[str, Any] | None = None
+    # Names the registry does not have: pulling one fails as Ollama's does (reference 7:
+    # "Pull stream"). Every other name pulls.
+    missing_from_registry: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -29,6 +29,7 @@ FAULT_REPLIES = {
     "503": (503, {"error": "server busy, please try again.  maximum pending requests exceeded"}),
     "500": (500, {"error": "model runner has unexpectedly stopped"}),
 }
+PULL_MISSING = "pull model manifest: file does not exist"
 MIDSTREAM_ERROR = (
     "model runner has unexpectedly stopped, this may be due to resource limitations or an "
     "internal error"
@@ -206,6 +207,9 @@ class OllamaHandler(BaseHTTPRequestHandler):
 
     def _pull(self, body: dict[str, Any]) -> None:
         name = canonical(str(body.get("model") or body.get("name") or ""))
+        if name in map(canonical, self.server.state.knobs.missing_from_registry):
+            self._pull_missing(body)
+            return
         record = model_record(name)
         total = 4 * 1024 * 1024
         steps = [{"status": "pulling manifest"}]
@@ -232,6 +236,20 @@ class OllamaHandler(BaseHTTPRequestHandler):
             for step in steps:
                 self._line(step)
                 time.sleep(self.server.state.knobs.token_delay_s)
+        except ClientGone:
+            return
+        self._end_stream()
+
+    def _pull_missing(self, body: dict[str, Any]) -> None:
+        """Ollama fetching a manifest the registry does not have: a 500 when not streamed,
+        else the first step, then a last error line."""
+        if body.get("stream") is False:
+            self._reply(500, {"error": PULL_MISSING})
+            return
+        self._start_stream()
+        try:
+            self._line({"status": "pulling manifest"})
+            self._line({"error": PULL_MISSING})
         except ClientGone:
             return
         self._end_stream()

@@ -1,17 +1,25 @@
 """The official `ollama` client, unchanged, pointed at OllamaMax with an API key: every call
-is a persisted, queued, tracked job run by a real worker against the Ollama double."""
+is a persisted, queued, tracked job run by a real worker against the Ollama double; pulls and
+removals go through the fleet to that worker's engine."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 
 import ollama
 import pytest
+import requests
 from flask.testing import FlaskClient
+from sqlalchemy import update
 
+from db.base import utcnow
+from db.models import Node, NodeStatus
+from db.session import Database
 from tests.conftest import LiveServer
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Double, Worker, wait_for
@@ -175,3 +183,102 @@ def test_a_client_that_hangs_up_mid_stream_cancels_its_job(
     job_id = _jobs(api, user_headers)[0]["id"]
     wait_for(lambda: read(api, user_headers, job_id)["status"] == "cancelled", timeout=20)
     wait_for(lambda: double.stats()["disconnects"], timeout=5)  # and the engine stream closed
+
+
+# --- model management through the fleet ------------------------------------------------
+
+
+@pytest.fixture
+def operator(
+    live_server: LiveServer, operator_headers: dict[str, str], database: Database
+) -> ollama.Client:
+    """An operator's client (pulls and removals take fleet:write). A pull goes to every
+    online Ollama node: nodes other modules' workers left behind, not beating any more,
+    are marked offline, as the stale-node sweep would."""
+    with database.unit_of_work() as session:
+        session.execute(
+            update(Node)
+            .where(Node.last_heartbeat_at < utcnow() - timedelta(seconds=10))
+            .values(status=NodeStatus.OFFLINE)
+        )
+    return ollama.Client(host=live_server.url, headers=operator_headers)
+
+
+def test_a_pull_and_a_removal_go_through_the_fleet(
+    operator: ollama.Client, double: Double, worker: Worker
+) -> None:
+    name = "tinyllama:1b"
+    double.configure(token_delay_s=0.02)  # the double's pull steps take this long each
+
+    lines = list(operator.pull(name, stream=True))
+
+    statuses = [line.status for line in lines]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    layer = [line for line in lines if line.total]
+    assert layer
+    assert [line.completed or 0 for line in layer] == sorted(line.completed or 0 for line in layer)
+    assert layer[-1].completed == layer[-1].total
+    assert name in double.stats()["models"]
+    assert name in [m.model for m in operator.list().models]  # available across the fleet
+    reply = operator.generate(model=name, prompt="hi", options={"num_predict": 3})
+    assert reply.eval_count == 3  # the node serves it (its heartbeat follows the new queue)
+
+    assert operator.pull(name, stream=False).status == "success"  # again: an update
+
+    assert operator.delete(name).status == "success"
+    assert name not in double.stats()["models"]
+    assert name not in [m.model for m in operator.list().models]
+    with pytest.raises(ollama.ResponseError) as gone:
+        operator.delete(name)
+    assert (gone.value.status_code, gone.value.error) == (404, f"model '{name}' not found")
+
+
+def test_a_pull_the_registry_cannot_serve_fails_as_ollama_says(
+    operator: ollama.Client, double: Double, worker: Worker
+) -> None:
+    double.configure(missing_from_registry=["nosuch:latest"])
+    try:
+        streamed = operator.pull("nosuch", stream=True)
+        assert next(streamed).status == "pulling manifest"
+        with pytest.raises(ollama.ResponseError) as midstream:
+            list(streamed)
+        assert midstream.value.status_code == -1
+        assert midstream.value.error == "pull model manifest: file does not exist"
+        with pytest.raises(ollama.ResponseError) as whole:
+            operator.pull("nosuch", stream=False)
+        assert (whole.value.status_code, whole.value.error) == (
+            500,
+            "pull model manifest: file does not exist",
+        )
+    finally:
+        double.configure(missing_from_registry=[])
+
+
+def test_copy_create_and_push_say_why_not(operator: ollama.Client) -> None:
+    for call in (
+        lambda: operator.copy("llama3.2", "mine"),
+        lambda: operator.create(model="mine", from_="llama3.2"),
+        lambda: operator.push("mine"),
+    ):
+        with pytest.raises(ollama.ResponseError) as refused:
+            call()
+        assert refused.value.status_code == 400
+        assert "not supported by OllamaMax" in refused.value.error
+
+
+def test_curl_like_requests_need_no_content_type(
+    client: ollama.Client, live_server: LiveServer
+) -> None:
+    """`curl .../api/generate -d '{...}'` sends application/x-www-form-urlencoded."""
+    authorization = client._client.headers["authorization"]
+    body = json.dumps({"model": "llama3.2", "prompt": "hi", "stream": False})
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Authorization": authorization}
+        if content_type:
+            headers["Content-Type"] = content_type
+        answer = requests.post(
+            f"{live_server.url}/api/generate", data=body, headers=headers, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["done"] is True

@@ -187,6 +187,34 @@ def test_errors_come_in_openais_shape(
     assert set(broken.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("bearer", ["wrong", "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmVkIGVsc2V3aGVyZQ"])
+def test_a_bearer_that_is_neither_key_nor_our_jwt_is_a_401(
+    live_server: LiveServer, bearer: str
+) -> None:
+    """Neither an API key nor a JWT we issued (a malformed one, another issuer's): the client
+    gets the AuthenticationError it understands, not a 500 it would retry."""
+    stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=bearer, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.models.list()
+    assert refused.value.code == "invalid_api_key"
+
+
+def test_curl_like_requests_need_no_content_type(key: str, live_server: LiveServer) -> None:
+    """OpenAI's servers read the body as JSON whatever Content-Type says, and so do we."""
+    body = json.dumps(
+        {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    )
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Authorization": f"Bearer {key}"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        answer = requests.post(
+            f"{live_server.url}/v1/chat/completions", data=body, headers=headers, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["object"] == "chat.completion"
+
+
 def test_remote_images_are_refused_and_data_urls_accepted(
     client: openai.OpenAI, key: str, live_server: LiveServer
 ) -> None:
