@@ -64,6 +64,10 @@ def command(
         # By default a new request (even GET /v1/models) aborts the running generation.
         "--interrupt_requests",
         "false",
+        # llama.cpp's own Gemma turn format, not the template inside the GGUF: with that one
+        # this base model ends every chat at once with no text; with this it answers.
+        "--chat_format",
+        "gemma",
     ]
     if threads:
         args += ["--n_threads", str(threads)]
