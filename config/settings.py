@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # A worker whose engine stops answering takes no new jobs and hands back those it took,
     # probing the engine this often; after ENGINE_DOWN_GRACE_S it stops waiting (jobs fail).
     engine_probe_s: float = Field(default=1.0, gt=0)
+    # A model listing that takes longer means a busy engine (llama.cpp's server lists only
+    # between generations), not a dead one: the node stays online with the list it had.
+    engine_probe_timeout_s: float = Field(default=5.0, gt=0)
     engine_down_grace_s: float = Field(default=60.0, ge=0)
     # A running job holds its events while Redis is unreachable for up to this long, then is
     # handed back to the queue. Storing a finished result waits up to its lease for PostgreSQL.

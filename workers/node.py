@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from enum import Enum
 from typing import Any
 
 from celery import Celery
@@ -72,10 +73,27 @@ def invalidate_fleet_reads(rt: Runtime) -> None:
 Inventory = tuple[dict[str, dict[str, Any]], set[str]]  # models present, models loaded
 
 
+class Busy(Enum):
+    """The engine took the connection but not the time to list its models: it is busy
+    (llama.cpp's servers list only between generations, whoever runs them), not down."""
+
+    BUSY = "busy"
+
+
 def _read_engine(rt: Runtime) -> Inventory | None:
+    """The engine's models and loaded models; None if it does not answer."""
+    answer = _probe_engine(rt)
+    return None if answer is Busy.BUSY else answer
+
+
+def _probe_engine(rt: Runtime) -> Inventory | Busy | None:
+    """The same, or Busy.BUSY if it answers too slowly (ENGINE_PROBE_TIMEOUT_S)."""
     try:
         return {model.name: model.record for model in rt.engine.models()}, rt.engine.loaded()
     except EngineError as error:
+        if error.code == "engine_stalled":
+            log.info("engine at %s is busy (%s); its models stand as listed", rt.engine_url, error)
+            return Busy.BUSY
         log.warning("engine at %s does not answer: %s", rt.engine_url, error)
         return None
 
@@ -143,7 +161,7 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         rt = self.rt
         assert rt.node_id is not None
-        inventory = _read_engine(rt)
+        inventory = _probe_engine(rt)
         if inventory is None:
             rt.engine_health.report_down("the heartbeat's probe")
         else:
@@ -174,6 +192,8 @@ class Heartbeat(threading.Thread):
             # Take no new job while the engine is away, unless it has been away so long
             # that jobs stop waiting for it (they then fail, bounded, as they always did).
             wanted = set() if rt.engine_health.waiting() else self.model_queues
+        elif inventory is Busy.BUSY:
+            wanted = self.model_queues  # the models it listed last
         else:
             wanted = _sync_models(rt, inventory)
             invalidate_fleet_reads(rt)

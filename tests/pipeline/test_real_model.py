@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,11 @@ import openai
 import pytest
 import requests
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from db.base import utcnow
+from db.models import Node
+from db.session import Database
 from tests.conftest import ROOT, LiveServer, free_port
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Worker, wait_for
@@ -71,7 +77,11 @@ def worker(llama: LlamaServer, start_worker: Callable[..., Worker]) -> Worker:
         llama.url,
         name="llama@test",
         slots=1,
-        env={"ENGINE_KIND": "openai", "ENGINE_STALL_TIMEOUT_S": "60"},
+        env={
+            "ENGINE_KIND": "openai",
+            "ENGINE_STALL_TIMEOUT_S": "60",
+            "ENGINE_PROBE_TIMEOUT_S": "1",  # a listing slower than this: the engine is busy
+        },
     )
 
 
@@ -105,6 +115,8 @@ def test_a_generate_job_runs_through_the_whole_pipeline(
     assert stored["total_duration"] >= stored["eval_duration"]
     assert stored["first_token_at"] is not None
     assert received.of_type("done")[0]["eval_count"] == stored["eval_count"]
+    # llama.cpp's server streams no usage: the prompt is counted by its tokenizer.
+    assert stored["prompt_eval_count"] == 4  # "The sky is": <bos>, "The", " sky", " is"
 
 
 def test_the_official_ollama_client_works_unchanged(key: str, live_server: LiveServer) -> None:
@@ -131,6 +143,7 @@ def test_the_official_ollama_client_works_unchanged(key: str, live_server: LiveS
     )
     assert chat.done
     assert chat.message.role == "assistant"
+    assert chat.message.content  # the chat format makes a base model answer (llama_server.py)
     streamed = list(
         client.chat(
             model=MODEL_ALIAS,
@@ -151,6 +164,7 @@ def test_the_official_openai_client_works_unchanged(key: str, live_server: LiveS
     completion = client.completions.create(model=MODEL_ALIAS, prompt="The sky is", max_tokens=8)
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 8
+    assert completion.usage.prompt_tokens > 0
     assert completion.choices[0].finish_reason == "length"
     streamed = list(
         client.completions.create(model=MODEL_ALIAS, prompt="The sky is", max_tokens=8, stream=True)
@@ -159,6 +173,7 @@ def test_the_official_openai_client_works_unchanged(key: str, live_server: LiveS
     messages = [{"role": "user", "content": "Say hello."}]
     chat = client.chat.completions.create(model=MODEL_ALIAS, messages=messages, max_tokens=8)
     assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content
     assert chat.choices[0].finish_reason in ("stop", "length")
     chunks = list(
         client.chat.completions.create(
@@ -167,6 +182,37 @@ def test_the_official_openai_client_works_unchanged(key: str, live_server: LiveS
     )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_node_whose_engine_is_busy_with_a_long_generation_stays_online(
+    llama: LlamaServer, worker: Worker, committed: Database
+) -> None:
+    """llama-cpp-python's server answers /v1/models only between generations. A heartbeat
+    that waited for its listing behind someone's long generation fell silent until it ended
+    (the node went stale, then offline, and the doors said "model not found"); now a slow
+    listing means busy, and the beat goes on with the models the engine listed last."""
+    body = {"model": MODEL_ALIAS, "prompt": "A long story:", "max_tokens": 2000, "stream": True}
+    # Another client of the same engine, reading its stream as fast as it comes (a reader
+    # that stalls lets the server's listing through), until we hang up.
+    generation = requests.post(f"{llama.url}/v1/completions", json=body, stream=True, timeout=60)
+    lines = generation.iter_lines()
+    next(lines)  # it is generating
+    reader = threading.Thread(target=lambda: sum(1 for _ in lines), daemon=True)
+    reader.start()
+    seen: list[tuple[str, float]] = []
+    try:
+        for _ in range(12):
+            with committed.unit_of_work() as session:
+                node = session.scalars(select(Node).where(Node.name == "llama@test")).one()
+                age = (utcnow() - node.last_heartbeat_at).total_seconds()
+                seen.append((str(node.status), age))
+            time.sleep(0.5)
+        assert reader.is_alive(), "the generation ended before the node was watched"
+    finally:
+        generation.close()  # the server stops generating for a client that left
+    assert {status for status, _ in seen} == {"online"}, seen
+    assert max(age for _, age in seen) < 3, seen  # beats every second, never held up
+    assert "is busy" in worker.log()
 
 
 def test_closing_the_stream_stops_the_engine_and_cancels_the_job(

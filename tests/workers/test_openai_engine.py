@@ -100,7 +100,7 @@ def test_usage_in_the_stream_wins_and_durations_are_measured() -> None:
     assert chunks[-1].done_reason == "length"
 
 
-def test_without_usage_tokens_are_counted() -> None:
+def _completion_without_usage() -> httpx2.Response:
     parts = [
         {
             "id": "c",
@@ -112,10 +112,70 @@ def test_without_usage_tokens_are_counted() -> None:
         for t in ("x", "y", "z")
     ]
     last = {**parts[0], "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
-    engine = _engine(lambda _: _sse(*parts, last))
-    chunks = _run(engine, kind="generate")
+    return _sse(*parts, last)
+
+
+def _tokenizer(answers: dict[str, httpx2.Response]) -> Handler:
+    """Completions stream no usage; the tokenize endpoints answer as `answers` says (404
+    for the others)."""
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/v1/completions":
+            return _completion_without_usage()
+        return answers.get(request.url.path, httpx2.Response(404, json={"detail": "Not Found"}))
+
+    return handle
+
+
+def _tokenize_calls(seen: list[httpx2.Request]) -> list[str]:
+    return [r.url.path for r in seen if "tokenize" in r.url.path]
+
+
+def test_without_usage_output_tokens_are_counted_and_the_prompt_by_the_server() -> None:
+    # llama-cpp-python's server: /extras/tokenize/count.
+    seen: list[httpx2.Request] = []
+    count = {"/extras/tokenize/count": httpx2.Response(200, json={"count": 5})}
+    engine = _engine(_tokenizer(count), seen)
+    chunks = _run(engine, kind="generate", prompt="count these words")
     assert chunks[-1].metrics["eval_count"] == 3
-    assert chunks[-1].metrics["prompt_eval_count"] is None
+    assert chunks[-1].metrics["prompt_eval_count"] == 5
+    asked = json.loads(next(r for r in seen if "tokenize" in r.url.path).content)
+    assert asked["input"] == "count these words"
+    _run(engine, kind="generate")
+    assert _tokenize_calls(seen) == ["/extras/tokenize/count"] * 2
+
+
+def test_llama_cpp_s_own_server_counts_at_tokenize() -> None:
+    seen: list[httpx2.Request] = []
+    tokens = {"/tokenize": httpx2.Response(200, json={"tokens": [1, 2, 3, 4]})}
+    engine = _engine(_tokenizer(tokens), seen)
+    assert _run(engine, kind="generate")[-1].metrics["prompt_eval_count"] == 4
+    _run(engine, kind="generate")
+    # Found on the second try, asked there first from then on.
+    assert _tokenize_calls(seen) == ["/extras/tokenize/count", "/tokenize", "/tokenize"]
+
+
+def test_a_server_without_a_tokenizer_leaves_the_count_unknown_and_is_not_asked_again() -> None:
+    seen: list[httpx2.Request] = []
+    engine = _engine(_tokenizer({}), seen)
+    assert _run(engine, kind="generate")[-1].metrics["prompt_eval_count"] is None
+    _run(engine, kind="generate")
+    assert _tokenize_calls(seen) == ["/extras/tokenize/count", "/tokenize"]
+
+
+def test_a_chat_prompt_is_counted_from_its_messages_text() -> None:
+    seen: list[httpx2.Request] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/extras/tokenize/count":
+            return httpx2.Response(200, json={"count": 9})
+        return _sse(_chat_chunk({"content": "a"}, "stop"))
+
+    engine = _engine(handle, seen)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert _run(engine, messages=messages)[-1].metrics["prompt_eval_count"] == 9
+    asked = json.loads(next(r for r in seen if "tokenize" in r.url.path).content)
+    assert asked["input"] == "be brief\nhi"
 
 
 def test_a_server_that_refuses_stream_options_is_asked_again_without() -> None:
@@ -129,7 +189,7 @@ def test_a_server_that_refuses_stream_options_is_asked_again_without() -> None:
     engine = _engine(answer, seen)
     assert _run(engine)[-1].done
     assert _run(engine)[-1].done  # and it remembers
-    posts = [json.loads(r.content) for r in seen if r.method == "POST"]
+    posts = [json.loads(r.content) for r in seen if r.url.path == "/v1/chat/completions"]
     assert ["stream_options" in p for p in posts] == [True, False, False]
 
 
@@ -229,6 +289,8 @@ def test_a_tool_answer_keeps_the_id_of_the_call_it_answers() -> None:
     [
         (httpx2.ReadTimeout("slow"), "engine_stalled"),
         (httpx2.ConnectError("refused"), "engine_unreachable"),
+        # No connection within the timeout is an engine away, not a busy one.
+        (httpx2.ConnectTimeout("black hole"), "engine_unreachable"),
     ],
 )
 def test_transport_faults_are_retryable_engine_errors(fault: Exception, code: str) -> None:
@@ -239,6 +301,25 @@ def test_transport_faults_are_retryable_engine_errors(fault: Exception, code: st
         _run(_engine(fail))
     assert raised.value.code == code
     assert raised.value.retryable
+
+
+def test_a_listing_slower_than_its_timeout_is_a_busy_engine() -> None:
+    """The listing has a short timeout of its own (a heartbeat asks for it), and its
+    timing out reads as a stall, which the heartbeat takes for a busy engine."""
+    timeouts: list[Any] = []
+
+    def slow(request: httpx2.Request) -> httpx2.Response:
+        timeouts.append(request.extensions.get("timeout"))
+        raise httpx2.ReadTimeout("generating")
+
+    client = httpx2.Client(transport=httpx2.MockTransport(slow))
+    engine = OpenAIEngine(
+        "http://engine:8000", stall_timeout_s=60, listing_timeout_s=1.5, http_client=client
+    )
+    with pytest.raises(EngineError) as raised:
+        engine.models()
+    assert raised.value.code == "engine_stalled"
+    assert timeouts[0]["read"] == 1.5
 
 
 def test_the_version_is_read_where_servers_give_one() -> None:

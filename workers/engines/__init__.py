@@ -12,7 +12,16 @@ def make_engine(kind: str, url: str, settings: Settings) -> Engine:
         from workers.engines.openai import OpenAIEngine
 
         key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
-        return OpenAIEngine(url, stall_timeout_s=settings.engine_stall_timeout_s, api_key=key)
+        return OpenAIEngine(
+            url,
+            stall_timeout_s=settings.engine_stall_timeout_s,
+            listing_timeout_s=settings.engine_probe_timeout_s,
+            api_key=key,
+        )
     from workers.engines.ollama import OllamaEngine
 
-    return OllamaEngine(url, stall_timeout_s=settings.engine_stall_timeout_s)
+    return OllamaEngine(
+        url,
+        stall_timeout_s=settings.engine_stall_timeout_s,
+        listing_timeout_s=settings.engine_probe_timeout_s,
+    )

@@ -31,13 +31,25 @@ RETRYABLE_STATUS = {500, 502, 503, 504, -1}
 class OllamaEngine:
     kind = "ollama"
 
-    def __init__(self, url: str, *, stall_timeout_s: float, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        stall_timeout_s: float,
+        connect_timeout_s: float = 5.0,
+        listing_timeout_s: float = 5.0,
+    ) -> None:
         self.url = url
         self.client = ollama.Client(
             host=url,
             timeout=httpx.Timeout(
                 connect=connect_timeout_s, read=stall_timeout_s, write=30.0, pool=connect_timeout_s
             ),
+        )
+        # Listings answer at once, or the engine is busy or hung: the heartbeat that asks
+        # must not wait as long as a generation may be silent.
+        self.listing = ollama.Client(
+            host=url, timeout=httpx.Timeout(listing_timeout_s, connect=connect_timeout_s)
         )
 
     def version(self) -> str | None:
@@ -49,7 +61,7 @@ class OllamaEngine:
 
     def models(self) -> list[EngineModel]:
         with _faults():
-            listing = self.client.list()
+            listing = self.listing.list()
         return [
             EngineModel(canonical_model_name(m.model or ""), m.model_dump(mode="json"))
             for m in listing.models
@@ -58,7 +70,7 @@ class OllamaEngine:
 
     def loaded(self) -> set[str]:
         with _faults():
-            running = self.client.ps().models
+            running = self.listing.ps().models
         return {canonical_model_name(m.model or "") for m in running if m.model}
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
@@ -122,6 +134,10 @@ def _faults() -> Iterator[None]:
             str(error.error), code=code, retryable=status in RETRYABLE_STATUS
         ) from error
     except httpx.TimeoutException as error:
+        if isinstance(error, httpx.ConnectTimeout):  # no connection at all: not a busy engine
+            raise EngineError(
+                f"cannot reach the engine: {error}", code="engine_unreachable", retryable=True
+            ) from error
         raise EngineError(
             "the engine stopped sending", code="engine_stalled", retryable=True
         ) from error

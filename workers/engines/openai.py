@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx2
@@ -38,6 +39,10 @@ STANDARD_OPTIONS = {
 # Sampling options the big OpenAI-compatible servers take beside the standard ones.
 EXTRA_OPTIONS = ("top_k", "min_p", "repeat_penalty", "typical_p", "mirostat", "tfs_z")
 IMAGE_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif"}
+# Where the servers that stream no usage count tokens: llama-cpp-python's server, then
+# llama.cpp's own server and vLLM (the same path, different bodies and answers).
+TOKENIZE_ENDPOINTS = ("/extras/tokenize/count", "/tokenize")
+TOKENIZE_TIMEOUT_S = 5.0
 
 
 class OpenAIEngine:
@@ -50,6 +55,7 @@ class OpenAIEngine:
         stall_timeout_s: float,
         api_key: str | None = None,
         connect_timeout_s: float = 5.0,
+        listing_timeout_s: float = 5.0,
         http_client: httpx2.Client | None = None,  # tests hand in a scripted transport
     ) -> None:
         self.url = url.rstrip("/")
@@ -70,6 +76,12 @@ class OpenAIEngine:
         self._streams = 0  # generations in progress through this client
         self._lock = threading.Lock()
         self._usage_in_stream = True  # until the server refuses stream_options
+        # llama-cpp-python's server answers /v1/models only between generations (its own
+        # lock), whoever runs them: a heartbeat must not wait for one to end.
+        self._listing_timeout = httpx2.Timeout(listing_timeout_s, connect=connect_timeout_s)
+        # The endpoint that counted last time; "" once the server has answered that it has
+        # none (it is not asked again).
+        self._tokenize: str | None = None
 
     def version(self) -> str | None:
         try:  # vLLM and others answer /version; the protocol itself has none
@@ -89,7 +101,7 @@ class OpenAIEngine:
             # have is the list.
             return self._listing
         with _faults():
-            listing = list(self.client.models.list())
+            listing = list(self.client.with_options(timeout=self._listing_timeout).models.list())
         self._served = {canonical_model_name(m.id): m.id for m in listing}
         self._listing = [
             EngineModel(canonical_model_name(m.id), m.model_dump(mode="json")) for m in listing
@@ -128,12 +140,48 @@ class OpenAIEngine:
         try:
             parts = self._open(kind, params)
             try:
-                yield from _chunks(parts, started)
+                for chunk in _chunks(parts, started):
+                    if chunk.done and chunk.metrics.get("prompt_eval_count") is None:
+                        chunk = self._with_prompt_count(chunk, params)
+                    yield chunk
             finally:
                 parts.close()
         finally:
             with self._lock:
                 self._streams -= 1
+
+    def _with_prompt_count(self, chunk: Chunk, params: dict[str, Any]) -> Chunk:
+        """The stream said nothing of the prompt's tokens (llama.cpp's servers stream no
+        usage even when asked): count them with the server's tokenizer. For chat, the text
+        of the messages without the chat template's own tokens, so a few short."""
+        count = self.count_tokens(params["model"], _prompt_text(params))
+        if count is None:
+            return chunk
+        return replace(chunk, metrics={**chunk.metrics, "prompt_eval_count": count})
+
+    def count_tokens(self, model: str, text: str) -> int | None:
+        """`text`'s tokens by the server's own tokenizer; None if it offers none."""
+        if self._tokenize == "":
+            return None
+        root = self.url.removesuffix("/v1")
+        endpoints = [self._tokenize] if self._tokenize else list(TOKENIZE_ENDPOINTS)
+        answered = 0
+        for endpoint in endpoints:
+            body = {"input": text, "content": text, "prompt": text, "model": model}
+            try:
+                response = self.client._client.post(
+                    root + endpoint, json=body, timeout=TOKENIZE_TIMEOUT_S
+                )
+                answered += 1
+                count = _token_count(response.json() if response.is_success else None)
+            except (httpx2.HTTPError, ValueError):
+                continue
+            if count is not None:
+                self._tokenize = endpoint
+                return count
+        if answered == len(endpoints) and self._tokenize is None:
+            self._tokenize = ""  # every one answered, none counts: this server has none
+        return None
 
     def _open(self, kind: str, params: dict[str, Any]) -> Any:
         create = (
@@ -249,6 +297,29 @@ def _message(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _prompt_text(params: dict[str, Any]) -> str:
+    if "prompt" in params:
+        return str(params["prompt"])
+    parts = []
+    for message in params.get("messages", []):
+        content = message.get("content") or ""
+        if isinstance(content, list):  # text and images
+            content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+        parts.append(str(content))
+    return "\n".join(parts)
+
+
+def _token_count(answer: Any) -> int | None:
+    """{"count": n} (llama-cpp-python, vLLM) or {"tokens": [...]} (llama.cpp's server)."""
+    if not isinstance(answer, dict):
+        return None
+    if isinstance(answer.get("count"), int):
+        return int(answer["count"])
+    if isinstance(answer.get("tokens"), list):
+        return len(answer["tokens"])
+    return None
+
+
 def _data_url(image: str) -> str:
     try:
         head = base64.b64decode(image[:16] + "=" * (-len(image[:16]) % 4))
@@ -342,6 +413,12 @@ def _faults() -> Iterator[None]:
             _message_of(error), code=f"engine_{status}", retryable=status in RETRYABLE_STATUS
         ) from error
     except openai.APITimeoutError as error:
+        if isinstance(error.__cause__, httpx2.ConnectTimeout):  # no connection: not busy
+            raise EngineError(
+                f"cannot reach the engine: {error.__cause__}",
+                code="engine_unreachable",
+                retryable=True,
+            ) from error
         raise EngineError(
             "the engine stopped sending", code="engine_stalled", retryable=True
         ) from error
