@@ -136,7 +136,8 @@ def sync_replicas(
 ) -> tuple[set[str], set[str]]:
     """Make the node's replicas match what its engine lists. `present` maps canonical model
     names to the engine's record (size, digest). Models seen for the first time are
-    registered as discovered. Returns (added, removed) model names."""
+    registered as discovered. A replica being pulled stays while the engine does not list
+    it yet (the pull's progress and its end decide). Returns (added, removed) model names."""
     now = utcnow()
     for name, record in present.items():
         session.execute(
@@ -157,7 +158,7 @@ def sync_replicas(
         session.scalars(
             select(Model.name)
             .join(ModelReplica, ModelReplica.model_id == Model.id)
-            .where(ModelReplica.node_id == node_id)
+            .where(ModelReplica.node_id == node_id, ModelReplica.status != ReplicaStatus.PULLING)
         )
     )
     for name, model_id in models.items():
