@@ -79,6 +79,7 @@ class Double:
             fault_count=1,
             fault_after_tokens=2,
             tool_arguments=None,
+            missing_from_registry=[],
             stall_s=30.0,
             models=list(MODELS),
         )
