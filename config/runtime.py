@@ -12,7 +12,7 @@ from typing import Any
 from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from config.settings import Settings
+from config.settings import Settings, registry_host_entry
 
 
 class RuntimeConfig(BaseModel):
@@ -31,6 +31,10 @@ class RuntimeConfig(BaseModel):
     retention_days: int = Field(
         ge=1, le=3650, description="Finished requests and audit entries older than this go."
     )
+    pull_registries: list[str] = Field(
+        description="Registry hosts (host[:port]) models may be pulled from; a name without "
+        "a host (llama3.2, library/llama3.2) comes from registry.ollama.ai."
+    )
 
     @field_validator("ratelimit_default", "ratelimit_login", "ratelimit_register")
     @classmethod
@@ -43,6 +47,11 @@ class RuntimeConfig(BaseModel):
             # It would refuse every request, the admin's PUT that undoes it included.
             raise ValueError("every limit must allow at least 1 request")
         return value
+
+    @field_validator("pull_registries")
+    @classmethod
+    def _are_hosts(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(registry_host_entry(host) for host in value))
 
     @classmethod
     def defaults(cls, settings: Settings) -> RuntimeConfig:

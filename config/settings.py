@@ -7,6 +7,7 @@ Each field maps to the upper-case environment variable of the same name
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Self
@@ -33,6 +34,19 @@ KNOWN_DEFAULT_SECRETS = frozenset(
         "secret",
     }
 )
+
+
+# Where Ollama pulls a name without a host from (`llama3.2`, `library/llama3.2`).
+DEFAULT_REGISTRY = "registry.ollama.ai"
+_REGISTRY_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?")
+
+
+def registry_host_entry(value: str) -> str:
+    """One allow-listed registry: a host name with an optional port, in lower case."""
+    host = value.strip().lower()
+    if not _REGISTRY_HOST.fullmatch(host):
+        raise ValueError(f"{value!r} is not a registry host such as registry.ollama.ai")
+    return host
 
 
 class Environment(StrEnum):
@@ -88,8 +102,17 @@ class Settings(BaseSettings):
     # Where it listens: this host only by default; 0.0.0.0 where Prometheus scrapes from
     # elsewhere (compose sets it).
     worker_metrics_host: str = "127.0.0.1"
-    # When set, GET /metrics on the API wants `Authorization: Bearer <METRICS_TOKEN>`.
+    # When set, GET /metrics (the API's and every worker's) wants `Authorization: Bearer
+    # <METRICS_TOKEN>`. Production refuses to start without one unless METRICS_PUBLIC=true
+    # says, deliberately, that /metrics may answer anyone who reaches it (a firewall or a
+    # proxy in front guards it instead).
     metrics_token: SecretStr | None = None
+    metrics_public: bool = False
+    # Registry hosts an operator may pull models from (`host[:port]`, comma-separated); the
+    # run-time config (PUT /api/v1/system/config, pull_registries) overrides it.
+    pull_registries: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_REGISTRY]
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 11400
@@ -193,7 +216,7 @@ class Settings(BaseSettings):
     # Generated credentials and beat's schedule, kept between runs (git-ignored).
     stack_state_dir: str = ".ollamamax"
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "pull_registries", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """Lists come from the environment as "a,b,c"."""
@@ -210,6 +233,11 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
+    @field_validator("pull_registries")
+    @classmethod
+    def _registry_hosts(cls, value: list[str]) -> list[str]:
+        return [registry_host_entry(host) for host in value]
+
     def _psycopg2_driver(cls, url: str) -> str:
         """`postgresql://` alone would pick SQLAlchemy's default driver; we ship psycopg2."""
         scheme, _, rest = url.partition("://")
@@ -275,6 +303,15 @@ def _production_problems(settings: Settings) -> list[str]:
         problems.append("ADMIN_PASSWORD is a known default")
     return problems
 
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
+    if not metrics_token and not settings.metrics_public:
+        problems.append(
+            "METRICS_TOKEN is not set (set METRICS_PUBLIC=true to serve /metrics to anyone)"
+        )
+    elif metrics_token and (
+        metrics_token.lower() in KNOWN_DEFAULT_SECRETS or len(metrics_token) < 32
+    ):
+        problems.append("METRICS_TOKEN is a known default or shorter than 32 characters")
 
 def _url_password(url: str | None) -> str | None:
     return urlsplit(url).password if url else None

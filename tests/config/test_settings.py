@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +15,7 @@ from tests.conftest import ROOT
 
 STRONG = "k" * 16 + "Zq7!" * 5
 ENV_EXAMPLE = ROOT / ".env.example"
+METRICS = "metrics-" + "Tq4%" * 8
 
 
 def production(**values: str) -> Settings:
@@ -66,8 +70,60 @@ def test_production_accepts_real_secrets() -> None:
         secret_key=STRONG,
         jwt_secret_key=STRONG[::-1],
         database_url="postgresql://ollamamax:Vq2-unique-9x@db:5432/ollamamax",
+        metrics_token=METRICS,
     )
     assert settings.is_production
+
+
+def test_production_refuses_to_start_without_a_metrics_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+    monkeypatch.delenv("METRICS_PUBLIC", raising=False)
+    with pytest.raises(InsecureSettingsError, match="METRICS_TOKEN is not set"):
+        production(secret_key=STRONG, jwt_secret_key=STRONG[::-1])
+    with pytest.raises(InsecureSettingsError, match="METRICS_TOKEN is not set"):
+        production(secret_key=STRONG, jwt_secret_key=STRONG[::-1], metrics_token="")
+
+
+@pytest.mark.parametrize("weak", ["change-me", "s3cret", METRICS[:31]])
+def test_production_refuses_a_weak_metrics_token(weak: str) -> None:
+    with pytest.raises(InsecureSettingsError, match="METRICS_TOKEN is a known default or short"):
+        production(secret_key=STRONG, jwt_secret_key=STRONG[::-1], metrics_token=weak)
+
+
+def test_production_serves_open_metrics_only_when_told_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+    monkeypatch.setenv("METRICS_PUBLIC", "true")
+    settings = production(secret_key=STRONG, jwt_secret_key=STRONG[::-1])
+    assert settings.metrics_public
+    assert settings.metrics_token is None
+
+
+def test_production_refuses_to_start_without_a_metrics_token_as_a_process() -> None:
+    """The refusal as an operator meets it: the web app's process exits, naming the fix."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("METRICS_TOKEN", "METRICS_PUBLIC")
+    }
+    env |= {"APP_ENV": "production", "SECRET_KEY": STRONG, "JWT_SECRET_KEY": STRONG[::-1]}
+    command = [sys.executable, "-c", "from config.settings import get_settings; get_settings()"]
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "METRICS_TOKEN is not set" in refused.stderr
+    env["METRICS_TOKEN"] = METRICS
+    assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True).returncode == 0
+
+
+def test_pull_registries_default_to_ollamas_and_are_host_names() -> None:
+    assert Settings(_env_file=None).pull_registries == ["registry.ollama.ai"]  # type: ignore[call-arg]
+    listed = Settings(_env_file=None, pull_registries="Registry.Ollama.AI, hf.co,localhost:5000")  # type: ignore[call-arg]
+    assert listed.pull_registries == ["registry.ollama.ai", "hf.co", "localhost:5000"]
+    with pytest.raises(ValidationError, match="not a registry host"):
+        Settings(_env_file=None, pull_registries="https://evil.example/x")  # type: ignore[call-arg]
 
 
 def test_invalid_values_are_validation_errors() -> None:
