@@ -46,6 +46,8 @@ from workers.gpu import discover
 
 # Workers finish or hand back their jobs on SIGTERM; gunicorn drains for up to 30 s.
 STOP_GRACE_S = 35
+# Puts Flower's /metrics behind its basic auth too (Flower 2.2 leaves it open).
+FLOWER_CONF = Path(__file__).resolve().parents[1] / "docker" / "flowerconfig.py"
 DEFAULT_WORKER_METRICS_PORT = 11561  # the first worker's; each next one takes the next port
 
 
@@ -125,7 +127,7 @@ def _add_beat_and_flower(
         _python(
             f"-m celery -A workers.celery_app flower --port={settings.flower_port} "
             f"--address={settings.api_host} --purge_offline_workers=60 "
-            f"--logging={'debug' if debug else 'error'}"
+            f"--logging={'debug' if debug else 'error'} --conf={shlex.quote(str(FLOWER_CONF))}"
         ),
         # Flower reads FLOWER_BASIC_AUTH itself; in the environment it stays out of `ps`.
         env={**env, "FLOWER_BASIC_AUTH": auth},
