@@ -11,8 +11,35 @@ from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from config.settings import DEFAULT_REGISTRY
 from db.base import utcnow
 from db.models import Model, ModelReplica, ModelStatus, Node, ReplicaStatus
+
+
+def registry_host(name: str) -> str:
+    """The registry an engine contacts to pull `name`, in lower case.
+
+    Ollama reads a name as `[host/][namespace/]model[:tag]`: with three parts or more the
+    host is all before the last two (a scheme such as `https://` dropped); `library/llama3.2`
+    and `llama3.2` come from registry.ollama.ai. A two-part name whose first part looks
+    like a host (a "." or a ":", or localhost), as Docker reads `registry.example.com/model`,
+    counts as that host too, so that neither reading reaches a registry nobody allowed."""
+    bare = name.strip().lower()
+    if bare.rfind(":") > bare.rfind("/"):
+        bare = bare.rsplit(":", 1)[0]  # the tag
+    parts = bare.rsplit("/", 2)
+    if len(parts) == 3:
+        return parts[0].split("://", 1)[-1].strip("/")
+    if len(parts) == 2 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        return parts[0]
+    return DEFAULT_REGISTRY
+
+
+def disallowed_registry(name: str, allowed: list[str]) -> str | None:
+    """The registry host of `name` when it is not in `allowed`, else None."""
+    host = registry_host(name)
+    return None if host in allowed else host
+
 
 SORTS = {
     "name": Model.name,

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from db.catalog import (
     SORTS,
+    disallowed_registry,
     mark_removing,
     mark_replica,
     replicas_of,
@@ -21,8 +22,8 @@ from db.catalog import (
 from db.fleet import canonical_model_name
 from db.models import Model, Node, NodeStatus, ReplicaStatus
 from web.database import after_commit, get_session
-from web.errors import Conflict, NotFound
-from web.extensions import current_celery
+from web.errors import Conflict, Forbidden, NotFound
+from web.extensions import current_celery, current_runtime_config
 from web.fleet.caching import MODELS, NODES, cached, invalidate_after_commit
 from web.openapi import documented
 from web.pagination import paginate
@@ -53,6 +54,22 @@ def _model(model_id: uuid.UUID) -> Model:
     if model is None or (hidden and not authenticated().can(Permission.FLEET_WRITE)):
         raise NotFound("No such model.")
     return model
+
+
+def ensure_pull_allowed(name: str) -> None:
+    """403 `registry_not_allowed` unless the registry `name` would be pulled from is in the
+    run-time config's pull_registries (admins set it; registry.ollama.ai by default). Every
+    way to register or pull a model by name calls this first: the engine would otherwise
+    contact whatever host the name spells."""
+    allowed = current_runtime_config().pull_registries
+    host = disallowed_registry(name, allowed)
+    if host is not None:
+        raise Forbidden(
+            f"Models are not pulled from {host}; an admin allows it in the run-time config's "
+            f"pull_registries (now: {', '.join(allowed) or 'none'}).",
+            code="registry_not_allowed",
+            details={"registry": host, "allowed": allowed},
+        )
 
 
 def _read(model: Model) -> dict[str, object]:
@@ -88,11 +105,16 @@ def list_models() -> Response:
     "Register a model before any node has it",
     description="It is unavailable until a node's engine has it (or a pull finishes).",
     body=ModelCreate,
-    responses={201: ModelRead, 409: "A model with this name exists."},
+    responses={
+        201: ModelRead,
+        403: "The name's registry is not in pull_registries (registry_not_allowed).",
+        409: "A model with this name exists.",
+    },
 )
 @require(Permission.FLEET_WRITE)
 def register_model() -> tuple[Response, int]:
     body = load_body(ModelCreate)
+    ensure_pull_allowed(body.name)
     fields = body.model_dump(exclude_none=True, exclude={"name"})
     model = Model(name=canonical_model_name(body.name), discovered=False, **fields)
     # Registered before any node has it: unavailable until one does (or a pull finishes).
@@ -169,6 +191,7 @@ def list_replicas(model_id: uuid.UUID) -> Response:
     body=PullRequest,
     responses={
         202: PullAccepted,
+        403: "The model's registry is not in pull_registries (registry_not_allowed).",
         404: "No such node.",
         409: "No online node can take the pull, or the node is offline.",
     },
@@ -179,6 +202,7 @@ def pull_model(model_id: uuid.UUID) -> tuple[Response, int]:
     model_update events and records it on the replica."""
     body = load_body(PullRequest)
     model = _model(model_id)
+    ensure_pull_allowed(model.name)
     session = get_session()
     query = select(Node).where(Node.status == NodeStatus.ONLINE, Node.drained.is_(False))
     if body.node_id != "all":
