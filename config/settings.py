@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_s: int = Field(default=15 * 60, ge=1)
+    # zxcvbn's strength score (0-4) a new password must reach (web/security/passwords.py).
+    password_min_score: int = Field(default=3, ge=0, le=4)
 
     # Rate limits (flask-limiter syntax; ";" separates limits that all apply). Anonymous
     # callers are keyed by IP, authenticated ones by user.

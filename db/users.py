@@ -80,6 +80,7 @@ def record_login_failure(
     *, session: Session, user_id: uuid.UUID, max_failures: int, window: timedelta
 ) -> FailureCount:
     """Count a failed password in the current window, atomically; lock on the last allowed one.
+    Logins and current-password checks (API keys, profile, deletion) share this count.
 
     The window restarts when the first failure in it is older than `window`. One UPDATE, so
     concurrent guesses cannot slip past the counter.
@@ -102,10 +103,16 @@ def record_login_failure(
     return FailureCount(failures=row[0], locked_until=row[1])
 
 
-def record_login_success(*, session: Session, user: User) -> None:
+def clear_login_failures(*, session: Session, user: User) -> None:
+    """The right password was given (at a login or a current-password check): the count
+    of failures starts again."""
     user.failed_login_count = 0
     user.first_failed_login_at = None
     user.locked_until = None
+
+
+def record_login_success(*, session: Session, user: User) -> None:
+    clear_login_failures(session=session, user=user)
     user.last_login_at = utcnow()
 
 

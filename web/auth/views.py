@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -16,40 +15,26 @@ from config.settings import Settings
 from db.base import utcnow
 from db.credentials import find_session_for_refresh, start_session
 from db.models import User
-from db.users import (
-    UserExistsError,
-    create_user,
-    find_by_login,
-    record_login_failure,
-    record_login_success,
+from db.users import UserExistsError, create_user, find_by_login, record_login_success
+from web.auth.lockout import (
+    INVALID_CREDENTIALS,
+    count_failure,
+    locked,
+    refuse_locked,
+    seconds_locked,
 )
 from web.database import get_session, keep_changes_on_error
-from web.errors import APIError, Conflict, Unauthorized
+from web.errors import Conflict, Unauthorized
 from web.extensions import current_settings
 from web.openapi import PUBLIC, REFRESH_TOKEN, documented
 from web.request_audit import audit
 from web.schemas.users import LoginRequest, TokenPair, UserCreate, UserRead
-from web.security.passwords import hash_password, spend_verification_time, verify_password
+from web.security.passwords import hash_password, refuse_weak_password, verify_with_constant_work
 from web.security.tokens import issue_tokens
 from web.users.accounts import end_logins
 from web.validation import load_body
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
-
-INVALID_CREDENTIALS = "The username or password is incorrect."
-
-
-class AccountLocked(APIError):
-    status_code = 429
-    code = "account_locked"
-    message = "Too many failed logins: the account is locked for a while."
-
-
-def _locked(seconds_left: float) -> AccountLocked:
-    retry_after = str(max(1, math.ceil(seconds_left)))
-    return AccountLocked(
-        details={"retry_after_s": int(retry_after)}, headers={"Retry-After": retry_after}
-    )
 
 
 def _start_login(user: User, family_id: uuid.UUID | None = None) -> tuple[TokenPair, uuid.UUID]:
@@ -95,6 +80,8 @@ def _count_phantom_failure(login: str, settings: Settings) -> int:
 )
 def register() -> tuple[Response, int]:
     account = load_body(UserCreate)
+    # The schema checked the policy against the username; the email is known to it here.
+    refuse_weak_password(account.password, username=account.username, email=account.email)
     try:
         user = create_user(
             session=get_session(),
@@ -125,15 +112,21 @@ def login() -> Response:
     credentials = load_body(LoginRequest)
     settings = current_settings()
     user = find_by_login(session=get_session(), login=credentials.username, for_update=True)
-    # Every refusal is recorded: its audit entry (and the failure counter) are kept although
-    # the request answers with an error.
+    # Every branch (unknown, inactive, locked, wrong, right) does one bcrypt verification
+    # before it answers, so the time tells none of them apart; a locked account and an
+    # unknown name that "locked" answer alike. Every refusal is recorded: its audit entry
+    # (and the failure counter) are kept although the request answers with an error.
     if user is None or not user.is_active:
+        verify_with_constant_work(credentials.password, None, settings.bcrypt_rounds)
         _refuse_unknown(credentials, settings)
-    now = utcnow()
-    if user.locked_until is not None and user.locked_until > now:
-        _refuse_locked(user, user.locked_until - now)
-    if not verify_password(credentials.password, user.password_hash):
-        _refuse_wrong_password(user, settings, now)
+    right = verify_with_constant_work(
+        credentials.password, user.password_hash, settings.bcrypt_rounds
+    )
+    left = seconds_locked(user)
+    if left > 0:
+        refuse_locked(user, left, action="auth.login_locked")
+    if not right:
+        count_failure(user, action="auth.login_failed")
     record_login_success(session=get_session(), user=user)
     tokens, family_id = _start_login(user)
     audit("auth.login", user_id=user.id, resource_type="user_sessions", resource_id=family_id)
@@ -141,48 +134,13 @@ def login() -> Response:
 
 
 def _refuse_unknown(credentials: LoginRequest, settings: Settings) -> NoReturn:
-    """No such active account: as slow as a wrong password, and locking like a real account
-    would, so neither the time nor a lockout tells who exists."""
-    spend_verification_time(credentials.password, settings.bcrypt_rounds)
+    """No such active account: locking like a real account would, so that a lockout does
+    not tell who exists (the caller has spent the bcrypt work already)."""
     audit("auth.login_failed", details={"reason": "unknown_or_inactive"})
     keep_changes_on_error()
-    seconds_locked = _count_phantom_failure(credentials.username, settings)
-    if seconds_locked:
-        raise _locked(seconds_locked)
-    raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
-
-
-def _refuse_locked(user: User, left: timedelta) -> NoReturn:
-    audit("auth.login_locked", user_id=user.id, resource_type="users", resource_id=user.id)
-    keep_changes_on_error()
-    raise _locked(left.total_seconds())
-
-
-def _refuse_wrong_password(user: User, settings: Settings, now: datetime) -> NoReturn:
-    """Count the failure; the one that reaches LOGIN_MAX_FAILURES locks the account."""
-    count = record_login_failure(
-        session=get_session(),
-        user_id=user.id,
-        max_failures=settings.login_max_failures,
-        window=timedelta(seconds=settings.login_lockout_s),
-    )
-    audit(
-        "auth.login_failed",
-        user_id=user.id,
-        resource_type="users",
-        resource_id=user.id,
-        details={"failures": count.failures},
-    )
-    keep_changes_on_error()
-    if count.locked_until is not None and count.locked_until > now:
-        audit(
-            "auth.lockout",
-            user_id=user.id,
-            resource_type="users",
-            resource_id=user.id,
-            details={"until": count.locked_until.isoformat()},
-        )
-        raise _locked((count.locked_until - now).total_seconds())
+    left = _count_phantom_failure(credentials.username, settings)
+    if left:
+        raise locked(left)
     raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
 
 

@@ -17,8 +17,9 @@ from db.credentials import (
 )
 from db.models import ApiKey, AuditLogEntry, InferenceRequest, UserSession
 from db.users import find_conflict
+from web.auth.lockout import confirm_password
 from web.database import get_session
-from web.errors import BadRequest, Conflict, NotFound, Unauthorized, ValidationFailed
+from web.errors import BadRequest, Conflict, NotFound
 from web.extensions import current_settings
 from web.openapi import documented
 from web.request_audit import audit
@@ -32,10 +33,9 @@ from web.schemas.users import (
     ProfileUpdate,
     SessionRead,
     UserRead,
-    check_new_password,
 )
 from web.security import api_keys
-from web.security.passwords import hash_password, verify_password
+from web.security.passwords import hash_password, refuse_weak_password
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
 from web.users.accounts import (
@@ -55,11 +55,6 @@ MAX_LIVE_API_KEYS = 50
 
 def _no_content() -> tuple[str, int]:
     return "", 204
-
-
-def _confirm_password(password: str) -> None:
-    if not verify_password(password, authenticated().user.password_hash):
-        raise Unauthorized("The current password is incorrect.", code="invalid_credentials")
 
 
 @bp.post("/logout")
@@ -152,7 +147,7 @@ def update_profile() -> Response:
     change = load_body(ProfileUpdate)
     principal = authenticated()
     user = principal.user
-    _confirm_password(change.current_password)
+    confirm_password(user, change.current_password, purpose="user.profile_updated")
     changed = []
     if change.email is not None and change.email.lower() != user.email.lower():
         if find_conflict(
@@ -162,12 +157,9 @@ def update_profile() -> Response:
         user.email = change.email
         changed.append("email")
     if change.new_password is not None:
-        try:
-            check_new_password(change.new_password, user.username)
-        except ValueError as error:
-            raise ValidationFailed(
-                details=[{"field": "body.new_password", "message": str(error), "type": "policy"}]
-            ) from None
+        refuse_weak_password(
+            change.new_password, username=user.username, email=user.email, field="new_password"
+        )
         user.password_hash = hash_password(change.new_password, current_settings().bcrypt_rounds)
         # Whoever else holds a login or a key must prove they know the new password.
         end_sessions(user.id, reason="password_changed", except_family=principal.family_id)
@@ -197,7 +189,7 @@ def update_profile() -> Response:
 def create_api_key() -> tuple[Response, int]:
     request_body = load_body(ApiKeyCreate)
     principal = authenticated()
-    _confirm_password(request_body.current_password)
+    confirm_password(principal.user, request_body.current_password, purpose="api_key.created")
     session = get_session()
     live = [
         key
@@ -321,8 +313,8 @@ def export_me() -> Response:
 @require(Permission.PROFILE)
 def delete_me() -> tuple[str, int]:
     confirmation = load_body(AccountDelete)
-    _confirm_password(confirmation.password)
     user = authenticated().user
+    confirm_password(user, confirmation.password, purpose="user.deleted")
     refuse_removing_last_admin(user)
     audit(
         "user.deleted",
