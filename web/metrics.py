@@ -13,7 +13,6 @@ each worker on its own /metrics (workers/metrics.py).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ from db.session import Database
 from web.errors import Unauthorized
 from web.extensions import current_settings
 from web.openapi import METRICS_TOKEN, Reply, documented
+from workers.metrics import bearer_matches
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -173,19 +173,24 @@ def _process_registry() -> CollectorRegistry:
 
 
 def _authorize() -> None:
+    # Production never gets here without a token unless METRICS_PUBLIC=true was chosen
+    # (config/settings.py refuses to start otherwise).
     token = current_settings().metrics_token
     expected = token.get_secret_value() if token else ""
     if not expected:
         return
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("GET /metrics wants the METRICS_TOKEN as a bearer token.")
+    if not bearer_matches(request.headers.get("Authorization", ""), expected):
+        raise Unauthorized(
+            "GET /metrics wants the METRICS_TOKEN as a bearer token.",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
 
 
 @bp.get("/metrics")
 @documented(
     "Prometheus metrics of the web processes and the fleet",
-    description="Open when METRICS_TOKEN is unset; otherwise send it as a bearer token.",
+    description="Send METRICS_TOKEN as a bearer token. Open only where no token is set: "
+    "development, or production with METRICS_PUBLIC=true.",
     responses={
         200: Reply(media_types=("text/plain",)),
         401: "METRICS_TOKEN is set and was not sent.",

@@ -8,9 +8,24 @@ Labels are bounded: models come from the registry, nodes from the fleet, statuse
 
 from __future__ import annotations
 
+import hmac
+import threading
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import (
+    ThreadingWSGIServer,
+    _get_best_family,
+    _SilentHandler,
+)
+
+from config.settings import get_settings
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 # Seconds: from 10 ms (a warm engine) to 10 min (a long queue).
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -76,6 +91,48 @@ def job_finished(
         TOKENS_PER_SECOND.labels(model, node).observe(eval_count / (eval_duration_ns / 1e9))
 
 
-def serve(port: int, host: str) -> None:
-    """GET /metrics on `host:port`, from a daemon thread."""
-    start_http_server(port, addr=host)
+def bearer_matches(authorization: str, expected: str) -> bool:
+    """Whether an Authorization header is `Bearer <expected>` (the scheme in any case), the
+    token compared in constant time. The API's /metrics (web/metrics.py) uses it too."""
+    scheme, _, given = authorization.strip().partition(" ")
+    matches = hmac.compare_digest(given.strip().encode(), expected.encode())
+    return scheme.lower() == "bearer" and matches
+
+
+def guarded(app: WSGIApp, token: str) -> WSGIApp:
+    """`app` answering only requests that carry `Authorization: Bearer <token>`; 401 else."""
+
+    def guard(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if bearer_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        body = b"GET /metrics wants the METRICS_TOKEN as a bearer token.\n"
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("WWW-Authenticate", 'Bearer realm="metrics"'),
+            ],
+        )
+        return [body]
+
+    return guard
+
+
+def serve(port: int, host: str, token: str | None = None) -> None:
+    """GET /metrics on `host:port`, from a daemon thread. With a token (by default the
+    METRICS_TOKEN setting; "" for none) only callers that send it as a bearer token get
+    an answer, as on the API's /metrics."""
+    if token is None:
+        secret = get_settings().metrics_token
+        token = secret.get_secret_value() if secret else ""
+
+    class Server(ThreadingWSGIServer):
+        pass
+
+    Server.address_family, address = _get_best_family(host, port)
+    app = make_wsgi_app(REGISTRY)
+    httpd = make_server(
+        address, port, guarded(app, token) if token else app, Server, handler_class=_SilentHandler
+    )
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
