@@ -12,11 +12,23 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Response, stream_with_context
+from sqlalchemy import func, select
 
-from db.models import Model, RequestKind
+from db.base import utcnow
+from db.fleet import canonical_model_name
+from db.models import (
+    EngineKind,
+    Model,
+    ModelReplica,
+    Node,
+    NodeStatus,
+    ReplicaStatus,
+    RequestKind,
+)
 from web.compat.catalog import available_models, model_named
 from web.compat.errors import door_paths, error_facts, no_route
 from web.compat.jobs import (
@@ -31,9 +43,12 @@ from web.compat.jobs import (
     validated,
 )
 from web.compat.openai_jobs import chat_job, generate_job
+from web.database import get_session
 from web.errors import APIError
+from web.extensions import current_settings
 from web.inference.views import IDEMPOTENCY
 from web.openapi.metadata import Reply, documented
+from web.schemas.inference import ChatRequest, NamedToolChoice
 from web.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -173,11 +188,13 @@ def _finish_reason(final: dict[str, Any]) -> str:
 
 
 def _openai_calls(calls: list[dict[str, Any]], streamed: bool) -> list[dict[str, Any]]:
+    """The worker gives every call its id and its index (its place in the answer) once, so a
+    call is named alike here, on the Ollama door and in the stored result."""
     out = []
     for index, call in enumerate(calls):
         function = call.get("function") or {}
         entry = {
-            "id": call.get("id") or f"call_{index}",
+            "id": call.get("id") or f"call_{index}",  # results stored before calls had ids
             "type": "function",
             "function": {
                 "name": function.get("name", ""),
@@ -271,7 +288,42 @@ def chat_completions() -> Response:
     req: ChatCompletionRequest = validated(
         ChatCompletionRequest, json_object_body(), known_only=False
     )
-    return _answer(RequestKind.CHAT, chat_job(req), req, prefix="")
+    job = chat_job(req)
+    _refuse_forcing_on_ollama(job)
+    return _answer(RequestKind.CHAT, job, req, prefix="")
+
+
+def _refuse_forcing_on_ollama(job: ChatRequest) -> None:
+    """Ollama has no tool_choice: a required or named one is honoured by OpenAI-compatible
+    engines only. Refused when a node that could take the job now runs Ollama, rather than
+    a job that fails (or answers without the call) depending on where it lands."""
+    choice = job.tool_choice
+    if choice is None or choice in ("none", "auto"):
+        return
+    heard_since = utcnow() - timedelta(seconds=current_settings().node_stale_after_s)
+    ollama_nodes = get_session().scalar(
+        select(func.count(Node.id))
+        .join(ModelReplica, ModelReplica.node_id == Node.id)
+        .join(Model, Model.id == ModelReplica.model_id)
+        .where(
+            Model.name == canonical_model_name(job.model),
+            ModelReplica.status == ReplicaStatus.AVAILABLE,
+            Node.status == NodeStatus.ONLINE,
+            Node.drained.is_(False),
+            Node.last_heartbeat_at > heard_since,
+            Node.engine_kind == EngineKind.OLLAMA,
+        )
+    )
+    if not ollama_nodes:
+        return  # OpenAI-compatible engines only, or none (then the model's own answer)
+    asked = f"function {choice.function.name}" if isinstance(choice, NamedToolChoice) else choice
+    raise APIError(
+        f"tool_choice {asked} cannot be honoured for {canonical_model_name(job.model)}: it is "
+        "served by Ollama engines, which cannot force a tool call. Send tool_choice auto (or "
+        "none), or use a model served by OpenAI-compatible engines only.",
+        code="unsupported_value",
+        details={"field": "tool_choice"},
+    )
 
 
 @bp.post("/completions")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
 from web.compat.jobs import validated
 from web.errors import APIError
 from web.schemas.inference import ChatRequest, GenerateRequest
@@ -73,6 +75,7 @@ def _tool_calls(message: OpenAIMessage, where: str) -> list[dict[str, Any]] | No
 
 def chat_job(req: ChatCompletionRequest) -> ChatRequest:
     messages = []
+    called: dict[str, str] = {}  # tool-call id -> the function it called
     for index, message in enumerate(req.messages):
         where = f"messages.{index}"
         text, images = _content(message.content, where)
@@ -82,9 +85,13 @@ def chat_job(req: ChatCompletionRequest) -> ChatRequest:
             "images": images or None,
             "tool_calls": _tool_calls(message, where),
         }
+        for call in message.tool_calls or []:
+            if call.id:
+                called[call.id] = call.function.name
         if message.role == "tool":
             converted["tool_call_id"] = message.tool_call_id
-            converted["tool_name"] = message.name
+            # OpenAI's tool message names the call; Ollama's templates want the tool's name.
+            converted["tool_name"] = message.name or called.get(message.tool_call_id or "")
         messages.append({k: v for k, v in converted.items() if v is not None})
     response_format = req.response_format
     fmt: Any = None
@@ -96,6 +103,12 @@ def chat_job(req: ChatCompletionRequest) -> ChatRequest:
         "model": req.model,
         "messages": messages,
         "tools": req.tools,
+        "tool_choice": (
+            req.tool_choice.model_dump()
+            if isinstance(req.tool_choice, BaseModel)
+            else req.tool_choice
+        ),
+        "parallel_tool_calls": req.parallel_tool_calls,
         "format": fmt,
         "options": _options(req, req.max_completion_tokens or req.max_tokens),
         "priority": req.priority,

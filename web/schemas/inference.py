@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -87,9 +88,40 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    """OpenAI's `{"type": "function", "function": {"name": ...}}`: call this tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+TOOL_CHOICE = (
+    "Which tool the model calls (OpenAI's tool_choice): none (no call; Ollama engines are "
+    "offered no tools), auto (the model decides), required (at least one call) or one named "
+    "function, among `tools`. Ollama engines cannot force a call: a required or named choice "
+    "fails the job there, and the OpenAI door refuses it with a 400 while an Ollama node "
+    "serves the model (docs/compat.md)."
+)
+PARALLEL_TOOL_CALLS = (
+    "false: at most one tool call per answer (OpenAI's parallel_tool_calls). Ollama engines "
+    "keep the answer's first call."
+)
+
+
 class ChatRequest(SubmitBase):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = Field(default=None, description=TOOL_CHOICE)
+    parallel_tool_calls: bool | None = Field(default=None, description=PARALLEL_TOOL_CALLS)
 
     @model_validator(mode="after")
     def _tools_are_functions(self) -> ChatRequest:
@@ -97,6 +129,21 @@ class ChatRequest(SubmitBase):
             if tool.get("type") != "function" or "function" not in tool:
                 raise ValueError('each tool is {"type": "function", "function": {...}}')
         return self
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: ToolChoice | None, info: ValidationInfo) -> Any:
+        """A call can be forced only among the tools offered (OpenAI refuses the same)."""
+        if choice is None or choice in ("none", "auto"):
+            return choice
+        tools = info.data.get("tools") or []
+        if not tools:
+            raise ValueError("a required or named tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice):
+            names = {(t.get("function") or {}).get("name") for t in tools if isinstance(t, dict)}
+            if choice.function.name not in names:
+                raise ValueError(f"tool_choice names {choice.function.name!r}, not among tools")
+        return choice
 
 
 class Links(BaseModel):

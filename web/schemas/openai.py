@@ -1,8 +1,9 @@
 """The OpenAI API's request and response shapes, as far as OllamaMax serves them.
 
-Requests ignore parameters we do not act on (logit_bias, user, parallel_tool_calls, ...)
-the way Ollama's own OpenAI layer does, so existing client code runs unchanged; the ones we
-cannot honour in a way the caller would notice (n > 1, best_of > 1, logprobs) are refused.
+Requests ignore parameters we do not act on (logit_bias, user, ...) the way Ollama's own
+OpenAI layer does, so existing client code runs unchanged; the ones we cannot honour in a way
+the caller would notice (n > 1, best_of > 1, logprobs, a tool_choice of a shape we do not
+know) are refused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from web.schemas.common import fits_with_its_tag
-from web.schemas.inference import ModelName
+from web.schemas.inference import PARALLEL_TOOL_CALLS, TOOL_CHOICE, ModelName, ToolChoice
 
 Stop = str | list[str] | None
 
@@ -91,6 +92,8 @@ class ChatCompletionRequest(OpenAISampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: OpenAIResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = Field(default=None, description=TOOL_CHOICE)
+    parallel_tool_calls: bool | None = Field(default=None, description=PARALLEL_TOOL_CALLS)
     logprobs: Literal[False] | None = Field(default=None, description="Not served.")
 
 
