@@ -330,3 +330,46 @@ def test_the_version_is_read_where_servers_give_one() -> None:
 
     assert _engine(answer).version() == "0.9.2"
     assert _engine(lambda _: httpx2.Response(200, json={})).version() is None
+
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "choice", ["none", "auto", "required", {"type": "function", "function": {"name": "weather"}}]
+)
+def test_tool_controls_reach_the_engine_as_openai_parameters(choice: Any) -> None:
+    seen: list[httpx2.Request] = []
+    engine = _engine(lambda _: _sse(_chat_chunk({"content": "ok"}, "stop")), seen)
+    _run(engine, tools=[TOOL], tool_choice=choice, parallel_tool_calls=False)
+    [sent] = [json.loads(r.content) for r in seen if r.url.path == "/v1/chat/completions"]
+    assert sent["tools"] == [TOOL]
+    assert sent["tool_choice"] == choice
+    assert sent["parallel_tool_calls"] is False
+
+
+def test_tool_controls_without_tools_are_not_sent() -> None:
+    """OpenAI's servers refuse tool_choice without tools; it means nothing there anyway."""
+    seen: list[httpx2.Request] = []
+    engine = _engine(lambda _: _sse(_chat_chunk({"content": "ok"}, "stop")), seen)
+    _run(engine, tool_choice="none", parallel_tool_calls=True)
+    [sent] = [json.loads(r.content) for r in seen if r.url.path == "/v1/chat/completions"]
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent)
+
+
+def test_several_calls_keep_their_ids_in_the_order_of_their_indexes() -> None:
+    def fragment(index: int, id_: str | None, name: str, arguments: str) -> dict[str, Any]:
+        call = {"index": index, "function": {"name": name, "arguments": arguments}}
+        return {**call, "id": id_, "type": "function"} if id_ else call
+
+    engine = _engine(
+        lambda _: _sse(
+            _chat_chunk({"tool_calls": [fragment(1, None, "b", "{}")]}),
+            _chat_chunk({"tool_calls": [fragment(0, "call_a", "a", '{"x": 1}')]}),
+            _chat_chunk({}, "tool_calls"),
+        )
+    )
+    assert _run(engine)[-1].message_extras["tool_calls"] == [
+        {"id": "call_a", "function": {"name": "a", "arguments": {"x": 1}}},
+        {"function": {"name": "b", "arguments": {}}},  # no id: the worker names it
+    ]

@@ -2,16 +2,23 @@
 
 Closing the stream closes the HTTP response, and Ollama stops generating when its client
 goes away, so a cancelled job frees its slot on the engine at once.
+
+Ollama has no tool_choice or parallel_tool_calls (OpenAI's, which jobs may carry): "none"
+offers no tools, "auto" is what Ollama does anyway, a forced call (required, or a named
+function) cannot be had and fails the job (the OpenAI door refuses it before that), and
+parallel_tool_calls false keeps the answer's first call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import ollama
+from pydantic import ConfigDict
 
 from db.fleet import canonical_model_name
 from workers.engines.base import Chunk, EngineError, EngineModel
@@ -28,6 +35,35 @@ METRICS = (
 RETRYABLE_STATUS = {500, 502, 503, 504, -1}
 
 
+class _CalledFunction(ollama.Message.ToolCall.Function):
+    model_config = ConfigDict(extra="allow")  # Ollama's `index`
+
+
+class _ToolCall(ollama.Message.ToolCall):
+    model_config = ConfigDict(extra="allow")  # Ollama's `id`
+
+    function: _CalledFunction
+
+
+class _Message(ollama.Message):
+    tool_calls: Sequence[_ToolCall] | None = None
+
+
+class _ChatResponse(ollama.ChatResponse):
+    message: _Message
+
+
+class _Client(ollama.Client):
+    """The official client, reading chat answers with the tool calls' `id` and `index`,
+    which Ollama sends (from about v0.13) and its models (0.6.x) drop: a call keeps the id
+    its engine gave it."""
+
+    def _request(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
+        return super()._request(
+            _ChatResponse if cls is ollama.ChatResponse else cls, *args, **kwargs
+        )
+
+
 class OllamaEngine:
     kind = "ollama"
 
@@ -40,7 +76,7 @@ class OllamaEngine:
         listing_timeout_s: float = 5.0,
     ) -> None:
         self.url = url
-        self.client = ollama.Client(
+        self.client = _Client(
             host=url,
             timeout=httpx.Timeout(
                 connect=connect_timeout_s, read=stall_timeout_s, write=30.0, pool=connect_timeout_s
@@ -75,6 +111,7 @@ class OllamaEngine:
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
         call = self.client.chat if kind == "chat" else self.client.generate
+        body, calls_left = _tool_controls(body)
         with _faults():
             parts = call(**body, stream=True)
         try:
@@ -86,7 +123,10 @@ class OllamaEngine:
                         # job would pay for a new one.
                         for _ in parts:
                             pass
-                    yield _chunk(kind, part)
+                    chunk = _chunk(kind, part)
+                    if calls_left is not None and "tool_calls" in chunk.message_extras:
+                        chunk, calls_left = _first_calls(chunk, calls_left)
+                    yield chunk
         finally:
             close = getattr(parts, "close", None)
             if close is not None:
@@ -101,6 +141,35 @@ class OllamaEngine:
     def delete(self, name: str) -> None:
         with _faults():
             self.client.delete(name)
+
+
+def _tool_controls(body: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The body without OpenAI's tool controls, which Ollama does not take, applied as far
+    as Ollama can: and how many tool calls the answer may keep (None: all of them)."""
+    choice = body.get("tool_choice")
+    parallel = body.get("parallel_tool_calls")
+    body = {k: v for k, v in body.items() if k not in ("tool_choice", "parallel_tool_calls")}
+    if choice == "none":
+        body.pop("tools", None)
+    elif choice not in (None, "auto"):
+        forced = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        raise EngineError(
+            f"tool_choice {f'function {forced}' if forced else choice} cannot be honoured: "
+            "Ollama has no tool_choice and cannot force a tool call (OpenAI-compatible "
+            "engines can)",
+            code="engine_unsupported",
+            retryable=False,
+        )
+    return body, 1 if parallel is False and body.get("tools") else None
+
+
+def _first_calls(chunk: Chunk, left: int) -> tuple[Chunk, int]:
+    """At most `left` more tool calls: the first ones the model made."""
+    calls = chunk.message_extras["tool_calls"][:left]
+    extras = {k: v for k, v in chunk.message_extras.items() if k != "tool_calls"}
+    if calls:
+        extras["tool_calls"] = calls
+    return replace(chunk, message_extras=extras), left - len(calls)
 
 
 def _chunk(kind: str, part: Any) -> Chunk:

@@ -209,8 +209,11 @@ def request_parameters(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         params["response_format"] = response_format
     if kind == "chat":
         params["messages"] = _messages(body["messages"])
-        if body.get("tools"):
+        if body.get("tools"):  # the controls mean something only beside tools
             params["tools"] = body["tools"]
+            for control in ("tool_choice", "parallel_tool_calls"):
+                if body.get(control) is not None:
+                    params[control] = body[control]
         return params
     return params | _completion_input(body)
 

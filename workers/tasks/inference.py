@@ -44,7 +44,15 @@ log = logging.getLogger(__name__)
 # Fields of a stored request that the engine call takes as they are.
 ENGINE_FIELDS = {
     "generate": ("prompt", "system", "format", "images", "keep_alive", "suffix", "raw", "think"),
-    "chat": ("messages", "tools", "format", "keep_alive", "think"),
+    "chat": (
+        "messages",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "format",
+        "keep_alive",
+        "think",
+    ),
 }
 
 
@@ -204,6 +212,7 @@ class JobRunner:
                     if not chunk.done and due and self.events.ready():
                         self._publish_pending()
                 if chunk.done:
+                    _name_tool_calls(extras, self.job.id)
                     message = (
                         {"role": "assistant", "content": "".join(self.parts), **extras}
                         if self.job.kind == "chat"
@@ -262,6 +271,18 @@ def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
         extras["thinking"] = extras.get("thinking", "") + delta["thinking"]
     if "tool_calls" in delta:
         extras.setdefault("tool_calls", []).extend(delta["tool_calls"])
+
+
+def _name_tool_calls(extras: dict[str, Any], job_id: uuid.UUID) -> None:
+    """Each tool call keeps the id its engine gave it, or gets one here, once and for good
+    (`call_<the job's first 12 hex>_<index>`), and its index, its place in the answer (in
+    `function`, where Ollama writes it): the stored message, the `done` event and every door
+    then name a call alike."""
+    for index, call in enumerate(extras.get("tool_calls") or []):
+        if not call.get("id"):
+            call["id"] = f"call_{job_id.hex[:12]}_{index}"
+        function = {k: v for k, v in (call.get("function") or {}).items() if k != "index"}
+        call["function"] = {"index": index, **function}
 
 
 def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
