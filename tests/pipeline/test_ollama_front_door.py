@@ -4,6 +4,7 @@ removals go through the fleet to that worker's engine."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -118,6 +119,27 @@ def test_tool_calls_reach_the_client_streamed_and_not(
     assert parts[-1].done_reason == "stop"  # Ollama's word, even after tool calls
     stored = _jobs(api, user_headers)[0]["output_message"]
     assert stored["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_tool_call_keeps_its_id_and_index_as_ollama_sends_them(
+    client: ollama.Client, double: Double, api: FlaskClient, user_headers: dict[str, str]
+) -> None:
+    """The official client drops them (0.6.x); other clients read them, as servers from about
+    v0.13 send them: the engine's id, the same in the answer and in the stored result."""
+    double.configure(tool_arguments={"city": "Tokyo"})
+    body = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "weather in Tokyo?"}],
+        "tools": [WEATHER_TOOL],
+        "stream": False,
+    }
+    answer = client._client.post("/api/chat", json=body).json()
+    [call] = answer["message"]["tool_calls"]
+    assert call == {
+        "id": "call_" + hashlib.sha256(b"get_weather").hexdigest()[:8],  # the double's
+        "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}},
+    }
+    assert _jobs(api, user_headers)[0]["output_message"]["tool_calls"] == [call]
 
 
 def test_list_ps_show_and_the_liveness_probe(

@@ -4,8 +4,11 @@ double."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 import openai
 import pytest
@@ -110,11 +113,22 @@ WEATHER_TOOL = {
 }
 
 
-def test_tool_calls_come_as_openai_sends_them(client: openai.OpenAI, double: Double) -> None:
+# The id the double gives the call, as Ollama (from about v0.13) gives one to each call.
+DOUBLES_CALL_ID = "call_" + hashlib.sha256(b"get_weather").hexdigest()[:8]
+
+
+def _stored_calls(api: FlaskClient, headers: dict[str, str], answer_id: str) -> list[dict]:
+    job_id = str(uuid.UUID(answer_id.removeprefix("chatcmpl-")))
+    return read(api, headers, job_id)["output_message"]["tool_calls"]  # type: ignore[no-any-return]
+
+
+def test_tool_calls_come_as_openai_sends_them(
+    client: openai.OpenAI, double: Double, api: FlaskClient, user_headers: dict[str, str]
+) -> None:
     double.configure(tool_arguments={"city": "Tokyo"})
     messages = [{"role": "user", "content": "weather in Tokyo?"}]
     whole = client.chat.completions.create(
-        model="llama3.2", messages=messages, tools=[WEATHER_TOOL]
+        model="llama3.2", messages=messages, tools=[WEATHER_TOOL], tool_choice="auto"
     )
     choice = whole.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -122,6 +136,13 @@ def test_tool_calls_come_as_openai_sends_them(client: openai.OpenAI, double: Dou
     assert call.type == "function"
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Tokyo"}
+    # The engine's id, kept end to end: the answer and the stored result name the call alike.
+    assert call.id == DOUBLES_CALL_ID
+    [stored] = _stored_calls(api, user_headers, whole.id)
+    assert stored == {
+        "id": call.id,
+        "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo"}},
+    }
 
     chunks = list(
         client.chat.completions.create(
@@ -129,9 +150,13 @@ def test_tool_calls_come_as_openai_sends_them(client: openai.OpenAI, double: Dou
         )
     )
     calls = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
-    assert [(c.index, c.function.name) for c in calls] == [(0, "get_weather")]
+    assert [(c.index, c.id, c.function.name) for c in calls] == [
+        (0, DOUBLES_CALL_ID, "get_weather")
+    ]
     assert json.loads(calls[0].function.arguments or "") == {"city": "Tokyo"}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    [stored] = _stored_calls(api, user_headers, chunks[0].id)
+    assert (stored["id"], stored["function"]["index"]) == (calls[0].id, calls[0].index)
 
     # The answer goes back as a tool message, as OpenAI clients send it.
     follow_up = client.chat.completions.create(
@@ -143,6 +168,54 @@ def test_tool_calls_come_as_openai_sends_them(client: openai.OpenAI, double: Dou
         ],
     )
     assert follow_up.choices[0].message.content
+
+
+def test_tool_choice_none_offers_an_ollama_engine_no_tools(
+    client: openai.OpenAI, double: Double
+) -> None:
+    double.configure(tool_arguments={"city": "Tokyo"})  # the double calls any tool offered
+    messages = [{"role": "user", "content": "weather in Tokyo?"}]
+    whole = client.chat.completions.create(
+        model="llama3.2", messages=messages, tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    assert whole.choices[0].message.tool_calls is None
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="llama3.2",
+            messages=messages,
+            tools=[WEATHER_TOOL],
+            tool_choice="none",
+            parallel_tool_calls=False,
+            stream=True,
+        )
+    )
+    assert not [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_a_forced_tool_call_on_a_model_only_ollama_serves_is_a_clear_400(
+    client: openai.OpenAI,
+    double: Double,
+    api: FlaskClient,
+    user_headers: dict[str, str],
+    choice: Any,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="llama3.2",
+            messages=[{"role": "user", "content": "weather in Tokyo?"}],
+            tools=[WEATHER_TOOL],
+            tool_choice=choice,
+        )
+    assert refused.value.code == "unsupported_value"
+    assert refused.value.param == "tool_choice"
+    assert "served by Ollama engines, which cannot force a tool call" in refused.value.message
+    assert _jobs(api, user_headers) == []  # nothing was queued
 
 
 def test_models_list_and_read(client: openai.OpenAI) -> None:
