@@ -142,3 +142,35 @@ def test_ordinary_keys_with_secret_words_inside_stay_readable(db_session: Sessio
     model = ModelFactory(parameters={"max_tokens": 512, "num_ctx": 4096})
     [entry] = _entries(db_session, "models", model.id)
     assert entry.details["new"]["parameters"] == {"max_tokens": 512, "num_ctx": 4096}
+
+
+def test_delete_masks_secrets_as_insert_and_update_do(db_session: Session) -> None:
+    user = UserFactory()
+    db_session.flush()
+    secret_hash = user.password_hash
+    db_session.delete(user)
+
+    delete = _entries(db_session, "users", user.id)[-1]
+
+    assert delete.action == "users.delete"
+    assert delete.details["old"]["username"] == user.username
+    assert delete.details["old"]["password_hash"] == "***"
+    assert secret_hash not in str(delete.details)
+
+
+def test_deleting_a_secret_setting_masks_its_value(db_session: Session) -> None:
+    db_session.add(SystemConfig(key="webhook_token", value="s3cr3t"))
+    db_session.add(SystemConfig(key="smtp", value={"host": "mail", "relays": [{"api_key": "k-1"}]}))
+    db_session.flush()
+    for key in ("webhook_token", "smtp"):
+        setting = db_session.get(SystemConfig, key)
+        assert setting is not None
+        db_session.delete(setting)
+
+    secret = _entries(db_session, "system_config", "webhook_token")[-1]
+    nested = _entries(db_session, "system_config", "smtp")[-1]
+
+    assert (secret.action, nested.action) == ("system_config.delete", "system_config.delete")
+    assert secret.details["old"]["value"] == "***"
+    assert "s3cr3t" not in str(secret.details)
+    assert nested.details["old"]["value"] == {"host": "mail", "relays": [{"api_key": "***"}]}

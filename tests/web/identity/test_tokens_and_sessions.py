@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -9,10 +10,15 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_jwt_extended import create_access_token, create_refresh_token
+from redis import Redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import DEV_JWT_SECRET_KEY
+from db.models import UserSession
 from tests.support.identity import audit_actions, bearer, error_code, login, make_user
+from web.security.principal import principal_cache
+from web.security.tokens import REVOKED_FAMILY_KEY
 
 PROFILE = "/api/v1/users/profile"
 
@@ -48,6 +54,41 @@ def test_reusing_a_spent_refresh_token_revokes_the_whole_family(
     assert client.get(PROFILE, headers=bearer(fresh["access_token"])).status_code == 401
     assert _refresh(client, fresh["refresh_token"]).status_code == 401  # type: ignore[attr-defined]
     assert "auth.refresh_reuse" in audit_actions(db_session, user.id)
+
+
+def test_refresh_reuse_ends_the_login_in_the_database_too(
+    client: FlaskClient, db_session: Session, redis_client: Redis
+) -> None:
+    """The blocklist entry lives only as long as an access token could; the login must stay
+    ended after it expires, so every session row of the family is revoked in the database."""
+    user = make_user()
+    other = login(client, user)  # another login of the same user: left alone
+    tokens = login(client, user)
+    fresh = _refresh(client, tokens["refresh_token"]).get_json()  # type: ignore[attr-defined]
+    newer = _refresh(client, fresh["refresh_token"]).get_json()  # type: ignore[attr-defined]
+    family = jwt.decode(tokens["refresh_token"], options={"verify_signature": False})["fam"]
+
+    assert error_code(_refresh(client, fresh["refresh_token"])) == "token_reused"
+
+    rows = db_session.scalars(
+        select(UserSession).where(UserSession.family_id == uuid.UUID(family))
+    ).all()
+    assert len(rows) == 3
+    assert all(row.revoked_at is not None for row in rows)
+    assert sorted(str(row.revoked_reason) for row in rows) == [
+        "refresh_reuse",
+        "rotated",
+        "rotated",
+    ]
+    # The blocklist entry expires (here: at once); nothing of the family comes back.
+    assert redis_client.delete(REVOKED_FAMILY_KEY.format(family)) == 1
+    with client.application.app_context():
+        principal_cache().forget(family_ids=[uuid.UUID(family)])
+    assert _refresh(client, newer["refresh_token"]).status_code == 401  # type: ignore[attr-defined]
+    assert _refresh(client, tokens["refresh_token"]).status_code == 401  # type: ignore[attr-defined]
+    live = client.get("/api/v1/users/sessions", headers=bearer(other["access_token"]))
+    assert family not in {item["id"] for item in live.get_json()["items"]}
+    assert _refresh(client, other["refresh_token"]).status_code == 200  # type: ignore[attr-defined]
 
 
 def test_logout_rejects_the_access_token_at_once(client: FlaskClient, db_session: Session) -> None:
