@@ -29,6 +29,7 @@ SECRETS = {
     "REDIS_PASSWORD": "dummy-redis-pw-93ab",
     "FLOWER_BASIC_AUTH": "ops:dummy-flower-pw-77d2",
     "GRAFANA_ADMIN_PASSWORD": "dummy-grafana-pw-0c5e",
+    "METRICS_TOKEN": "dummy-metrics-token-0123456789abcdefghij",
 }
 DEFAULT_SERVICES = {
     "postgres",

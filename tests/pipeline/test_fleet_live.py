@@ -14,6 +14,7 @@ from redis import Redis
 
 from tests.pipeline.conftest import Double, Worker, start_double, wait_for
 from tests.pipeline.jobs import finished, read, submit, wait_status
+from workers.dispatch import MODEL_PULL, publish_to_node
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,23 @@ def test_a_pull_streams_progress_and_the_replica_becomes_available(
     assert api.get(f"/api/v1/models/{model_id}", headers=operator_headers).get_json()["status"] == (
         "unavailable"
     )
+    news.close()
+
+
+def test_a_worker_refuses_a_pull_from_a_registry_not_allowed(
+    api: FlaskClient, operator_headers: dict[str, str], node: Worker, redis_client: Redis
+) -> None:
+    """The web refuses such pulls; a message that reaches the worker anyway (published by
+    something else that can write to the broker) is refused there too, before the engine
+    hears of it."""
+    news = _events(redis_client, "model_update")
+    node_id = _node_id(api, operator_headers, "fleet-w1")
+    celery = api.application.extensions["celery"]
+    assert publish_to_node(celery, MODEL_PULL, ["evil.example/ns/model", node_id], "fleet-w1")
+    seen = _collect(news, lambda e: e["type"] in ("pull_failed", "pull_started"))
+    assert seen[-1]["type"] == "pull_failed"
+    assert "evil.example" in seen[-1]["error"]
+    assert "refusing to pull evil.example/ns/model" in node.log()
     news.close()
 
 

@@ -111,3 +111,16 @@ def test_the_allow_list_holds_host_names_only(client: FlaskClient, admin: dict[s
         refused = client.put(CONFIG, json={"pull_registries": bad}, headers=admin)
         assert refused.status_code == 422, bad
         assert error_code(refused) == "validation_error"
+
+
+def test_the_ollama_door_pulls_from_allowed_registries_only(
+    client: FlaskClient, operator: dict[str, str], db_session: Session
+) -> None:
+    """/api/pull goes through the same check, answered in Ollama's shape, nothing queued."""
+    NodeFactory(last_heartbeat_at=utcnow())
+    refused = client.post(
+        "/api/pull", json={"model": "evil.example/ns/model", "stream": False}, headers=operator
+    )
+    assert refused.status_code == 403
+    assert "evil.example" in refused.get_json()["error"]
+    assert db_session.scalar(select(func.count()).select_from(ModelReplica)) == 0

@@ -27,6 +27,7 @@ from web.database import end_unit_of_work, get_db, get_session
 from web.errors import Conflict, NotFound, ServiceUnavailable
 from web.extensions import current_celery, current_settings
 from web.fleet.caching import MODELS, NODES, invalidate_after_commit
+from web.fleet.registry import ensure_pull_allowed
 from web.realtime.hub import HubUnavailable
 from web.realtime.mailbox import Mailbox
 from web.realtime.relay import current_relay
@@ -207,6 +208,7 @@ class Pull:
 def start_pull(name: str) -> Pull:
     """Register the model if the registry does not know it, mark it pulling on every online,
     undrained Ollama node, commit, and queue the pull on each node's own queue."""
+    ensure_pull_allowed(name)  # from an allowed registry only, as the fleet API's pulls
     session = get_session()
     model = _model_row(name)
     if model is not None and model.status == ModelStatus.DISABLED:

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
-from db.catalog import mark_replica, model_id_by_name
+from db.catalog import disallowed_registry, mark_replica, model_id_by_name
 from db.models import ReplicaStatus
 from workers import runtime
 from workers.engines.base import EngineError
@@ -58,6 +58,12 @@ def _record(rt: Runtime, model: str, status: ReplicaStatus, **progress: int | No
 def pull(model: str, node_id: str) -> None:
     rt = runtime.current()
     if not _ours(rt, node_id):
+        return
+    host = disallowed_registry(model, rt.runtime_config.current().pull_registries)
+    if host is not None:  # the web refuses these; a message from elsewhere is refused here
+        log.warning("refusing to pull %s: registry %s is not allowed", model, host)
+        _record(rt, model, ReplicaStatus.FAILED)
+        _news(rt, "pull_failed", model, error=f"registry {host} is not allowed")
         return
     _news(rt, "pull_started", model)
     last_sent, last_step = 0.0, None
