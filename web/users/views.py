@@ -51,6 +51,7 @@ from web.validation import load_body
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
 MAX_LIVE_API_KEYS = 50
+LOCKED = "The account is locked after repeated wrong passwords (account_locked; see Retry-After)."
 
 
 def _no_content() -> tuple[str, int]:
@@ -137,8 +138,9 @@ def profile() -> Response:
     body=ProfileUpdate,
     responses={
         200: UserRead,
-        401: "The current password is incorrect.",
+        401: "The current password is incorrect (counts toward the login lockout).",
         409: "Another account has this email.",
+        429: LOCKED,
         422: "The new password breaks the password policy.",
     },
 )
@@ -181,8 +183,9 @@ def update_profile() -> Response:
     body=ApiKeyCreate,
     responses={
         201: ApiKeyCreated,
-        401: "The current password is incorrect.",
+        401: "The current password is incorrect (counts toward the login lockout).",
         409: f"The caller already has {MAX_LIVE_API_KEYS} live keys.",
+        429: LOCKED,
     },
 )
 @require(Permission.PROFILE)
@@ -306,8 +309,9 @@ def export_me() -> Response:
     body=AccountDelete,
     responses={
         204: None,
-        401: "The password is incorrect.",
+        401: "The password is incorrect (counts toward the login lockout).",
         409: "The caller is the last active admin.",
+        429: LOCKED,
     },
 )
 @require(Permission.PROFILE)
