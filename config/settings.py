@@ -233,13 +233,13 @@ class Settings(BaseSettings):
             ipaddress.ip_network(network, strict=False)  # raises ValueError when malformed
         return value
 
-    @field_validator("database_url")
-    @classmethod
     @field_validator("pull_registries")
     @classmethod
     def _registry_hosts(cls, value: list[str]) -> list[str]:
         return [registry_host_entry(host) for host in value]
 
+    @field_validator("database_url")
+    @classmethod
     def _psycopg2_driver(cls, url: str) -> str:
         """`postgresql://` alone would pick SQLAlchemy's default driver; we ship psycopg2."""
         scheme, _, rest = url.partition("://")
@@ -303,8 +303,6 @@ def _production_problems(settings: Settings) -> list[str]:
             problems.append(f"{name.upper()} uses a known default password")
     if settings.admin_password and settings.admin_password.lower() in KNOWN_DEFAULT_SECRETS:
         problems.append("ADMIN_PASSWORD is a known default")
-    return problems
-
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
     if not metrics_token and not settings.metrics_public:
         problems.append(
@@ -314,6 +312,8 @@ def _production_problems(settings: Settings) -> list[str]:
         metrics_token.lower() in KNOWN_DEFAULT_SECRETS or len(metrics_token) < 32
     ):
         problems.append("METRICS_TOKEN is a known default or shorter than 32 characters")
+    return problems
+
 
 def _url_password(url: str | None) -> str | None:
     return urlsplit(url).password if url else None
