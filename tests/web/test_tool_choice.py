@@ -179,3 +179,25 @@ def test_a_forced_call_is_queued_for_openai_compatible_engines(
         assert (stored["tool_choice"], stored["parallel_tool_calls"]) == (NAMED, False)
     finally:
         response.close()
+
+
+def test_the_ollama_door_ignores_openai_s_tool_controls_as_ollama_does(
+    client: FlaskClient, db_session: Session
+) -> None:
+    _served("tools-llama:latest", EngineKind.OLLAMA)
+    payload = {
+        "model": "tools-llama",
+        "messages": ASK,
+        "tools": [WEATHER],
+        "tool_choice": NAMED,  # refused at the OpenAI door for an Ollama node; not Ollama's
+        "parallel_tool_calls": False,
+    }
+    response = client.post("/api/chat", json=payload, headers=auth_headers(client, make_user()))
+    try:
+        assert response.status_code == 200
+        stored = _row(db_session, response.headers["X-OllamaMax-Request-ID"]).input
+        assert "tool_choice" not in stored
+        assert "parallel_tool_calls" not in stored
+        assert stored["tools"] == [WEATHER]
+    finally:
+        response.close()

@@ -88,6 +88,8 @@ GENERATE_NOT_CARRIED = ("template", "context", "logprobs", "top_logprobs")
 CHAT_NOT_CARRIED = ("logprobs", "top_logprobs")
 # A proxy (nginx) passes each line on as it comes instead of buffering the answer.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The OpenAI door's tool controls, which the shared chat job carries (docs/compat.md).
+OPENAI_TOOL_CONTROLS = ("tool_choice", "parallel_tool_calls")
 DEFAULT_VERSION = "0.13.0"  # what we answer when no node reports its engine's version
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -314,6 +316,8 @@ def generate() -> Response:
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> Response:
     body = json_object_body()
+    for openai_only in OPENAI_TOOL_CONTROLS:  # not Ollama's: ignored, as Ollama ignores them
+        body.pop(openai_only, None)
     _refuse_not_carried(body, CHAT_NOT_CARRIED)
     if not body.get("messages"):
         return _load_reply(str(body.get("model") or ""), body, chat=True)

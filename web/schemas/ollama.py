@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from web.schemas.common import fits_with_its_tag
 from web.schemas.inference import ChatRequest, GenerateRequest, ModelName
@@ -44,9 +45,13 @@ class OllamaGenerateBody(GenerateRequest, OllamaStreamed, OllamaLogprobs):
 
 
 class OllamaChatBody(ChatRequest, OllamaStreamed, OllamaLogprobs):
-    """Ollama's /api/chat body; no messages is Ollama's load request. `logprobs` is refused."""
+    """Ollama's /api/chat body; no messages is Ollama's load request. `logprobs` is refused.
+    OpenAI's tool controls are ignored here, as Ollama ignores them."""
 
     model_config = ConfigDict(extra="ignore")
+
+    tool_choice: SkipJsonSchema[None] = None  # type: ignore[assignment]
+    parallel_tool_calls: SkipJsonSchema[None] = None  # type: ignore[assignment]
 
 
 class OllamaShowBody(BaseModel):
