@@ -7,12 +7,38 @@ Each has its default in the environment (config/settings.py); a value stored in 
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from config.settings import Settings, registry_host_entry
+
+# A Go duration as Ollama reads keep_alive ("5m", "1h30m", "-1s", "0", "1.5h"), unit by unit.
+_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_UNIT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def keep_alive_seconds(value: float | str) -> float:
+    """keep_alive as Ollama reads it, in seconds: a number is seconds, a string a Go duration
+    ("0" included); a negative value means "keep it loaded forever" (math.inf). Raises
+    ValueError for anything Ollama would refuse."""
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a number of seconds or a duration such as '5m'")
+    if isinstance(value, int | float):
+        if math.isnan(value):
+            raise ValueError("keep_alive must be a number")
+        return math.inf if value < 0 else float(value)
+    text = value.strip()
+    if text in ("0", "+0", "-0"):
+        return 0.0
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"keep_alive {value!r} is not a duration such as '5m' or '1h30m'")
+    seconds = sum(float(n) * _SECONDS[unit] for n, unit in _UNIT.findall(text))
+    return math.inf if text.startswith("-") and seconds > 0 else seconds
 
 
 class RuntimeConfig(BaseModel):
@@ -35,6 +61,34 @@ class RuntimeConfig(BaseModel):
         description="Registry hosts (host[:port]) models may be pulled from; a name without "
         "a host (llama3.2, library/llama3.2) comes from registry.ollama.ai."
     )
+
+    user_max_priority: int = Field(
+        ge=0, le=9, description="Highest priority a user's job gets (operators, admins: 9)."
+    )
+    max_num_predict: int = Field(
+        ge=1, description="num_predict (max_tokens) above this, or -1/-2, is clamped to it."
+    )
+    max_num_ctx: int = Field(ge=1, description="num_ctx above this is clamped to it.")
+    keep_alive_max: str = Field(
+        description="A user's keep_alive (a Go duration, e.g. 30m) is clamped to this."
+    )
+    keep_alive_default: str = Field(
+        description="keep_alive of a job that names none; empty: the engine's own default."
+    )
+
+    @field_validator("keep_alive_max")
+    @classmethod
+    def _is_a_bound(cls, value: str) -> str:
+        if not math.isfinite(keep_alive_seconds(value)):
+            raise ValueError("a bound must be finite (not negative)")
+        return value
+
+    @field_validator("keep_alive_default")
+    @classmethod
+    def _is_a_duration(cls, value: str) -> str:
+        if value:
+            keep_alive_seconds(value)
+        return value
 
     @field_validator("ratelimit_default", "ratelimit_login", "ratelimit_register")
     @classmethod

@@ -183,6 +183,16 @@ class Settings(BaseSettings):
     # Accept jobs for a model no online node serves (they wait) instead of answering 409.
     queue_while_unavailable: bool = False
     default_priority: int = Field(default=5, ge=0, le=9)  # of a job that names none
+    # The engine-option policy (web/inference/policy.py, docs/security.md), each a run-time
+    # setting too: a user's priority is clamped to USER_MAX_PRIORITY (operators and admins
+    # up to 9); num_predict and num_ctx are clamped to these for everyone; a user's
+    # keep_alive is clamped to KEEP_ALIVE_MAX (a Go duration such as "30m"), and a job that
+    # names none gets KEEP_ALIVE_DEFAULT (empty: the engine's own default).
+    user_max_priority: int = Field(default=6, ge=0, le=9)
+    max_num_predict: int = Field(default=4096, ge=1)
+    max_num_ctx: int = Field(default=32768, ge=1)
+    keep_alive_max: str = "30m"
+    keep_alive_default: str = ""
     # Finished requests, dead sessions and audit partitions older than this are removed.
     retention_days: int = Field(default=90, ge=1, le=3650)
     # How long a process reuses the run-time config it read (system config changes).
