@@ -33,6 +33,7 @@ from db.session import Database
 from web.database import after_commit, end_unit_of_work, get_db, get_session
 from web.errors import BadRequest, Conflict, NotFound
 from web.extensions import current_celery, current_runtime_config, current_settings
+from web.inference.policy import police
 from web.schemas.inference import ChatRequest, GenerateRequest, RequestRead
 from web.security.policy import Permission
 from web.security.principal import Principal, authenticated
@@ -87,15 +88,21 @@ def accept(kind: RequestKind, body: GenerateRequest | ChatRequest, source: str =
     fields = body.model_dump(
         mode="json", exclude_none=True, exclude={"model", "options", "priority"}
     )
+    # The engine-option policy (web/inference/policy.py): stored clamped, or refused (400).
+    # The Idempotency-Key's hash stays that of the request as sent.
+    policed = police(body, principal.role, config)
+    stored = {k: v for k, v in fields.items() if k != "keep_alive"}
+    if policed.keep_alive is not None:
+        stored["keep_alive"] = policed.keep_alive
     new = NewRequest(
         id=uuid.uuid4(),
         user_id=principal.user_id,
         model_name=model_name,
         kind=kind,
         source=source,
-        input=fields,
-        options=body.options or {},
-        priority=config.default_priority if body.priority is None else body.priority,
+        input=stored,
+        options=policed.options,
+        priority=policed.priority,
         idempotency_key=idempotency_key(),
         request_hash=_request_hash(kind, model_name, body, fields),
     )
