@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=2, ge=1)
     web_worker_connections: int = Field(default=2000, ge=1)
     max_content_length: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # The input gate (web/validation.py), for every JSON body: arrays and objects nested at
+    # most this deep, strings (and keys) at most this many characters (16 Mi: a 12 MB image in
+    # base64), arrays and objects at most this many items. Beyond them: 400.
+    input_max_depth: int = Field(default=64, ge=8, le=512)
+    input_max_string_chars: int = Field(default=16 * 1024 * 1024, ge=1024)
+    input_max_items: int = Field(default=10_000, ge=100)
     # Readiness probes must answer fast even when a dependency hangs.
     health_check_timeout_s: float = Field(default=2.0, gt=0)
 

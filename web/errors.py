@@ -53,6 +53,35 @@ class BadRequest(APIError):
     pass
 
 
+class InvalidCharacters(BadRequest):
+    """A NUL character in a body or query string (the input gate, web/validation.py)."""
+
+    code = "invalid_characters"
+    message = "The request contains a NUL character."
+
+
+class InvalidNumber(BadRequest):
+    """NaN, Infinity or a number that overflows to infinity in a body."""
+
+    code = "invalid_number"
+    message = "The body contains a number that is not finite."
+
+
+class TooDeep(BadRequest):
+    """A body nesting arrays and objects deeper than INPUT_MAX_DEPTH."""
+
+    code = "too_deep"
+    message = "The body is nested too deeply."
+
+
+class TooLarge(BadRequest):
+    """A string longer than INPUT_MAX_STRING_CHARS, or an array or object with more than
+    INPUT_MAX_ITEMS items (a 400: the body as a whole may be small enough)."""
+
+    code = "too_large"
+    message = "A value in the body is too large."
+
+
 class Unauthorized(APIError):
     status_code = 401
     code = "unauthorized"
