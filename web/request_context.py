@@ -1,4 +1,5 @@
-"""Per-request plumbing: the request id, the access log line and body hygiene."""
+"""Per-request plumbing: the request id, the access log line, body hygiene and the input
+gate."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from config.logging import request_id_var
 from web.errors import UnsupportedMediaType
 from web.metrics import record_request
+from web.validation import gate_request
 
 log = logging.getLogger("ollamamax.access")
 
@@ -66,14 +68,15 @@ def start_request() -> None:
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge(f"The body is larger than {limit} bytes.")
     # Every body we accept is JSON; anything else is refused before a view sees it. An
-    # unknown route or method answers 404/405 instead, whatever the body.
-    if (
-        request.url_rule is not None
-        and request.method in _MUTATING_METHODS
-        and _has_body()
-        and not request.is_json
-    ):
+    # unknown route or method answers 404/405 instead, whatever the body or query string.
+    if request.url_rule is None:
+        return
+    with_body = request.method in _MUTATING_METHODS and _has_body()
+    if with_body and not request.is_json:
         raise UnsupportedMediaType()
+    # One input gate for every route, the doors included (their error handlers reshape the
+    # 400): NUL, non-finite numbers, nesting depth and sizes (web/validation.py).
+    gate_request(with_body=with_body)
 
 
 def finish_request(response: Response) -> Response:

@@ -24,7 +24,6 @@ from web.inference.service import abandon, accept, final_state
 from web.realtime.follow import Quiet, follow
 from web.realtime.relay import current_relay
 from web.schemas.inference import ChatRequest, GenerateRequest
-from web.validation import refuse_nul
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ def json_object_body() -> dict[str, Any]:
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise APIError("invalid JSON body", code="bad_request")
-    refuse_nul(body, "body")  # as the native API does: PostgreSQL cannot store it
+    # NUL, non-finite numbers, depth and sizes were refused before any view (the input gate,
+    # web/validation.py: gate_request), as on the native API.
     return body
 
 

@@ -37,8 +37,10 @@ def body_is_json_whatever_its_content_type(_endpoint: str | None, _values: Any) 
     application/x-www-form-urlencoded, other clients nothing or text/plain. The native API
     refuses a body that is not sent as JSON with 415 (web/request_context.py, before any
     view); for a door's routes the request is marked JSON first, since URL value
-    preprocessors run before the app's before_request hooks. The doors read the body with
-    `get_json(force=True)` anyway (web/compat/jobs.py: json_object_body)."""
+    preprocessors run before the app's before_request hooks. So the input gate
+    (web/validation.py: gate_request) checks a door's body as it checks the native API's
+    before any view, and the doors read it with `get_json(force=True)` anyway
+    (web/compat/jobs.py: json_object_body)."""
     if request.mimetype == JSON_MEDIA_TYPE:
         return
     request.environ[SENT_CONTENT_TYPE] = request.environ.get("CONTENT_TYPE", "")
