@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Exists, delete, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Exists, delete, exists, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -190,6 +190,27 @@ def sync_replicas(
         )
     _refresh_model_status(session=session)
     return set(present) - before, gone
+
+
+# What an engine's model details say that the doors' /api/tags and /api/show show.
+DETAIL_PARAMETERS = ("format", "parameter_size", "quantization_level")
+
+
+def record_engine_details(*, session: Session, name: str, described: dict[str, Any]) -> None:
+    """What an engine said about model `name` (Ollama's /api/show), kept with the model for
+    the doors: `show` replaced by this answer, and the format, size and quantization its
+    details name filled in where the model has none (an operator's values stand)."""
+    details = described.get("details") or {}
+    filled = {key: details[key] for key in DETAIL_PARAMETERS if details.get(key)}
+    session.execute(
+        update(Model)
+        .where(Model.name == name)
+        .values(
+            parameters=literal(filled, JSONB)
+            .op("||")(Model.parameters)
+            .op("||")(literal({"show": described}, JSONB))
+        )
+    )
 
 
 def _digest(record: dict[str, Any]) -> str | None:

@@ -18,6 +18,7 @@ from db.fleet import (
     heartbeat,
     mark_offline,
     node_orders,
+    record_engine_details,
     register_node,
     sync_replicas,
 )
@@ -105,6 +106,7 @@ def _sync_models(rt: Runtime, inventory: Inventory) -> set[str]:
         added, removed = sync_replicas(
             session=session, node_id=rt.node_id, present=present, loaded=loaded
         )
+    _describe(rt, added)
     for change, names in (("added", added), ("removed", removed)):
         for name in sorted(names):
             log.info("model %s %s on this node's engine", name, change)
@@ -112,6 +114,20 @@ def _sync_models(rt: Runtime, inventory: Inventory) -> set[str]:
                 rt.redis, "model_update", change, model=name, node=rt.node_name, node_id=rt.node_id
             )
     return {queue_for_model(name) for name in present}
+
+
+def _describe(rt: Runtime, names: set[str]) -> None:
+    """Record what the engine says of models new on this node (the doors' /api/show);
+    best effort: a model the engine cannot describe is still served."""
+    for name in sorted(names):
+        try:
+            described = rt.engine.describe(name)
+        except EngineError as error:
+            log.warning("engine could not describe %s: %s", name, error)
+            continue
+        if described:
+            with rt.database.unit_of_work() as session:
+                record_engine_details(session=session, name=name, described=described)
 
 
 def _announce_status(rt: Runtime, status: NodeStatus, reason: str | None) -> None:

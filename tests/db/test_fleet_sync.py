@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.fleet import sync_replicas
+from db.fleet import record_engine_details, sync_replicas
 from db.models import Model, ModelReplica, ReplicaStatus
 from tests.factories import ModelFactory, ModelReplicaFactory, NodeFactory
 
@@ -60,3 +60,23 @@ def test_a_pulled_model_the_engine_lists_becomes_available(db_session: Session) 
 
     assert (added, removed) == ({"pulled:latest"}, set())
     assert _replicas(db_session, node.id) == {"pulled:latest": "available"}
+
+
+def test_what_an_engine_says_of_a_model_is_kept_with_it_and_an_operator_s_values_stand(
+    db_session: Session,
+) -> None:
+    model = ModelFactory(parameters={"parameter_size": "operator's", "show": {"old": True}})
+    described = {
+        "modelfile": "FROM x\n",
+        "capabilities": ["completion", "tools"],
+        "details": {"format": "gguf", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
+    }
+    record_engine_details(session=db_session, name=model.name, described=described)
+    db_session.expire_all()
+    parameters = db_session.get(Model, model.id).parameters  # type: ignore[union-attr]
+    assert parameters == {
+        "format": "gguf",
+        "parameter_size": "operator's",  # not the engine's
+        "quantization_level": "Q4_K_M",
+        "show": described,  # the engine's last answer, whole
+    }

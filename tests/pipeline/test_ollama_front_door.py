@@ -150,8 +150,9 @@ def test_list_ps_show_and_the_liveness_probe(
     assert isinstance(client.ps().models, list)
     shown = client.show("llama3.2")
     assert shown.details is not None
-    import requests
-
+    # What the worker's engine said of the model when it first listed it (its /api/show).
+    assert shown.modelfile == "FROM llama3.2:latest\n"
+    assert shown.capabilities == ["completion"]
     assert requests.get(live_server.url + "/", timeout=5).text == "Ollama is running"
     assert requests.get(live_server.url + "/api/version", timeout=5).json()["version"]
 

@@ -43,6 +43,11 @@ class Engine(Protocol):
 
     def loaded(self) -> set[str]: ...
 
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """What the engine says about a model (Ollama's /api/show: modelfile, template,
+        parameters, capabilities, model_info); None where the protocol has no such call."""
+        ...
+
     def pull(self, name: str) -> Iterator[dict[str, Any]]:
         """Fetch a model onto this engine, yielding progress {status, digest, total, completed}."""
         ...

@@ -104,6 +104,13 @@ class OllamaEngine:
             if m.model
         ]
 
+    def describe(self, name: str) -> dict[str, Any] | None:
+        with _faults():
+            shown = self.listing.show(name)
+        described = shown.model_dump(mode="json", by_alias=True, exclude_none=True)
+        described.pop("modified_at", None)  # the registry keeps its own
+        return described
+
     def loaded(self) -> set[str]:
         with _faults():
             running = self.listing.ps().models

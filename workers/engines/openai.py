@@ -108,6 +108,9 @@ class OpenAIEngine:
         ]
         return self._listing
 
+    def describe(self, name: str) -> dict[str, Any] | None:
+        return None  # the protocol lists models and says nothing more about them
+
     def loaded(self) -> set[str]:
         # A server of this kind serves what it lists: every model is loaded.
         return {model.name for model in self.models()}
