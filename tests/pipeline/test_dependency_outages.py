@@ -34,6 +34,7 @@ from tests.conftest import (
 from tests.factories import TEST_PASSWORD
 from tests.ollama_double.behaviour import tokens_for
 from tests.pipeline.conftest import Double, wait_for
+from tests.support.apps import stop_background
 from tests.support.identity import bearer
 from tests.support.throwaway import ThrowawayPostgres, ThrowawayRedis
 from tests.support.ws import connect, next_frame
@@ -119,6 +120,9 @@ class Api:
         events: EventLog = self.app.extensions["events"]
         return all(any(e["type"] == "token" for e in events.replay(i)) for i in ids)
 
+    def close(self) -> None:
+        stop_background(self.app)
+
     def all_ended(self, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         def ended() -> dict[str, dict[str, Any]] | None:
             rows = {i: self.read(i) for i in ids}
@@ -145,8 +149,8 @@ def test_an_engine_restart_fails_no_job(
     committed: Database,
 ) -> None:
     worker = start_worker(engine.url, name="w-engine-restart@test", slots=2)
+    api = Api(settings_overrides, committed)
     try:
-        api = Api(settings_overrides, committed)
         prompts = [f"engine restart {n}" for n in range(8)]
         ids = [api.submit(prompt) for prompt in prompts]
         wait_for(lambda: api.running_with_text(ids[:2]), timeout=20)
@@ -164,6 +168,7 @@ def test_an_engine_restart_fails_no_job(
     finally:
         # Its model queue is every test's here: a worker left running would take their jobs.
         worker.stop()
+        api.close()
 
 
 def test_a_redis_restart_mid_generation_fails_no_job_and_leaves_no_gap(
@@ -179,8 +184,8 @@ def test_a_redis_restart_mid_generation_fails_no_job_and_leaves_no_gap(
             engine.url, name="w-redis-restart@test", slots=3, env={"REDIS_URL": redis.url}
         )
         web = start_live_server(overrides, tmp_path, WS_HEARTBEAT_S="0.5")
+        api = Api(overrides, committed)
         try:
-            api = Api(overrides, committed)
             prompts = [f"redis restart {n}" for n in range(6)]
             ids = [api.submit(prompt) for prompt in prompts]
             token = api.headers["Authorization"].removeprefix("Bearer ")
@@ -209,6 +214,7 @@ def test_a_redis_restart_mid_generation_fails_no_job_and_leaves_no_gap(
         finally:
             stop_live_server(web)
             worker.stop()
+            api.close()
 
 
 class FollowerThread:
@@ -283,8 +289,8 @@ def test_a_postgresql_outage_at_finish_keeps_the_result(
             # The lease outlasts the outage: the worker keeps its jobs and their results.
             env={"DATABASE_URL": url, "LEASE_TTL_S": "20"},
         )
+        api = Api(overrides, database)
         try:
-            api = Api(overrides, database)
             prompts = [f"postgres outage {n}" for n in range(3)]
             ids = [api.submit(prompt) for prompt in prompts]
             wait_for(lambda: api.running_with_text(ids), timeout=20)
@@ -302,4 +308,5 @@ def test_a_postgresql_outage_at_finish_keeps_the_result(
             assert "storing its outcome failed" in worker.log()
         finally:
             worker.stop()
+            api.close()
             database.dispose()

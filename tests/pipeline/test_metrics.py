@@ -149,7 +149,7 @@ def test_a_queued_job_shows_in_the_queue_depth(
                 "model": "llama3.2",
                 "prompt": "x",
                 "options": {"num_predict": 30},
-                "priority": 7,
+                "priority": 6,  # a user's ceiling (USER_MAX_PRIORITY): stored as sent
             },
             headers=user_headers,
             timeout=10,
@@ -158,7 +158,7 @@ def test_a_queued_job_shows_in_the_queue_depth(
     def waiting_and_running() -> bool:
         web = _samples(f"{server.url}/metrics")
         return (
-            _value(web, "ollamamax_queue_depth", model=MODEL, priority="7") >= 1
+            _value(web, "ollamamax_queue_depth", model=MODEL, priority="6") >= 1
             and _value(web, "ollamamax_node_jobs_running", node=NODE) == 3
             and _value(web, "ollamamax_node_slots_free", node=NODE) == 0
         )

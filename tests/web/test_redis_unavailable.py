@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from db.session import Database
 from tests.conftest import make_committed_user
 from tests.factories import TEST_PASSWORD
+from tests.support.apps import stop_background
 from tests.support.identity import bearer
 from tests.support.throwaway import ThrowawayRedis
 from web import create_app
@@ -39,14 +40,15 @@ def redis_server() -> Iterator[ThrowawayRedis]:
 @pytest.fixture
 def api(
     redis_server: ThrowawayRedis, settings_overrides: dict[str, Any], committed: Database
-) -> tuple[FlaskClient, dict[str, str]]:
+) -> Iterator[tuple[FlaskClient, dict[str, str]]]:
     app: Flask = create_app({**settings_overrides, "redis_url": redis_server.url})
     client = app.test_client()
     user = make_committed_user(committed)
     login = client.post(
         "/api/v1/auth/login", json={"username": user.username, "password": TEST_PASSWORD}
     )
-    return client, bearer(login.get_json()["access_token"])
+    yield client, bearer(login.get_json()["access_token"])
+    stop_background(app)
 
 
 def _call(client: FlaskClient, headers: dict[str, str], method: str, path: str, body: Any) -> Any:
