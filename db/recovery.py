@@ -8,8 +8,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import case, false, func, select, update
+from sqlalchemy import ColumnElement, case, false, func, select, update
 from sqlalchemy.orm import Session
 
 from db.inference import ClaimedJob, ours
@@ -37,6 +38,39 @@ class Requeued:
     user_id: uuid.UUID | None
 
 
+def _requeued_unless_ended(
+    exhausted: ColumnElement[bool],
+    error: str | None,
+    error_code: str | None,
+    error_code_otherwise: Any,
+) -> dict[str, Any]:
+    """The new values of a running job going back to the queue: attempt + 1 (readers drop
+    the text streamed so far), partial output dropped, no worker. Unless it ends instead:
+    `cancelled` when a cancel was asked for (the claim would never take it again), `failed`
+    with `error` and `error_code` when `exhausted`."""
+    cancelled = InferenceRequest.cancel_requested_at.is_not(None)
+    ends = cancelled | exhausted
+    fails = ~cancelled & exhausted
+    return {
+        "status": case(
+            (cancelled, RequestStatus.CANCELLED),
+            (exhausted, RequestStatus.FAILED),
+            else_=RequestStatus.QUEUED,
+        ),
+        "attempt": case((ends, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
+        "output": case((ends, InferenceRequest.output), else_=None),
+        "error": case((fails, error), else_=InferenceRequest.error),
+        "error_code": case((fails, error_code), else_=error_code_otherwise),
+        "completed_at": case((ends, func.now()), else_=None),
+        "worker_name": None,
+        "node_id": None,
+        "lease_until": None,
+        "started_at": case((ends, InferenceRequest.started_at), else_=None),
+        "first_token_at": None,
+        "dispatched_at": None,
+    }
+
+
 def hand_back(
     *,
     session: Session,
@@ -47,36 +81,14 @@ def hand_back(
     error_code: str | None = None,
 ) -> str | None:
     """A worker returns a job it runs to the queue (it is stopping, or it cannot run it
-    now): attempt + 1 (readers drop the text streamed so far), partial output dropped. A
-    job whose cancel was asked for meanwhile ends `cancelled` instead (the claim would never
-    take it again), and one on its `max_attempts`-th attempt ends `failed` with `error`.
-    Returns the new status, or None if the job is no longer ours."""
-    cancelled = InferenceRequest.cancel_requested_at.is_not(None)
+    now), or ends it (`_requeued_unless_ended`): with `max_attempts`, one on its last
+    attempt fails with `error`. Returns the new status, or None if the job is no longer
+    ours."""
     exhausted = InferenceRequest.attempt >= max_attempts if max_attempts is not None else false()
-    ends = cancelled | exhausted
     row = session.execute(
         update(InferenceRequest)
         .where(ours(job.id, worker_name, job.attempt))
-        .values(
-            status=case(
-                (cancelled, RequestStatus.CANCELLED),
-                (exhausted, RequestStatus.FAILED),
-                else_=RequestStatus.QUEUED,
-            ),
-            attempt=case((ends, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
-            output=case((ends, InferenceRequest.output), else_=None),
-            error=case((~cancelled & exhausted, error), else_=InferenceRequest.error),
-            error_code=case(
-                (~cancelled & exhausted, error_code), else_=InferenceRequest.error_code
-            ),
-            completed_at=case((ends, func.now()), else_=None),
-            worker_name=None,
-            node_id=None,
-            lease_until=None,
-            started_at=case((ends, InferenceRequest.started_at), else_=None),
-            first_token_at=None,
-            dispatched_at=None,
-        )
+        .values(**_requeued_unless_ended(exhausted, error, error_code, InferenceRequest.error_code))
         .returning(InferenceRequest.status)
     ).first()
     return str(row[0]) if row else None
@@ -85,9 +97,8 @@ def hand_back(
 def requeue_expired_leases(
     *, session: Session, max_attempts: int, limit: int = 100
 ) -> list[Requeued]:
-    """Running jobs whose worker stopped renewing its lease go back to the queue with
-    attempt + 1 and their partial output dropped, unless a cancel was asked for (they end
-    `cancelled`) or they have used up `max_attempts` (they end `failed`)."""
+    """Running jobs whose worker stopped renewing its lease go back to the queue, unless a
+    cancel was asked for or they have used up `max_attempts` (`_requeued_unless_ended`)."""
     expired = (
         select(InferenceRequest.id)
         .where(
@@ -98,33 +109,14 @@ def requeue_expired_leases(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    cancelled = InferenceRequest.cancel_requested_at.is_not(None)
-    exhausted = InferenceRequest.attempt >= max_attempts
-    new_status = case(
-        (cancelled, RequestStatus.CANCELLED),
-        (exhausted, RequestStatus.FAILED),
-        else_=RequestStatus.QUEUED,
-    )
-    ends = cancelled | exhausted
+    lost = "its worker was lost on every attempt"
     rows = session.execute(
         update(InferenceRequest)
         .where(InferenceRequest.id.in_(expired))
         .values(
-            status=new_status,
-            attempt=case((ends, InferenceRequest.attempt), else_=InferenceRequest.attempt + 1),
-            error=case(
-                (~cancelled & exhausted, "its worker was lost on every attempt"),
-                else_=InferenceRequest.error,
-            ),
-            error_code=case((~cancelled & exhausted, "worker_lost"), else_=None),
-            completed_at=case((ends, func.now()), else_=None),
-            output=case((ends, InferenceRequest.output), else_=None),
-            worker_name=None,
-            node_id=None,
-            lease_until=None,
-            started_at=case((ends, InferenceRequest.started_at), else_=None),
-            first_token_at=None,
-            dispatched_at=None,
+            **_requeued_unless_ended(
+                InferenceRequest.attempt >= max_attempts, lost, "worker_lost", None
+            )
         )
         .returning(
             InferenceRequest.id,

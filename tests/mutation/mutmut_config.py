@@ -50,7 +50,9 @@ TARGETS: dict[str, Target] = {
             "tests/db/test_request_lifecycle.py",
             "tests/db/test_fencing.py",
         ),
-        only=frozenset({"hand_back", "requeue_expired_leases", "undispatched"}),
+        only=frozenset(
+            {"_requeued_unless_ended", "hand_back", "requeue_expired_leases", "undispatched"}
+        ),
     ),
     # The rule "a node serves this model", which the insert above runs in its statement.
     "db/fleet.py": Target(
