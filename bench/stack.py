@@ -77,6 +77,10 @@ class Stack:
             "ACCESS_TOKEN_TTL_S": "86400",
             # (a) submits for a model no node serves, so that no worker competes for the CPU.
             "QUEUE_WHILE_UNAVAILABLE": "true",
+            # The bench's callers are plain users: their quotas stay on (every job pays the
+            # quota's round trips) but never bind, so that one user may load the stack.
+            "QUOTA_MAX_QUEUED_JOBS": "1000000",
+            "QUOTA_MAX_RUNNING_JOBS": "10000",
             **env,
         }
 

@@ -76,6 +76,19 @@ class RuntimeConfig(BaseModel):
         description="keep_alive of a job that names none; empty: the engine's own default."
     )
 
+    quota_max_queued_jobs: int = Field(
+        ge=0, description="Jobs a user may have waiting at once (0: no limit); more: 429."
+    )
+    quota_max_running_jobs: int = Field(
+        ge=0, description="Jobs of one user running at once (0: no limit); the rest wait."
+    )
+    quota_tokens_per_day: int = Field(
+        ge=0, description="Prompt + completion tokens a user may spend per UTC day (0: none)."
+    )
+    quota_max_websockets: int = Field(
+        ge=0, description="WebSockets a user may hold open at once (0: no limit)."
+    )
+
     @field_validator("keep_alive_max")
     @classmethod
     def _is_a_bound(cls, value: str) -> str:

@@ -199,6 +199,17 @@ class Settings(BaseSettings):
     max_num_ctx: int = Field(default=32768, ge=1)
     keep_alive_max: str = "30m"
     keep_alive_default: str = ""
+    # Quotas (web/inference/quotas.py, docs/security.md), each a run-time setting too: what a
+    # plain user may hold at once and spend in a UTC day unless an admin sets the account's
+    # own (operators and admins have none unless set); 0 means no limit. A job past
+    # QUOTA_MAX_QUEUED_JOBS or the day's tokens is refused (429); past
+    # QUOTA_MAX_RUNNING_JOBS it waits its turn; a socket past QUOTA_MAX_WEBSOCKETS is refused.
+    quota_max_queued_jobs: int = Field(default=100, ge=0)
+    quota_max_running_jobs: int = Field(default=4, ge=0)
+    quota_tokens_per_day: int = Field(default=0, ge=0)
+    quota_max_websockets: int = Field(default=20, ge=0)
+    # A job held back by its owner's running-jobs quota is offered again after this long.
+    quota_wait_retry_s: float = Field(default=1.0, gt=0)
     # Finished requests, dead sessions and audit partitions older than this are removed.
     retention_days: int = Field(default=90, ge=1, le=3650)
     # How long a process reuses the run-time config it read (system config changes).

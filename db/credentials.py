@@ -124,6 +124,7 @@ def add_api_key(
     key_hash: str,
     scopes: list[str],
     expires_at: datetime | None,
+    limits: dict[str, int] | None = None,
 ) -> ApiKey:
     key = ApiKey(
         user_id=user_id,
@@ -132,6 +133,7 @@ def add_api_key(
         key_hash=key_hash,
         scopes=scopes,
         expires_at=expires_at,
+        limits=limits or {},
     )
     session.add(key)
     session.flush()

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
+    Date,
+    Integer,
     Interval,
     String,
     Table,
@@ -32,11 +35,13 @@ from sqlalchemy.orm import Session
 from db.base import utcnow
 from db.fleet import served
 from db.models import (
+    ApiKeyTokenUsage,
     InferenceRequest,
     Model,
     ModelStatus,
     ModelUsageStats,
     RequestStatus,
+    UserTokenUsage,
 )
 
 
@@ -54,6 +59,7 @@ class ClaimedJob:
     started_at: datetime
     user_id: uuid.UUID | None  # events name the owner, so topic sockets can filter by it
     priority: int = 5
+    api_key_id: uuid.UUID | None = None  # the key it came with: its token ledger counts it
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,26 @@ class NewRequest:
     priority: int
     idempotency_key: str | None
     request_hash: str
+    api_key_id: uuid.UUID | None = None
+    running_cap: int | None = None  # how many of the owner's jobs may run at once
+    key_running_cap: int | None = None  # ... and of its key's
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The quotas a new job must fit, checked by the statement that inserts it (None: no
+    limit): the jobs its owner and its key have waiting, and the tokens each spent on `day`
+    (UTC)."""
+
+    day: date
+    max_queued_jobs: int | None = None
+    key_max_queued_jobs: int | None = None
+    tokens_per_day: int | None = None
+    key_tokens_per_day: int | None = None
+
+    @property
+    def counts_jobs(self) -> bool:
+        return self.max_queued_jobs is not None or self.key_max_queued_jobs is not None
 
 
 @dataclass(frozen=True)
@@ -79,25 +105,61 @@ class Inserted:
 
 
 def insert_if_servable(
-    *, session: Session, new: NewRequest, stale_after: timedelta, queue_while_unavailable: bool
+    *,
+    session: Session,
+    new: NewRequest,
+    stale_after: timedelta,
+    queue_while_unavailable: bool,
+    admission: Admission | None = None,
 ) -> Inserted | None:
-    """Insert the job as `queued` in one statement, if its model may take it: not disabled,
-    and served by an online, undrained node with a fresh heartbeat (or queueing for absent
-    models is allowed). Returns what was inserted, or None when nothing was (the model
-    refused it, or this Idempotency-Key already names a job): the caller then looks up why,
-    off the hot path.
+    """Insert the job as `queued` in one statement, if its model may take it (not disabled,
+    and served by an online, undrained node with a fresh heartbeat, or queueing for absent
+    models is allowed) and it fits its quotas. Returns what was inserted, or None when
+    nothing was (the model refused it, a quota did, or this Idempotency-Key already names a
+    job): the caller then looks up why, off the hot path.
+
+    A limit on waiting jobs is counted under a lock on the owner, taken by a statement of
+    its own first (the insert's snapshot then sees every job committed before the lock):
+    two web processes admitting the same user's jobs take turns, so the limit holds exactly.
+    The daily tokens are read without it: a running job spends them after it was admitted.
 
     `dispatched_at` is set now: the caller publishes right after the commit, and clears it
     with `undo_dispatch` if that publish fails, so the outbox sweeper takes over. Marking in
     the same statement saves the second transaction a mark would cost.
     """
+    admission = admission or Admission(day=utcnow().date())
     params = {
         **{f"v_{name}": getattr(new, name) for name in _NEW_REQUEST_COLUMNS},
         "stale_after": stale_after,
         "queue_anyway": queue_while_unavailable,
+        **{f"q_{name}": getattr(admission, name) for name in _ADMISSION_LIMITS},
     }
+    if admission.counts_jobs:
+        lock_owner(session=session, lock=QUEUED_LOCK, user_id=new.user_id)
     row = session.connection().execute(_insert_statement(), params).first()
     return Inserted(row[0], row[1]) if row else None
+
+
+# Advisory-lock classes (the first key of pg_advisory_xact_lock's pair; the second is the
+# owner's hash): admissions of one user take turns, and so do capped claims of one user.
+QUEUED_LOCK = 0x4F4D01
+RUNNING_LOCK = 0x4F4D02
+
+
+def lock_owner(*, session: Session, lock: int, user_id: uuid.UUID | None) -> None:
+    """Wait for, then hold until the end of the transaction, the lock of `user_id`'s jobs."""
+    session.connection().execute(
+        select(func.pg_advisory_xact_lock(lock, func.hashtext(str(user_id))))
+    )
+
+
+_ADMISSION_LIMITS = (
+    "day",
+    "max_queued_jobs",
+    "key_max_queued_jobs",
+    "tokens_per_day",
+    "key_tokens_per_day",
+)
 
 
 _NEW_REQUEST_COLUMNS = (
@@ -111,6 +173,9 @@ _NEW_REQUEST_COLUMNS = (
     "priority",
     "idempotency_key",
     "request_hash",
+    "api_key_id",
+    "running_cap",
+    "key_running_cap",
 )
 
 
@@ -136,8 +201,13 @@ def _insert_statement() -> Any:
         bindparam(f"v_{name}", type_=table.c[name].type).label(name)
         for name in _NEW_REQUEST_COLUMNS
     ]
-    may_take = ~exists(select(model.c.id).where(model.c.status == ModelStatus.DISABLED)) & (
-        bindparam("queue_anyway", type_=Boolean) | exists(select(model.c.id).where(model.c.served))
+    may_take = (
+        ~exists(select(model.c.id).where(model.c.status == ModelStatus.DISABLED))
+        & (
+            bindparam("queue_anyway", type_=Boolean)
+            | exists(select(model.c.id).where(model.c.served))
+        )
+        & _fits_quotas()
     )
     source = select(
         *columns,
@@ -159,6 +229,37 @@ def _insert_statement() -> Any:
     )
 
 
+def _fits_quotas() -> Any:
+    """The admission's limits as one condition; a limit given as NULL is no limit."""
+    day = bindparam("q_day", type_=Date)
+
+    def below(limit: str, used: Any) -> Any:
+        bound = bindparam(f"q_{limit}", type_=Integer)
+        return bound.is_(None) | (used < bound)
+
+    def waiting(owner: Any, value: str) -> Any:
+        return (
+            select(func.count())
+            .select_from(_REQUESTS)
+            .where(owner == bindparam(value), InferenceRequest.status == RequestStatus.QUEUED)
+            .scalar_subquery()
+        )
+
+    def spent(ledger: Any, owner: Any, value: str) -> Any:
+        tokens = select(ledger.tokens).where(owner == bindparam(value), ledger.day == day)
+        return func.coalesce(tokens.scalar_subquery(), 0)
+
+    return (
+        below("max_queued_jobs", waiting(InferenceRequest.user_id, "v_user_id"))
+        & below("key_max_queued_jobs", waiting(InferenceRequest.api_key_id, "v_api_key_id"))
+        & below("tokens_per_day", spent(UserTokenUsage, UserTokenUsage.user_id, "v_user_id"))
+        & below(
+            "key_tokens_per_day",
+            spent(ApiKeyTokenUsage, ApiKeyTokenUsage.api_key_id, "v_api_key_id"),
+        )
+    )
+
+
 def find_by_idempotency_key(
     *, session: Session, user_id: uuid.UUID, key: str
 ) -> InferenceRequest | None:
@@ -167,6 +268,10 @@ def find_by_idempotency_key(
             InferenceRequest.user_id == user_id, InferenceRequest.idempotency_key == key
         )
     )
+
+
+class AtRunningCap(Exception):
+    """The job waits: its owner (or its key) already has as many jobs running as its cap."""
 
 
 def claim(
@@ -178,25 +283,74 @@ def claim(
     lease: timedelta,
 ) -> ClaimedJob | None:
     """queued -> running for this worker, or None if someone else has it (or it ended).
+    Raises AtRunningCap when the job must wait for one of its owner's running jobs to end.
+
+    A job with no running cap is claimed in one statement. A capped one is claimed under
+    the lock on its owner's claims, by a statement that counts what the owner (and its
+    key) runs: two workers claiming the same user's jobs take turns, so the cap holds
+    exactly. Three statements, one transaction.
 
     Times come from the database's clock, never a worker's: leases set here are compared
     by a sweeper that may run on another host.
     """
     params = {"request_id": request_id, "worker": worker_name, "node": node_id, "lease": lease}
-    row = session.connection().execute(_claim_statement(), params).first()
-    return ClaimedJob(*row) if row else None
+    connection = session.connection()
+    row = connection.execute(_claim_statement(capped=False), params).first()
+    if row is None:
+        if connection.execute(_lock_capped_statement(), params).first() is None:
+            return None
+        # Under the lock, in a snapshot taken after it: every claim of this owner committed
+        # before is counted. A job cancelled meanwhile is offered again and found ended.
+        row = connection.execute(_claim_statement(capped=True), params).first()
+        if row is None:
+            raise AtRunningCap(request_id)
+    return ClaimedJob(*row)
+
+
+def _waiting() -> Any:
+    return (
+        (InferenceRequest.id == bindparam("request_id"))
+        & (InferenceRequest.status == RequestStatus.QUEUED)
+        & InferenceRequest.cancel_requested_at.is_(None)
+    )
+
+
+def _has_cap() -> Any:
+    return InferenceRequest.running_cap.is_not(None) | InferenceRequest.key_running_cap.is_not(None)
 
 
 @cache
-def _claim_statement() -> Any:
+def _lock_capped_statement() -> Any:
+    """If the job is a capped one still waiting: take the lock on its owner's claims (for
+    that row only), held until the transaction ends."""
+    owner = func.hashtext(func.cast(InferenceRequest.user_id, String))
+    return select(func.pg_advisory_xact_lock(RUNNING_LOCK, owner)).where(_waiting(), _has_cap())
+
+
+def _running(owner: str, value: Any) -> Any:
+    """How many jobs with this owner (a user or a key) run now."""
+    mine = _REQUESTS.alias("mine")
+    return (
+        select(func.count())
+        .where(mine.c.status == RequestStatus.RUNNING, mine.c[owner] == value)
+        .scalar_subquery()
+    )
+
+
+def _below_caps() -> Any:
+    """The job's owner, and its key, run fewer jobs than their caps (None: no cap)."""
+    cap, key_cap = InferenceRequest.running_cap, InferenceRequest.key_running_cap
+    return (cap.is_(None) | (_running("user_id", InferenceRequest.user_id) < cap)) & (
+        key_cap.is_(None) | (_running("api_key_id", InferenceRequest.api_key_id) < key_cap)
+    )
+
+
+@cache
+def _claim_statement(*, capped: bool) -> Any:
     now = func.now()
     return (
         update(_REQUESTS)
-        .where(
-            InferenceRequest.id == bindparam("request_id"),
-            InferenceRequest.status == RequestStatus.QUEUED,
-            InferenceRequest.cancel_requested_at.is_(None),
-        )
+        .where(_waiting(), (_has_cap() & _below_caps()) if capped else ~_has_cap())
         .values(
             status=RequestStatus.RUNNING,
             worker_name=bindparam("worker"),
@@ -216,6 +370,7 @@ def _claim_statement() -> Any:
             InferenceRequest.started_at,
             InferenceRequest.user_id,
             InferenceRequest.priority,
+            InferenceRequest.api_key_id,
         )
     )
 
@@ -350,7 +505,7 @@ def _finish_statement() -> Any:
             lease_until=None,
             **{name: bindparam(f"m_{name}") for name in METRIC_COLUMNS},
         )
-        .returning(InferenceRequest.id)
+        .returning(InferenceRequest.id, InferenceRequest.user_id, InferenceRequest.api_key_id)
         .cte("finished")
     )
     # Add the job to its model's row for today (UTC), once per row the update returned.
@@ -363,7 +518,30 @@ def _finish_statement() -> Any:
         set_={name: table.c[name] + upsert.excluded[name] for name in USAGE_COUNTS}
         | {"updated_at": func.now()},
     ).cte("usage")
-    return select(func.count()).select_from(finished).add_cte(usage)
+    spent = bindparam("u_prompt_tokens", type_=BigInteger) + bindparam(
+        "u_completion_tokens", type_=BigInteger
+    )
+    by_user = _spend(UserTokenUsage, finished.c.user_id, spent, "by_user")
+    by_key = _spend(ApiKeyTokenUsage, finished.c.api_key_id, spent, "by_key")
+    return select(func.count()).select_from(finished).add_cte(usage, by_user, by_key)
+
+
+def _spend(ledger: Any, owner: Any, tokens: Any, name: str) -> Any:
+    """Add a finished job's tokens to its owner's row of today in `ledger` (the daily token
+    quota reads it), if the job has such an owner."""
+    table = ledger.__table__
+    owner_column = table.primary_key.columns.values()[0].name
+    upsert = insert(table).from_select(
+        [owner_column, "day", "tokens", "jobs"],
+        select(owner, bindparam("u_day", type_=Date), tokens, literal(1)).where(owner.is_not(None)),
+    )
+    return upsert.on_conflict_do_update(
+        index_elements=[owner_column, "day"],
+        set_={
+            "tokens": table.c.tokens + upsert.excluded.tokens,
+            "jobs": table.c.jobs + upsert.excluded.jobs,
+        },
+    ).cte(name)
 
 
 def cancel(*, session: Session, request_id: uuid.UUID) -> str | None:

@@ -167,6 +167,7 @@ REQUEST_TABLES = (
     "api_keys",
     "audit_log_entries",
     "model_usage_stats",
+    "user_token_usage",
     "system_config",
     "users",
 )

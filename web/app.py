@@ -33,6 +33,7 @@ from web.security.ratelimit import init_rate_limits
 from web.security.tokens import init_jwt
 from web.system import views as system_views
 from web.users import admin as users_admin
+from web.users import quotas as users_quotas
 from web.users import views as users_views
 from workers.celery_app import create_celery_app
 from workers.events import EventLog
@@ -105,6 +106,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         auth_views.bp,
         users_views.bp,
         users_admin.bp,
+        users_quotas.bp,
         inference_views.bp,
         fleet_models.bp,
         fleet_nodes.bp,

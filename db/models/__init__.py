@@ -11,10 +11,12 @@ from db.models.fleet import (
 )
 from db.models.inference import (
     TERMINAL_STATUSES,
+    ApiKeyTokenUsage,
     InferenceRequest,
     ModelUsageStats,
     RequestKind,
     RequestStatus,
+    UserTokenUsage,
 )
 from db.models.system import AuditLogEntry, SystemConfig
 from db.models.users import ApiKey, Role, User, UserSession
@@ -22,6 +24,7 @@ from db.models.users import ApiKey, Role, User, UserSession
 __all__ = [
     "TERMINAL_STATUSES",
     "ApiKey",
+    "ApiKeyTokenUsage",
     "AuditLogEntry",
     "EngineKind",
     "InferenceRequest",
@@ -38,4 +41,5 @@ __all__ = [
     "SystemConfig",
     "User",
     "UserSession",
+    "UserTokenUsage",
 ]

@@ -88,6 +88,19 @@ class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        # Quotas count a user's and a key's live jobs (web/inference/quotas.py).
+        Index(
+            "ix_inference_requests_user_id_live",
+            "user_id",
+            "status",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index(
+            "ix_inference_requests_api_key_id_live",
+            "api_key_id",
+            "status",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
         # Retention cleanup of finished requests.
         Index(
             "ix_inference_requests_completed_at",
@@ -97,6 +110,14 @@ class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):
     )
 
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The API key it came with (None: a login's token); the key's quotas count it.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    # How many of its owner's (and its key's) jobs may run at once, fixed when it was
+    # accepted; None: no limit. A worker claims it only below both (db/inference.py).
+    running_cap: Mapped[int | None] = mapped_column(Integer)
+    key_running_cap: Mapped[int | None] = mapped_column(Integer)
     # Requests keep the name they asked for; the model row may come and go.
     model_name: Mapped[str] = mapped_column(String(255))
     model_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
@@ -161,3 +182,30 @@ class ModelUsageStats(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+class UserTokenUsage(Base):
+    """Tokens (prompt + completion) each user's jobs spent per UTC day: the daily token quota
+    reads it. Written by the same statement that stores a job's result."""
+
+    __tablename__ = "user_token_usage"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+
+
+class ApiKeyTokenUsage(Base):
+    """The same per API key, for a key's own daily token quota."""
+
+    __tablename__ = "api_key_token_usage"
+
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))

@@ -19,6 +19,8 @@ TABLES = {
     "system_config",
     "audit_log_entries",
     "model_usage_stats",
+    "user_token_usage",
+    "api_key_token_usage",
 }
 FUNCTIONS = {
     "create_audit_partitions",

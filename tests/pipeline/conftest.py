@@ -294,6 +294,8 @@ def relay_server(
         WS_CUTOFF_GRACE_S="3",
         WS_SOCKET_SEND_BUFFER="8192",
         SYSTEM_METRICS_INTERVAL_S="0.3",
+        # One user opens hundreds of sockets here; the quota has tests of its own.
+        QUOTA_MAX_WEBSOCKETS="0",
     )
     yield server
     stop_live_server(server)

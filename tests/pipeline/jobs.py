@@ -63,7 +63,11 @@ def tokens_seen(api: FlaskClient, request_id: str) -> str:
 
 
 def store_queued(
-    database: Database, owner: str, input_: dict[str, Any], options: dict[str, Any] | None = None
+    database: Database,
+    owner: str,
+    input_: dict[str, Any],
+    options: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> uuid.UUID:
     """A queued generate job written straight to the database, as if the API had accepted
     it (for input the API would refuse, or a worker driven by hand)."""
@@ -76,6 +80,7 @@ def store_queued(
             input=input_,
             options=options or {},
             status="queued",
+            **fields,
         )
         session.add(row)
     return row.id

@@ -1,9 +1,10 @@
 """Round-trip budgets of the hot path, asserted by counting (never by timing).
 
 An accepted submission may cost the web process at most one PostgreSQL transaction of at
-most three statements and at most four Redis commands (it costs one statement, and three
-commands: the budget script, the "queued" event, the broker's LPUSH); a job costs its worker
-two transactions (claim; finish with the usage upsert) and one Redis round trip per event
+most three statements and at most four Redis commands (it costs one statement, two with a
+waiting-jobs quota, and three commands: the budget script, the "queued" event, the broker's
+LPUSH); a job costs its worker two transactions (claim, of one statement or three with a
+running-jobs quota; finish with the usage upserts) and one Redis round trip per event
 batch; no pool ping or new connection on the way. A change that adds a round trip fails
 here, with the count. docs/benchmarks.md has what the same path costs in CPU
 (`python -m bench.cost`).
@@ -135,10 +136,28 @@ def _submit(api: FlaskClient, headers: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize("credential", ["jwt", "api_key"])
+@pytest.mark.parametrize(
+    ("caller", "statements"),
+    [
+        # A plain user has a waiting-jobs quota: the insert counts under the owner's lock,
+        # taken by a statement of its own (SELECT pg_advisory_xact_lock) in the same
+        # transaction.
+        ("user", ["SELECT", "WITH"]),
+        # No quota (operators and admins by default): WITH model AS (...) INSERT ... alone.
+        ("operator", ["WITH"]),
+    ],
+)
 def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_commands(
-    credential: str, api: FlaskClient, user_headers: dict[str, str], worker: Worker
+    credential: str,
+    caller: str,
+    statements: list[str],
+    api: FlaskClient,
+    user_headers: dict[str, str],
+    operator_headers: dict[str, str],
+    worker: Worker,
 ) -> None:
-    headers = _api_key(api, user_headers) if credential == "api_key" else user_headers
+    login = user_headers if caller == "user" else operator_headers
+    headers = _api_key(api, login) if credential == "api_key" else login
     app: Flask = api.application  # type: ignore[assignment]
     cache = app.extensions["principal_cache"]
     _submit(api, headers)  # resolves the caller once (a cache miss reads the database)
@@ -150,7 +169,7 @@ def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_comma
 
     assert counts.transactions <= 1, counts.statements
     assert len(counts.statements) <= 3, counts.statements
-    assert counts.statements == ["WITH"]  # WITH model AS (...) INSERT ... : one statement
+    assert counts.statements == statements
     assert counts.connections == 0
     assert len(counts.redis_commands) <= 4, counts.redis_commands
     assert finished(api, headers, request_id)["status"] == "completed"
@@ -182,13 +201,24 @@ def test_twenty_callers_churn_no_connection_and_ping_none(
     assert counts.closed == 0  # nothing opened for one job and closed after it
     assert counts.connections <= 20 - 1  # at most growth to one per caller, never beyond
     assert counts.statements.count("WITH") == 60
-    # Besides the inserts, at most a re-read of the caller whose cache entry expired.
+    # Besides the inserts, the owner's lock before each (a plain user's waiting-jobs quota),
+    # and at most a re-read of the caller whose cache entry expired.
     others = [s for s in counts.statements if s != "WITH"]
     assert set(others) <= {"SELECT"}, others
-    assert len(others) <= 3, others
+    assert len(others) <= 60 + 3, others
 
 
+@pytest.mark.parametrize(
+    ("caps", "claim"),
+    [
+        ({}, ["UPDATE"]),
+        # A capped job: the uncapped claim misses, the owner's lock, the counting claim.
+        ({"running_cap": 4}, ["UPDATE", "SELECT", "UPDATE"]),
+    ],
+)
 def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batch(
+    caps: dict[str, int],
+    claim: list[str],
     settings_overrides: dict[str, Any],
     committed: Database,
     double: Double,
@@ -217,7 +247,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
     owner = api.get("/api/v1/users/profile", headers=user_headers).get_json()["id"]
 
     def queued_job() -> uuid.UUID:
-        return store_queued(committed, owner, {"prompt": "count me"}, {"num_predict": 20})
+        return store_queued(committed, owner, {"prompt": "count me"}, {"num_predict": 20}, **caps)
 
     previous = runtime._runtime
     runtime.install(rt)
@@ -235,7 +265,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
     assert stored[-1]["status"] == "completed"
     assert [e["type"] for e in stored][:2] == ["status", "token"]  # the first token at once
     assert counts.transactions == 2, counts.statements  # claim; finish with usage
-    assert counts.statements == ["UPDATE", "WITH"], counts.statements
+    assert counts.statements == [*claim, "WITH"], counts.statements
     assert counts.connections == 0
     token_events = sum(e["type"] == "token" for e in stored)
     # "running", every token event but the last (which goes out with "done" and the status).

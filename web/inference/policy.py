@@ -136,12 +136,21 @@ def police_keep_alive(
     return keep_alive
 
 
-def police(body: GenerateRequest | ChatRequest, role: str, config: RuntimeConfig) -> Policed:
+def police(
+    body: GenerateRequest | ChatRequest,
+    role: str,
+    config: RuntimeConfig,
+    *,
+    key_ceiling: int | None = None,
+) -> Policed:
     """The job as it will be stored: clamped where the policy clamps, or a 400 naming the
-    first option the caller may not set."""
+    first option the caller may not set. `key_ceiling`: the caller's API key caps priority
+    lower still."""
     privileged = role in PRIVILEGED_ROLES
     ceiling = MAX_PRIORITY if privileged else config.user_max_priority
     priority = config.default_priority if body.priority is None else min(body.priority, ceiling)
+    if key_ceiling is not None:  # the default too: a key's jobs never rank above its ceiling
+        priority = min(priority, key_ceiling)
     return Policed(
         options=police_options(body.options, privileged, config),
         keep_alive=police_keep_alive(body.keep_alive, privileged, config),

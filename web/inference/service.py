@@ -33,6 +33,7 @@ from db.session import Database
 from web.database import after_commit, end_unit_of_work, get_db, get_session
 from web.errors import BadRequest, Conflict, NotFound
 from web.extensions import current_celery, current_runtime_config, current_settings
+from web.inference import quotas
 from web.inference.policy import police
 from web.schemas.inference import ChatRequest, GenerateRequest, RequestRead
 from web.security.policy import Permission
@@ -90,10 +91,11 @@ def accept(kind: RequestKind, body: GenerateRequest | ChatRequest, source: str =
     )
     # The engine-option policy (web/inference/policy.py): stored clamped, or refused (400).
     # The Idempotency-Key's hash stays that of the request as sent.
-    policed = police(body, principal.role, config)
+    policed = police(body, principal.role, config, key_ceiling=quotas.max_priority(principal))
     stored = {k: v for k, v in fields.items() if k != "keep_alive"}
     if policed.keep_alive is not None:
         stored["keep_alive"] = policed.keep_alive
+    mine, key = quotas.caller_limits(principal, config)
     new = NewRequest(
         id=uuid.uuid4(),
         user_id=principal.user_id,
@@ -105,30 +107,40 @@ def accept(kind: RequestKind, body: GenerateRequest | ChatRequest, source: str =
         priority=policed.priority,
         idempotency_key=idempotency_key(),
         request_hash=_request_hash(kind, model_name, body, fields),
+        api_key_id=principal.api_key_id,
+        running_cap=mine.max_running_jobs,
+        key_running_cap=key.max_running_jobs,
     )
     # Whatever the request read or wrote so far (a caller resolved from the database) is
     # committed first, so that a request never holds two pooled connections at once.
     end_unit_of_work()
     database = get_db()
     stale_after = timedelta(seconds=settings.node_stale_after_s)
-    with database.unit_of_work() as session:
-        inserted = insert_if_servable(
-            session=session,
-            new=new,
-            stale_after=stale_after,
-            queue_while_unavailable=config.queue_while_unavailable,
-        )
-    if inserted is None:
-        return _not_inserted(database, principal, new, stale_after)
-    _announce_and_publish(database, new, registered=inserted.model_id is not None)
-    return Accepted(new.id, RequestStatus.QUEUED, created=True)
+    # A second try only when nothing explained the first refusal (a quota freed meanwhile).
+    for _ in range(2):
+        with database.unit_of_work() as session:
+            inserted = insert_if_servable(
+                session=session,
+                new=new,
+                stale_after=stale_after,
+                queue_while_unavailable=config.queue_while_unavailable,
+                admission=quotas.admission(principal, config),
+            )
+        if inserted is not None:
+            _announce_and_publish(database, new, registered=inserted.model_id is not None)
+            return Accepted(new.id, RequestStatus.QUEUED, created=True)
+        replayed = _not_inserted(database, principal, new, stale_after)
+        if replayed is not None:
+            return replayed
+    raise Conflict("The request could not be queued; try again.", code="not_queued")
 
 
 def _not_inserted(
     database: Database, principal: Principal, new: NewRequest, stale_after: timedelta
-) -> Accepted:
+) -> Accepted | None:
     """Why the insert took nothing: this Idempotency-Key already names a job (a replay, or
-    a conflict if the request differs), or the model refuses new jobs."""
+    a conflict if the request differs), a quota is reached (429), or the model refuses new
+    jobs (409). None: none of these holds now (a quota freed since), worth one more try."""
     with database.unit_of_work() as session:
         if new.idempotency_key is not None:
             existing = find_by_idempotency_key(
@@ -141,9 +153,12 @@ def _not_inserted(
                         code="idempotency_conflict",
                     )
                 return Accepted(existing.id, existing.status, created=False)
+        quotas.refuse_if_over(session=session, principal=principal, config=current_runtime_config())
         served = availability(session=session, model_name=new.model_name, stale_after=stale_after)
     if served.disabled:
         raise Conflict(f"Model {new.model_name} is disabled.", code="model_disabled")
+    if served.served or current_runtime_config().queue_while_unavailable:
+        return None
     raise Conflict(
         f"No online node serves {new.model_name}.",
         code="model_unavailable",

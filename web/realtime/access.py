@@ -1,5 +1,6 @@
 """A socket outlives the moment it was authorized: its credential is checked again while it
-stays open, so logging out, revoking a key or an access token's expiry closes it (1008)."""
+stays open, so logging out, revoking a key or an access token's expiry closes it (1008).
+Its seat in the account's WebSocket quota is renewed on the same rounds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db.credentials import api_key_usable
 from db.session import Database
+from web.realtime.seats import Seat
 from web.security.principal import Principal
 from web.security.tokens import REVOKED_FAMILY_KEY
 
@@ -26,6 +28,7 @@ class Access:
     recheck_s: float
     redis: Redis
     database: Database
+    seat: Seat | None = None  # its place in the account's WebSocket quota
     next_check: float = 0.0
 
     def __post_init__(self) -> None:
@@ -33,6 +36,8 @@ class Access:
 
     def lapsed(self) -> str | None:
         """None while the credential holds; otherwise the error code to close with."""
+        if self.seat is not None:
+            self.seat.renew_if_due()
         if self.expires_at is not None and time.time() >= self.expires_at:
             return "token_expired"
         if time.monotonic() < self.next_check:

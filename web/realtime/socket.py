@@ -112,6 +112,8 @@ class RelaySocket:
 
     def __exit__(self, *_exc: object) -> None:
         self.mailbox.closed = True
+        if self.access is not None and self.access.seat is not None:
+            self.access.seat.release()
         self._registry.closed(self)
         WEBSOCKETS.labels(self.kind).dec()
 

@@ -24,11 +24,13 @@ from simple_websocket import ConnectionClosed, Server
 from db.models import TERMINAL_STATUSES
 from web.database import end_unit_of_work, get_db
 from web.errors import BadRequest, Forbidden
-from web.extensions import current_settings
+from web.extensions import current_runtime_config, current_settings
+from web.inference.quotas import caller_limits
 from web.inference.service import visible_request
 from web.openapi import SOCKET, documented
 from web.realtime.access import Access
 from web.realtime.relay import current_relay
+from web.realtime.seats import take_seat
 from web.realtime.socket import (
     INTERNAL_ERROR,
     POLICY_VIOLATION,
@@ -69,12 +71,23 @@ def _decline_compression() -> None:
 
 
 def _access(principal: Principal) -> Access:
+    """The socket's standing, with its seat in the account's WebSocket quota (429
+    `quota_websockets` when they are all taken). Called last in a handshake's checks: a
+    refusal after it would hold a seat until its lease ran out."""
+    settings = current_settings()
+    redis = current_app.extensions["redis"]
+    mine, key = caller_limits(principal, current_runtime_config())
+    quota = min(
+        (q for q in (mine.max_websockets, key.max_websockets) if q is not None), default=None
+    )
+    seat = take_seat(redis, principal.user_id, quota, renew_s=settings.ws_access_recheck_s)
     return Access(
         principal,
         expires_at=principal.token_expires_at,
-        recheck_s=current_settings().ws_access_recheck_s,
-        redis=current_app.extensions["redis"],
+        recheck_s=settings.ws_access_recheck_s,
+        redis=redis,
         database=get_db(),
+        seat=seat,
     )
 
 
@@ -93,8 +106,10 @@ def _admit(relay_socket: RelaySocket, check: Callable[[], Any]) -> Any:
             relay_socket.refuse("internal_error", "Something went wrong.", INTERNAL_ERROR)
             return None
         body = (response.get_json(silent=True) or {}).get("error") or {}
-        # 503: a dependency is down; the client may try again. Otherwise: a refusal.
-        close_code = TRY_AGAIN_LATER if response.status_code >= 503 else POLICY_VIOLATION
+        # 429 (a quota) or 503 (a dependency is down): the client may try again later.
+        # Otherwise: a refusal.
+        again = response.status_code == 429 or response.status_code >= 503
+        close_code = TRY_AGAIN_LATER if again else POLICY_VIOLATION
         relay_socket.refuse(
             body.get("code", "refused"), body.get("message", "Refused."), close_code
         )
@@ -151,7 +166,8 @@ def request_stream(ws: Server, request_id: uuid.UUID) -> None:
         if not principal.can(Permission.INFERENCE_READ_OWN):
             raise Forbidden()
         row = visible_request(request_id)
-        return _access(principal), _after_seq(), row.status in TERMINAL_STATUSES
+        after = _after_seq()
+        return _access(principal), after, row.status in TERMINAL_STATUSES
 
     def handle(relay_socket: RelaySocket) -> None:
         admitted = _admit(relay_socket, check)

@@ -101,6 +101,66 @@ class SessionRead(BaseModel):
     current: bool
 
 
+class QuotaValues(BaseModel):
+    """An account's own quotas (web/inference/quotas.py): a number, 0 for no limit, or null
+    (or absent) for the run-time default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued_jobs: int | None = Field(default=None, ge=0, le=1_000_000)
+    max_running_jobs: int | None = Field(default=None, ge=0, le=10_000)
+    tokens_per_day: int | None = Field(default=None, ge=0, le=10**15)
+    max_websockets: int | None = Field(default=None, ge=0, le=100_000)
+
+    def stored(self) -> dict[str, int]:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class ApiKeyLimits(BaseModel):
+    """Limits of one key, never wider than its owner's: each applies on top of the
+    account's (a job needs room under both). Absent: the account's alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_priority: int | None = Field(default=None, ge=0, le=9)
+    max_queued_jobs: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_running_jobs: int | None = Field(default=None, ge=1, le=10_000)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=10**15)
+    max_websockets: int | None = Field(default=None, ge=1, le=100_000)
+
+    def stored(self) -> dict[str, int]:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class Limits(BaseModel):
+    """Quotas in force; null: no limit."""
+
+    max_queued_jobs: int | None
+    max_running_jobs: int | None
+    tokens_per_day: int | None
+    max_websockets: int | None
+
+
+class UsageNow(BaseModel):
+    queued_jobs: int
+    running_jobs: int
+    tokens_today: int = Field(description="Prompt + completion tokens of jobs ended today (UTC).")
+    jobs_today: int
+    websockets: int
+
+
+class UsageRead(BaseModel):
+    """An account's quotas and what it uses of them now."""
+
+    user_id: uuid.UUID
+    day: str = Field(description="Today, UTC (the daily token quota's day).")
+    limits: Limits
+    own_quotas: dict[str, int] = Field(
+        description="What an admin set for this account; other quotas take the default."
+    )
+    usage: UsageNow
+
+
 class ApiKeyCreate(BaseModel):
     """A key outlives the login that made it, so making one needs the password."""
 
@@ -110,6 +170,7 @@ class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(min_length=1)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    limits: ApiKeyLimits | None = None
 
     @field_validator("scopes")
     @classmethod
@@ -128,6 +189,7 @@ class ApiKeyRead(BaseModel):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    limits: dict[str, int] = Field(description="The key's own limits (ApiKeyLimits).")
 
 
 class ApiKeyCreated(ApiKeyRead):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
@@ -42,6 +42,9 @@ class Principal:
     family_id: uuid.UUID | None = None  # set when the caller used a login's JWT
     api_key_id: uuid.UUID | None = None  # set when the caller used an API key
     token_expires_at: float | None = None  # a JWT's `exp` (epoch seconds)
+    # The account's own quotas and the key's narrower limits, by name (web/inference/quotas.py).
+    quotas: Mapping[str, int] = field(default_factory=dict, compare=False)
+    key_limits: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def user(self) -> User:
@@ -121,7 +124,12 @@ def _load_api_key(key: str) -> _KeyGrant:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
     principal = Principal(
-        user.id, user.role, permissions_for(user.role, list(row.scopes)), api_key_id=row.id
+        user.id,
+        user.role,
+        permissions_for(user.role, list(row.scopes)),
+        api_key_id=row.id,
+        quotas=dict(user.quotas or {}),
+        key_limits=dict(row.limits or {}),
     )
     return _KeyGrant(principal, row.expires_at)
 
@@ -144,6 +152,7 @@ def _from_jwt(token: str | None) -> Principal | None:
             permissions_for(account.role),
             family_id=uuid.UUID(str(claims["fam"])),
             token_expires_at=float(claims["exp"]),
+            quotas=account.quotas,
         )
         if cache_key:
             tags = (f"user:{principal.user_id}", f"family:{principal.family_id}")
@@ -161,6 +170,7 @@ class Account:
 
     id: uuid.UUID
     role: str
+    quotas: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 def current_principal() -> Principal | None:

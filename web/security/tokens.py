@@ -90,7 +90,7 @@ def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> Account | No
     user = get_session().get(User, user_id)
     if user is None or not user.is_active or user.deleted_at is not None:
         return None
-    account = Account(user.id, user.role)
+    account = Account(user.id, user.role, dict(user.quotas or {}))
     principal_cache().put(cache_key, account, tags=(cache_key,))
     return account
 

@@ -217,13 +217,14 @@ def create_api_key() -> tuple[Response, int]:
         key_hash=api_keys.hash_key(key),
         scopes=[str(scope) for scope in request_body.scopes],
         expires_at=expires_at,
+        limits=request_body.limits.stored() if request_body.limits else None,
     )
     audit(
         "api_key.created",
         user_id=principal.user_id,
         resource_type="api_keys",
         resource_id=row.id,
-        details={"name": row.name, "scopes": row.scopes},
+        details={"name": row.name, "scopes": row.scopes, "limits": row.limits},
     )
     created = ApiKeyCreated(**ApiKeyRead.model_validate(row).model_dump(), key=key)
     return jsonify(created.model_dump(mode="json")), 201

@@ -28,7 +28,7 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.inference import ClaimedJob, Outcome, claim, finish
+from db.inference import AtRunningCap, ClaimedJob, Outcome, claim, finish
 from db.models import RequestStatus
 from db.recovery import hand_back
 from workers import metrics, runtime
@@ -483,6 +483,10 @@ def run(self: Task, request_id: str) -> None:
         raise self.retry(countdown=rt.settings.engine_probe_s, max_retries=None)
     try:
         job = _claim(rt, job_id)
+    except AtRunningCap:
+        # Its owner runs as many jobs as their quota allows: the job stays queued, its
+        # attempt unspent, and is offered again shortly (to whichever worker is free).
+        raise self.retry(countdown=rt.settings.quota_wait_retry_s, max_retries=None) from None
     except (OperationalError, InterfaceError) as error:
         # The database was unreachable before the claim: try again later instead of losing
         # the message (a failed task is still acknowledged). Only the claim: past it, the
