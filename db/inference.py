@@ -17,6 +17,7 @@ from sqlalchemy import (
     Date,
     Integer,
     Interval,
+    Numeric,
     String,
     Table,
     bindparam,
@@ -27,8 +28,10 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
@@ -192,13 +195,15 @@ def _insert_statement() -> Any:
     now = func.now()
     serving = served(now - bindparam("stale_after", type_=Interval))
     model = (
-        select(Model.id, Model.status, serving.label("served"))
+        select(Model.id, Model.status, serving.label("served"), Model.limits)
         .where(Model.name == bindparam("v_model_name", type_=String))
         .cte("model")
     )
     table = InferenceRequest.__table__
     columns = [
-        bindparam(f"v_{name}", type_=table.c[name].type).label(name)
+        _within_model_limits(model)
+        if name == "options"
+        else bindparam(f"v_{name}", type_=table.c[name].type).label(name)
         for name in _NEW_REQUEST_COLUMNS
     ]
     may_take = (
@@ -227,6 +232,32 @@ def _insert_statement() -> Any:
         )
         .returning(InferenceRequest.id, InferenceRequest.model_id)
     )
+
+
+# Per-model bounds (models.limits, set by operators) on the options the engine-option policy
+# already bounded fleet-wide: an option above its model's bound becomes the bound, and a job
+# naming no num_predict gets its model's bound as its length. num_ctx is only lowered, never
+# filled in: a context larger than the model's default would cost the node memory.
+_MODEL_BOUNDS = (("num_predict", "max_num_predict", True), ("num_ctx", "max_num_ctx", False))
+
+
+def _within_model_limits(model: Any) -> Any:
+    """The job's options, each bounded by its model's limits, in the insert itself (the
+    model's row is read there anyway: no round trip more)."""
+    options = bindparam("v_options", type_=JSONB)
+    limits = select(model.c.limits).scalar_subquery()
+    bounded: Any = options
+    for option, limit, fill in _MODEL_BOUNDS:
+        bound = sql_cast(limits.op("->>")(limit), Integer)
+        sent = sql_cast(options.op("->>")(option), Numeric)
+        over = sent > bound
+        needs_bound = bound.is_not(None) & ((sent.is_(None) | over) if fill else over)
+        replacement = case(
+            (needs_bound, func.jsonb_build_object(option, bound)),
+            else_=sql_cast(literal("{}"), JSONB),
+        )
+        bounded = bounded.op("||")(replacement)
+    return type_coerce(bounded, JSONB).label("options")
 
 
 def _fits_quotas() -> Any:

@@ -88,6 +88,9 @@ class Model(UUIDPrimaryKey, Timestamps, Base):
         String(16), default=ModelStatus.UNAVAILABLE, server_default=ModelStatus.UNAVAILABLE
     )
     description: Mapped[str | None] = mapped_column(Text)
+    # Bounds on what a job may ask of this model (max_num_predict, max_num_ctx), below the
+    # fleet-wide ones of the engine-option policy; applied when a job is stored.
+    limits: Mapped[dict[str, int]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
     # True when a worker found it on its engine rather than an operator registering it.
     discovered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     search_vector: Mapped[str] = mapped_column(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from config.runtime import RuntimeConfig
 from db.base import utcnow
-from db.models import InferenceRequest, ModelStatus, Role
+from db.models import InferenceRequest, Model, ModelStatus, Role
 from tests.factories import ModelReplicaFactory
 from tests.support.identity import auth_headers, make_user
 from web.inference import policy
@@ -353,3 +353,50 @@ def test_the_policy_table_is_one_table() -> None:
     assert not set(policy.BOUNDED) & (policy.ALLOWED | policy.OPERATOR_ONLY)
     openai_door = {"temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty"}
     assert openai_door <= policy.ALLOWED
+
+
+def _set_model_limits(client: FlaskClient, db_session: Session, limits: Any) -> Any:
+    model = db_session.query(Model).filter_by(name=f"{MODEL}:latest").one()
+    operator = auth_headers(client, make_user(Role.OPERATOR))
+    answer = client.put(f"/api/v1/models/{model.id}", json={"limits": limits}, headers=operator)
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()
+
+
+@pytest.mark.parametrize("door", [NATIVE, OLLAMA, OPENAI])
+def test_a_models_own_bounds_lower_the_fleets_and_fill_in_a_length(
+    client: FlaskClient, db_session: Session, as_role: Callable[[str], Submitter], door: str
+) -> None:
+    shown = _set_model_limits(client, db_session, {"max_num_predict": 50, "max_num_ctx": 1024})
+    assert shown["limits"] == {"max_num_predict": 50, "max_num_ctx": 1024}
+    submitter = as_role(Role.ADMIN)  # every role: the model's bounds are the model's
+    length = {"max_tokens": 100} if door == OPENAI else {"options": {"num_predict": 100}}
+
+    assert submitter.stored(door, **length).options == {"num_predict": 50}
+    # None named: the bound (OpenAI's completions have a length of their own, 16, kept).
+    assert submitter.stored(door).options == {"num_predict": 16 if door == OPENAI else 50}
+    if door != OPENAI:  # (OpenAI's door has no num_ctx)
+        big = submitter.stored(door, options={"num_ctx": 4096, "num_predict": 20})
+        assert big.options == {"num_ctx": 1024, "num_predict": 20}
+        small = submitter.stored(door, options={"num_ctx": 512, "temperature": 0.1})
+        assert small.options == {"num_ctx": 512, "temperature": 0.1, "num_predict": 50}
+
+
+def test_a_model_without_bounds_stores_options_as_policed(
+    client: FlaskClient, db_session: Session, as_role: Callable[[str], Submitter]
+) -> None:
+    _set_model_limits(client, db_session, {"max_num_ctx": 2048})
+    row = as_role(Role.USER).stored(NATIVE, options={"temperature": 0.3})
+    assert row.options == {"temperature": 0.3}  # num_ctx only lowered, never filled in
+    assert _set_model_limits(client, db_session, None)["limits"] == {}
+    assert as_role(Role.USER).stored(NATIVE, options={"num_ctx": 9000}).options == {"num_ctx": 9000}
+
+
+@pytest.mark.parametrize("limits", [{"max_num_predict": 0}, {"max_num_ctx": "big"}, {"x": 1}])
+def test_bad_model_bounds_are_refused(
+    client: FlaskClient, db_session: Session, limits: dict[str, Any]
+) -> None:
+    model = db_session.query(Model).filter_by(name=f"{MODEL}:latest").one()
+    operator = auth_headers(client, make_user(Role.OPERATOR))
+    answer = client.put(f"/api/v1/models/{model.id}", json={"limits": limits}, headers=operator)
+    assert answer.status_code == 422, answer.get_json()

@@ -145,8 +145,10 @@ def read_model(model_id: uuid.UUID) -> Response:
 def update_model(model_id: uuid.UUID) -> Response:
     body = load_body(ModelUpdate)
     model = _model(model_id)
-    empty: dict[str, object] = {"tags": [], "parameters": {}}  # null clears these
+    empty: dict[str, object] = {"tags": [], "parameters": {}, "limits": {}}  # null clears
     for field, value in body.model_dump(exclude_unset=True, exclude={"disabled"}).items():
+        if field == "limits" and value is not None:
+            value = {name: bound for name, bound in value.items() if bound is not None}
         setattr(model, field, empty.get(field) if value is None and field in empty else value)
     if body.disabled is not None:
         set_disabled(session=get_session(), model=model, disabled=body.disabled)

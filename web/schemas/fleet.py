@@ -34,6 +34,17 @@ def _check_tags(tags: list[str]) -> list[str]:
     return sorted(set(cleaned))
 
 
+class ModelLimits(BaseModel):
+    """Bounds on what a job may ask of this model, below the fleet-wide ones (MAX_NUM_PREDICT,
+    MAX_NUM_CTX): a larger num_predict or num_ctx is clamped to them, and a job naming no
+    num_predict gets max_num_predict (docs/security.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_predict: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_num_ctx: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
 class ModelFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +57,7 @@ class ModelFields(BaseModel):
         default=None, max_length=64, description="e.g. {'parameter_size': '8B'}"
     )
     description: str | None = Field(default=None, max_length=2000)
+    limits: ModelLimits | None = Field(default=None, description="null clears them.")
 
     @field_validator("tags")
     @classmethod
@@ -79,6 +91,7 @@ class ModelRead(BaseModel):
     tags: list[str]
     parameters: dict[str, Any]
     description: str | None
+    limits: dict[str, int] = Field(description="Per-model bounds (ModelLimits).")
     status: ModelStatus
     discovered: bool
     created_at: datetime

@@ -11,6 +11,8 @@ Create Date: 2026-12-05
   read by the worker's claim.
 - user_token_usage, api_key_token_usage: tokens spent per UTC day, written by the statement
   that stores a job's result, read by the daily token quota.
+- models.limits: per-model bounds on num_predict and num_ctx (the engine-option policy's
+  fleet-wide bounds, lowered per model), applied by the statement that stores a job.
 - Partial indexes on the live jobs of a user and of a key: the quotas count them at every
   submission and capped claim.
 """
@@ -51,6 +53,9 @@ def upgrade() -> None:
     op.add_column(
         "api_keys", sa.Column("limits", postgresql.JSONB(), server_default=empty, nullable=False)
     )
+    op.add_column(
+        "models", sa.Column("limits", postgresql.JSONB(), server_default=empty, nullable=False)
+    )
     op.add_column("inference_requests", sa.Column("api_key_id", sa.Uuid(), nullable=True))
     op.add_column("inference_requests", sa.Column("running_cap", sa.Integer(), nullable=True))
     op.add_column("inference_requests", sa.Column("key_running_cap", sa.Integer(), nullable=True))
@@ -89,5 +94,6 @@ def downgrade() -> None:
     op.drop_column("inference_requests", "key_running_cap")
     op.drop_column("inference_requests", "running_cap")
     op.drop_column("inference_requests", "api_key_id")
+    op.drop_column("models", "limits")
     op.drop_column("api_keys", "limits")
     op.drop_column("users", "quotas")
