@@ -19,6 +19,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from web.openapi import documented
 from web.openapi.builder import build_document
+from web.openapi.links import Link, add_links, links
 from web.openapi.metadata import operation_of
 
 # The one route that may stay undescribed: Flask's own static route.
@@ -78,6 +79,44 @@ def test_every_route_of_the_url_map_is_in_the_document(
     assert listed == expected
     operation_ids = [operation["operationId"] for _, _, operation in _operations(document)]
     assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_every_link_joins_two_operations_of_the_app(document: dict[str, Any]) -> None:
+    """add_links skips a link whose ends an app lacks (apps built from a few blueprints); the
+    app itself has every end, so a renamed endpoint cannot drop links silently."""
+    operation_ids = {operation["operationId"] for _, _, operation in _operations(document)}
+    for link in links():
+        assert {link.source, link.target} <= operation_ids, link
+    written = [
+        (operation["operationId"], status, name, link)
+        for _, _, operation in _operations(document)
+        for status, answer in operation["responses"].items()
+        for name, link in answer.get("links", {}).items()
+    ]
+    assert len(written) == len(links())
+    submitted = document["paths"]["/api/v1/inference/generate"]["post"]["responses"]["202"]
+    assert submitted["links"]["ReadRequest"] == {
+        "operationId": "inference_read_request",
+        "description": "The job: its state, output and metrics.",
+        "parameters": {"path.request_id": "$response.body#/id"},
+    }
+    for _, status, name, link in written:
+        assert status.startswith("2"), name
+        assert link["operationId"] in operation_ids
+
+
+def test_a_link_that_does_not_fit_its_operations_is_refused() -> None:
+    paths = {
+        "/a": {"post": {"operationId": "a", "responses": {"201": {"description": "Created"}}}},
+        "/b/{id}": {"get": {"operationId": "b", "responses": {"200": {"description": "OK"}}}},
+    }
+    with pytest.raises(ValueError, match="never answers 200"):
+        add_links(paths, [Link("a", 200, "B", "b", "b", {"path.id": "$response.body#/id"})])
+    with pytest.raises(ValueError, match="has no other"):
+        add_links(paths, [Link("a", 201, "B", "b", "b", {"path.other": "$response.body#/id"})])
+    add_links(paths, [Link("a", 201, "B", "b", "b", {"path.id": "$response.body#/id"})])
+    add_links(paths, [Link("a", 201, "C", "c", "an operation this app lacks")])
+    assert list(paths["/a"]["post"]["responses"]["201"]["links"]) == ["B"]
 
 
 def test_path_parameters_say_what_the_converter_accepts(document: dict[str, Any]) -> None:

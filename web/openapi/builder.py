@@ -12,8 +12,9 @@ answers; the builder adds what follows from the route's kind, so views cannot fo
 - every route but the probes can answer 429 (web/security/ratelimit.py).
 
 Routes without a record (Flask's static route) are still listed, with their path parameters
-and a `default` answer, so the document never hides a route. The document is built once per
-app, on first use (see views.py).
+and a `default` answer, so the document never hides a route. Answers carry OpenAPI links to
+the calls they feed (links.py). The document is built once per app, on first use (see
+views.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.routing import Rule
 
+from web.openapi.links import add_links
 from web.openapi.metadata import JSON, Operation, Reply, operation_of
 from web.openapi.paths import openapi_path
 from web.openapi.schemas import SchemaRegistry
@@ -138,6 +140,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         operation = _render(route, parameters, registry)
         operation["operationId"] = _unique_id(route, operation_ids)
         paths.setdefault(path, {})[route.method.lower()] = operation
+    add_links(paths)
     used_tags = sorted(
         {tag for item in paths.values() for op in item.values() for tag in op["tags"]}
     )
