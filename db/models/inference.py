@@ -43,6 +43,7 @@ TERMINAL_STATUSES = frozenset(
 class RequestKind(StrEnum):
     CHAT = "chat"
     GENERATE = "generate"
+    EMBED = "embed"  # its vectors are stored in output_message["embeddings"]
 
 
 class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):

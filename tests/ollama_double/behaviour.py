@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,20 @@ def tokens_for(prompt: str, count: int) -> list[str]:
         word = VOCABULARY[int.from_bytes(digest[:4], "big") % len(VOCABULARY)]
         words.append(word if index == 0 else " " + word)
     return words
+
+
+EMBEDDING_SIZE = 16
+CONTEXT_WORDS = 512  # an input longer than this many words exceeds the context
+
+
+def embedding_for(text: str, dimensions: int | None = None) -> list[float]:
+    """The same text always has the same unit-length vector (Ollama's /api/embed answers
+    vectors of length 1, cut to `dimensions` first when asked)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [(byte - 127.5) / 127.5 for byte in digest[:EMBEDDING_SIZE]]
+    kept = raw[:dimensions] if dimensions else raw
+    norm = math.sqrt(sum(value * value for value in kept)) or 1.0
+    return [value / norm for value in kept]
 
 
 def rfc3339(moment: datetime | None = None) -> str:

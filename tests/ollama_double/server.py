@@ -15,7 +15,15 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.ollama_double.behaviour import State, canonical, model_record, rfc3339, tokens_for
+from tests.ollama_double.behaviour import (
+    CONTEXT_WORDS,
+    State,
+    canonical,
+    embedding_for,
+    model_record,
+    rfc3339,
+    tokens_for,
+)
 
 VERSION = "0.13.0"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"  # sic: two spaces
@@ -153,6 +161,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
             "/api/chat": self._chat,
             "/api/show": self._show,
             "/api/pull": self._pull,
+            "/api/embed": self._embed,
             "/_double/config": self._configure,
         }
         handler = routes.get(self.path)
@@ -170,6 +179,40 @@ class OllamaHandler(BaseHTTPRequestHandler):
             self._reply(400, {"error": str(error)})
             return
         self._reply(200, {"ok": True})
+
+    def _embed(self, body: dict[str, Any]) -> None:
+        """/api/embed as Ollama answers it: unit-length vectors, 400 for a bad input type or
+        (truncate false) an input over the context; long inputs are cut otherwise."""
+        state = self.server.state
+        requested = str(body.get("model") or "")
+        if canonical(requested) not in state.models:
+            self._reply(404, {"error": f'model "{requested}" not found, try pulling it first'})
+            return
+        given = body.get("input", "")
+        if isinstance(given, str):
+            inputs = [given] if given else []
+        elif isinstance(given, list) and all(isinstance(item, str) for item in given):
+            inputs = given
+        else:
+            self._reply(400, {"error": "invalid input type"})
+            return
+        words = [text.split() for text in inputs]
+        if body.get("truncate") is False and any(len(w) > CONTEXT_WORDS for w in words):
+            self._reply(400, {"error": "the input length exceeds the context length"})
+            return
+        fault = state.take_fault()
+        if fault in ("500", "503"):
+            self._reply(int(fault), {"error": f"injected fault {fault}"})
+            return
+        started = time.monotonic_ns()
+        kept = [" ".join(w[:CONTEXT_WORDS]) for w in words]
+        vectors = [embedding_for(text, body.get("dimensions")) for text in kept]
+        reply: dict[str, Any] = {"model": requested, "embeddings": vectors}
+        if vectors:
+            reply["total_duration"] = max(1, time.monotonic_ns() - started)
+            reply["load_duration"] = 1_000_000
+            reply["prompt_eval_count"] = sum(max(1, min(len(w), CONTEXT_WORDS)) for w in words)
+        self._reply(200, reply)
 
     def _loaded(self) -> list[dict[str, Any]]:
         state = self.server.state

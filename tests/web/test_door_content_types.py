@@ -32,6 +32,9 @@ DOOR_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/generate"): {"model": MODEL},  # a load request: 200 done_reason load
     ("POST", "/api/chat"): {"model": MODEL, "messages": []},  # likewise
     ("POST", "/api/show"): {"model": MODEL},  # 200, or 404 had the name not been read
+    ("POST", "/api/embed"): {"model": MODEL, "input": []},  # 200 no vectors (no job)
+    ("POST", "/api/embeddings"): {"model": UNKNOWN, "prompt": ""},  # 404 naming it
+    ("POST", "/v1/embeddings"): {"model": UNKNOWN, "input": "hi"},  # 404 model_not_found
     ("POST", "/api/pull"): {"model": UNKNOWN, "stream": False},  # 409: no Ollama node here
     ("DELETE", "/api/delete"): {"model": UNKNOWN},  # 404 model 'no-such-model:latest'...
     ("POST", "/v1/chat/completions"): {
@@ -46,8 +49,6 @@ REFUSED = (
     "/api/create",
     "/api/push",
     f"/api/blobs/sha256:{'0' * 64}",
-    "/api/embed",
-    "/api/embeddings",
 )
 
 
@@ -95,6 +96,8 @@ def test_a_door_reads_json_whatever_the_content_type(
         assert "no-such-model" in as_sent.get_data(as_text=True)
     elif path == "/api/show":
         assert as_sent.get_json()["details"] is not None
+    elif path == "/api/embed":
+        assert as_sent.get_json() == {"model": MODEL, "embeddings": []}
     else:
         assert as_sent.get_json()["done_reason"] == "load"
 

@@ -26,6 +26,6 @@ def test_our_own_api_and_other_paths_keep_the_error_object(client: FlaskClient) 
 
 
 def test_an_unknown_openai_path_answers_in_openais_shape(client: FlaskClient) -> None:
-    answer = client.post("/v1/embeddings", json={"model": "x", "input": "hi"})
+    answer = client.post("/v1/audio/speech", json={"model": "x", "input": "hi"})
     assert answer.status_code == 404
     assert set(answer.get_json()["error"]) == {"message", "type", "param", "code"}

@@ -376,15 +376,13 @@ def test_delete_failures_come_in_ollamas_shape(
 # --- what the fleet cannot do ----------------------------------------------------------
 
 
-def test_copy_create_push_and_embeddings_say_why_not(operator: ollama.Client) -> None:
+def test_copy_create_and_push_say_why_not(operator: ollama.Client) -> None:
     calls: dict[str, Callable[[], Any]] = {
         "copying a model is not supported": lambda: operator.copy("llama3.2", "mine"),
         "creating a model is not supported": lambda: operator.create(
             model="mine", from_="llama3.2", system="Be brief."
         ),
         "pushing a model is not supported": lambda: operator.push("mine"),
-        "embeddings are not served": lambda: operator.embed(model="llama3.2", input="hi"),
-        "embeddings are not served ": lambda: operator.embeddings(model="llama3.2", prompt="hi"),
     }
     for reason, call in calls.items():
         with pytest.raises(ollama.ResponseError) as refused:

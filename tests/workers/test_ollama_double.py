@@ -10,7 +10,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.ollama_double.behaviour import tokens_for
+from tests.ollama_double.behaviour import embedding_for, tokens_for
 from tests.ollama_double.server import OllamaDouble
 
 
@@ -113,3 +113,25 @@ def test_a_client_that_hangs_up_is_noticed(client: ollama.Client, server: Ollama
             break
         pause.wait(0.05)
     assert "hang up early" in server.state.stats()["disconnects"]
+
+
+def test_embed_answers_unit_vectors_as_ollama_does(client: ollama.Client) -> None:
+    answer = client.embed(model="llama3.2", input=["a cat", "a mat"])
+    assert answer.embeddings == [embedding_for("a cat"), embedding_for("a mat")]
+    assert all(abs(sum(v * v for v in vector) - 1) < 1e-9 for vector in answer.embeddings)
+    assert (answer.prompt_eval_count or 0) == 4
+    assert client.embed(model="llama3.2", input="").embeddings == []
+    cut = client.embed(model="llama3.2", input="a cat", dimensions=4).embeddings[0]
+    assert len(cut) == 4
+    assert abs(sum(v * v for v in cut) - 1) < 1e-9
+
+
+def test_embed_refuses_an_input_over_the_context_when_told_not_to_truncate(
+    client: ollama.Client,
+) -> None:
+    long = " ".join(["word"] * 600)
+    assert len(client.embed(model="llama3.2", input=long).embeddings[0]) == 16
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.embed(model="llama3.2", input=long, truncate=False)
+    assert raised.value.status_code == 400
+    assert "exceeds the context length" in str(raised.value.error)

@@ -373,3 +373,41 @@ def test_several_calls_keep_their_ids_in_the_order_of_their_indexes() -> None:
         {"id": "call_a", "function": {"name": "a", "arguments": {"x": 1}}},
         {"function": {"name": "b", "arguments": {}}},  # no id: the worker names it
     ]
+
+
+def test_embeddings_come_back_in_order_unit_length_and_cut_to_the_dimensions() -> None:
+    seen: list[httpx2.Request] = []
+    engine = _engine(
+        lambda _: httpx2.Response(
+            200,
+            json={
+                "object": "list",
+                "model": "m",
+                # Out of order, and as llama.cpp's server sends them: not unit length.
+                "data": [
+                    {"object": "embedding", "index": 1, "embedding": [0.0, 3.0, 4.0]},
+                    {"object": "embedding", "index": 0, "embedding": [6.0, 0.0, 8.0]},
+                ],
+                "usage": {"prompt_tokens": 7, "total_tokens": 7},
+            },
+        ),
+        seen,
+    )
+    (whole,) = list(engine.stream("embed", {"model": "m", "input": ["a", "b"]}))
+    assert whole.done
+    assert whole.message_extras["embeddings"] == [[0.6, 0.0, 0.8], [0.0, 0.6, 0.8]]
+    assert whole.metrics["prompt_eval_count"] == 7
+    assert whole.metrics["total_duration"] > 0
+    sent = json.loads(seen[-1].content)
+    assert sent == {"model": "m", "input": ["a", "b"], "encoding_format": "float"}
+
+    (cut,) = list(engine.stream("embed", {"model": "m", "input": "a", "dimensions": 2}))
+    assert cut.message_extras["embeddings"] == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_embeddings_that_must_not_be_truncated_are_refused_on_openai_engines() -> None:
+    engine = _engine(lambda _: httpx2.Response(500))
+    with pytest.raises(EngineError) as refused:
+        list(engine.stream("embed", {"model": "m", "input": "a", "truncate": False}))
+    assert refused.value.code == "engine_unsupported"
+    assert not refused.value.retryable

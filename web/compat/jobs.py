@@ -20,10 +20,9 @@ from db.models import RequestKind
 from web.database import end_unit_of_work
 from web.errors import APIError
 from web.extensions import current_settings
-from web.inference.service import abandon, accept, final_state
+from web.inference.service import Submission, abandon, accept, final_state
 from web.realtime.follow import Quiet, follow
 from web.realtime.relay import current_relay
-from web.schemas.inference import ChatRequest, GenerateRequest
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def validated(schema: type[BaseModel], body: dict[str, Any], *, known_only: bool
         ) from None
 
 
-def start(kind: RequestKind, job: GenerateRequest | ChatRequest, source: str) -> uuid.UUID:
+def start(kind: RequestKind, job: Submission, source: str) -> uuid.UUID:
     """Persist and queue the job, and commit now: it must be in the queue before anyone
     waits for its events (and the request's database session must not be held meanwhile)."""
     accepted = accept(kind, job, source=source)
@@ -178,6 +177,20 @@ def _collect(request_id: uuid.UUID) -> tuple[str, dict[str, Any]]:
         else:
             raise JobFailed(str(payload))
     raise JobFailed("the request ended without an answer")
+
+
+def embedded(request_id: uuid.UUID) -> tuple[list[list[float]], dict[str, Any]]:
+    """An embedding job's vectors (one per input) and final fields, once it has ended. The
+    vectors are read from the stored result: events carry no vectors (a few kilobytes each,
+    for every follower of a topic socket)."""
+    _, final = collect(request_id)
+    state = _stored_end(request_id)
+    if state is None:
+        raise JobFailed(STREAM_FAILED.format(request_id))
+    vectors = (state.get("output_message") or {}).get("embeddings")
+    if not isinstance(vectors, list):
+        raise JobFailed(f"request {request_id} ended without embeddings")
+    return vectors, final
 
 
 def for_the_caller(

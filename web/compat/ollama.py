@@ -32,6 +32,7 @@ from web.compat.jobs import (
     RESTARTED,
     JobFailed,
     collect,
+    embedded,
     for_the_caller,
     job_headers,
     json_object_body,
@@ -42,12 +43,15 @@ from web.compat.jobs import (
 from web.database import get_session
 from web.errors import APIError, ServiceUnavailable
 from web.openapi.metadata import Reply, documented
-from web.schemas.inference import ChatRequest, GenerateRequest
+from web.schemas.inference import ChatRequest, EmbedRequest, GenerateRequest
 from web.schemas.ollama import (
     OllamaChatBody,
     OllamaChunk,
+    OllamaEmbedReply,
     OllamaError,
     OllamaGenerateBody,
+    OllamaLegacyEmbedBody,
+    OllamaLegacyEmbedReply,
     OllamaModelBody,
     OllamaProgress,
     OllamaPullBody,
@@ -424,6 +428,93 @@ def _run(kind: RequestKind, parsed: Any, body: dict[str, Any]) -> Response:
     )
 
 
+# --- embeddings -----------------------------------------------------------------------
+
+EMBED_ANSWERS = {
+    400: "Bad input (a list of strings or one string; dimensions >= 1).",
+    404: "No online node serves the model.",
+    415: None,
+    422: None,
+    500: "The job failed (the engine's message), e.g. an input over the context with "
+    "truncate false.",
+}
+
+
+@bp.post("/api/embed")
+@documented(
+    "Embed: a queued, tracked embedding job, answered as Ollama answers it",
+    description='One unit-length vector per input string. An empty input ("" or []) '
+    "answers no vectors without a job, as Ollama does.",
+    tags=["ollama_compat"],
+    body=EmbedRequest,
+    responses={200: OllamaEmbedReply, **EMBED_ANSWERS},
+    error_body=OllamaError,
+)
+@require(Permission.INFERENCE_SUBMIT)
+def embed() -> Response:
+    body = json_object_body()
+    parsed = validated(EmbedRequest, {"input": "", **body}, known_only=True)
+    if parsed.input in ("", []):
+        return _no_vectors(parsed.model, {"model": parsed.model, "embeddings": []})
+    answer = _embedded(parsed)
+    if isinstance(answer, Response):
+        return answer
+    request_id, vectors, final = answer
+    reply: dict[str, Any] = {"model": parsed.model, "embeddings": vectors}
+    reply.update({name: final[name] for name in EMBED_METRICS if final.get(name)})
+    return _with_job(_json(reply), request_id)
+
+
+@bp.post("/api/embeddings")
+@documented(
+    "Embeddings (Ollama's older call): one prompt, one vector",
+    description="Run as an embedding job of one input; the vector is unit length (Ollama's "
+    "older call left it as the model made it).",
+    tags=["ollama_compat"],
+    body=OllamaLegacyEmbedBody,
+    responses={200: OllamaLegacyEmbedReply, **EMBED_ANSWERS},
+    error_body=OllamaError,
+)
+@require(Permission.INFERENCE_SUBMIT)
+def embeddings() -> Response:
+    legacy = validated(OllamaLegacyEmbedBody, json_object_body(), known_only=True)
+    if not legacy.prompt:
+        return _no_vectors(legacy.model, {"embedding": []})
+    job = {"model": legacy.model, "input": [legacy.prompt], "options": legacy.options}
+    if legacy.keep_alive is not None:
+        job["keep_alive"] = legacy.keep_alive
+    answer = _embedded(validated(EmbedRequest, job, known_only=True))
+    if isinstance(answer, Response):
+        return answer
+    request_id, vectors, _ = answer
+    return _with_job(_json({"embedding": vectors[0] if vectors else []}), request_id)
+
+
+EMBED_METRICS = ("total_duration", "load_duration", "prompt_eval_count")
+
+
+def _no_vectors(name: str, reply: dict[str, Any]) -> Response:
+    """An empty input: Ollama answers no vectors (after loading the model); so do we, for a
+    model the fleet knows."""
+    if model_named(name) is None:
+        return _error(f"model '{name}' not found", 404)
+    return _json(reply)
+
+
+def _embedded(job: EmbedRequest) -> tuple[uuid.UUID, list[list[float]], dict[str, Any]] | Response:
+    request_id = start(RequestKind.EMBED, job, source="ollama")
+    try:
+        vectors, final = embedded(request_id)
+    except JobFailed as error:
+        return _with_job(_error(str(error), 500), request_id)
+    return request_id, vectors, final
+
+
+def _with_job(response: Response, request_id: uuid.UUID) -> Response:
+    response.headers.update(job_headers(request_id))
+    return response
+
+
 # --- model management, through the fleet ----------------------------------------------
 
 
@@ -528,7 +619,6 @@ REFUSALS = {
     "push": "pushing a model is not supported by OllamaMax: push it from an engine host",
     "blobs": "uploading blobs is not supported by OllamaMax: models are created on engine "
     "hosts, not through the fleet",
-    "embed": "embeddings are not served by OllamaMax: jobs are generate and chat",
 }
 
 
@@ -553,8 +643,6 @@ for _path, _call, _permission, _methods in (
     ("/api/create", "create", Permission.FLEET_WRITE, ("POST",)),
     ("/api/push", "push", Permission.FLEET_WRITE, ("POST",)),
     ("/api/blobs/<digest>", "blobs", Permission.FLEET_WRITE, ("POST", "HEAD")),
-    ("/api/embed", "embed", Permission.INFERENCE_SUBMIT, ("POST",)),
-    ("/api/embeddings", "embed", Permission.INFERENCE_SUBMIT, ("POST",)),
 ):
     bp.add_url_rule(
         _path,

@@ -8,7 +8,9 @@ are server-sent events ending in `data: [DONE]`; every error is OpenAI's error o
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ from web.compat.jobs import (
     RESTARTED,
     JobFailed,
     collect,
+    embedded,
     for_the_caller,
     job_headers,
     json_object_body,
@@ -48,12 +51,14 @@ from web.errors import APIError
 from web.extensions import current_settings
 from web.inference.views import IDEMPOTENCY
 from web.openapi.metadata import Reply, documented
-from web.schemas.inference import ChatRequest, NamedToolChoice
+from web.schemas.inference import ChatRequest, EmbedRequest, NamedToolChoice
 from web.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
     OpenAIErrorResponse,
     OpenAIModel,
     OpenAIModelList,
@@ -340,6 +345,47 @@ def completions() -> Response:
     req: CompletionRequest = validated(CompletionRequest, json_object_body(), known_only=False)
     job = generate_job(req)
     return _answer(RequestKind.GENERATE, job, req, prefix=job.prompt if req.echo else "")
+
+
+@bp.post("/embeddings")
+@documented(
+    "Embeddings: a queued, tracked embedding job",
+    description="One unit-length vector per input string; `encoding_format: base64` sends "
+    "each as little-endian float32 (what the official client asks for by default).",
+    tags=["openai_compat"],
+    body=EmbeddingsRequest,
+    headers=IDEMPOTENCY,
+    responses={200: EmbeddingsResponse, **INFERENCE_ERRORS},
+    error_body=OpenAIErrorResponse,
+)
+@require(Permission.INFERENCE_SUBMIT)
+def embeddings() -> Response:
+    req: EmbeddingsRequest = validated(EmbeddingsRequest, json_object_body(), known_only=False)
+    job = EmbedRequest(
+        model=req.model, input=req.input, dimensions=req.dimensions, priority=req.priority
+    )
+    request_id = start(RequestKind.EMBED, job, source="openai")
+    headers = job_headers(request_id)
+    try:
+        vectors, final = embedded(request_id)
+    except JobFailed as error:
+        body = _error_object(str(error), "server_error", "request_failed")
+        return _json(body, 502, headers={**headers, "x-should-retry": "false"})
+    data = [
+        {"object": "embedding", "index": index, "embedding": _encoded(vector, req.encoding_format)}
+        for index, vector in enumerate(vectors)
+    ]
+    tokens = int(final.get("prompt_eval_count") or 0)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return _json(
+        {"object": "list", "data": data, "model": req.model, "usage": usage}, headers=headers
+    )
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 def _answer(kind: RequestKind, job: Any, req: OpenAISampling, prefix: str) -> Response:

@@ -17,7 +17,7 @@ from typing import Any
 from config.runtime import RuntimeConfig, keep_alive_seconds
 from db.models import Role
 from web.errors import BadRequest
-from web.schemas.inference import ChatRequest, GenerateRequest
+from web.schemas.inference import ChatRequest, EmbedRequest, GenerateRequest
 
 # Sampling and output: the caller's business.
 ALLOWED = frozenset(
@@ -137,7 +137,7 @@ def police_keep_alive(
 
 
 def police(
-    body: GenerateRequest | ChatRequest,
+    body: GenerateRequest | ChatRequest | EmbedRequest,
     role: str,
     config: RuntimeConfig,
     *,

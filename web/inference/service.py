@@ -35,7 +35,7 @@ from web.errors import BadRequest, Conflict, NotFound
 from web.extensions import current_celery, current_runtime_config, current_settings
 from web.inference import quotas
 from web.inference.policy import police
-from web.schemas.inference import ChatRequest, GenerateRequest, RequestRead
+from web.schemas.inference import ChatRequest, EmbedRequest, GenerateRequest, RequestRead
 from web.security.policy import Permission
 from web.security.principal import Principal, authenticated
 from workers.dispatch import publish_inference
@@ -46,6 +46,7 @@ from workers.watch import cancel_key
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+Submission = GenerateRequest | ChatRequest | EmbedRequest
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,13 @@ def idempotency_key() -> str | None:
     return key
 
 
-def _request_hash(
-    kind: RequestKind, model: str, body: GenerateRequest | ChatRequest, fields: dict[str, Any]
-) -> str:
+def _request_hash(kind: RequestKind, model: str, body: Submission, fields: dict[str, Any]) -> str:
     """What an Idempotency-Key promises: the same key again means the same request."""
     described = {"kind": kind, "model": model, "priority": body.priority, "options": body.options}
     return hashlib.sha256(json.dumps({**described, **fields}, sort_keys=True).encode()).hexdigest()
 
 
-def accept(kind: RequestKind, body: GenerateRequest | ChatRequest, source: str = "api") -> Accepted:
+def accept(kind: RequestKind, body: Submission, source: str = "api") -> Accepted:
     """Persist the job (committed here, in its own one-statement transaction: the request's
     other work, such as resolving its caller, does not hold it back), then announce and
     publish it."""

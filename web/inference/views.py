@@ -23,6 +23,7 @@ from web.schemas.common import Page
 from web.schemas.inference import (
     CancelAccepted,
     ChatRequest,
+    EmbedRequest,
     GenerateRequest,
     Links,
     RequestDetail,
@@ -79,6 +80,20 @@ def generate() -> tuple[Response, int]:
 @require(Permission.INFERENCE_SUBMIT)
 def chat() -> tuple[Response, int]:
     return _submitted(accept(RequestKind.CHAT, load_body(ChatRequest)))
+
+
+@bp.post("/embed")
+@documented(
+    "Submit an embedding job (Ollama's embed)",
+    description=SUBMIT_NOTE + " The vectors are in the result's `output_message.embeddings`, "
+    "one per input string, L2-normalised.",
+    body=EmbedRequest,
+    headers=IDEMPOTENCY,
+    responses=SUBMIT_ANSWERS,
+)
+@require(Permission.INFERENCE_SUBMIT)
+def embed() -> tuple[Response, int]:
+    return _submitted(accept(RequestKind.EMBED, load_body(EmbedRequest)))
 
 
 def _submitted(job: Accepted) -> tuple[Response, int]:

@@ -322,6 +322,8 @@ def _doors() -> Iterator[Link]:
         ("ollama_compat_chat", "Chat", "Chat with the model."),
         ("ollama_compat_pull", "Pull", "Pull the model onto every Ollama node."),
         ("ollama_compat_delete", "Delete", "Remove the model from every node."),
+        ("ollama_compat_embed", "Embed", "Embed text with the model."),
+        ("ollama_compat_embeddings", "Embeddings", "Embed one prompt (the older call)."),
     ):
         yield Link("ollama_compat_tags", 200, name, target, description, body={"model": tag})
     yield Link(
@@ -336,8 +338,6 @@ def _doors() -> Iterator[Link]:
         ("ollama_compat_refused_copy", "Copy"),
         ("ollama_compat_refused_push", "Push"),
         ("ollama_compat_refused_create", "Create"),
-        ("ollama_compat_refused_embed", "Embed"),
-        ("ollama_compat_refused_embeddings", "Embeddings"),
     ):
         yield Link("ollama_compat_tags", 200, name, target, "Refused here (docs/compat.md).")
     listed = "$response.body#/data/0/id"

@@ -65,6 +65,31 @@ class GenerateRequest(SubmitBase):
     raw: bool | None = None
 
 
+class EmbedRequest(BaseModel):
+    """An embedding job: Ollama's /api/embed body (one vector per input string)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = ModelName
+    input: (
+        Annotated[str, Field(max_length=1_000_000)]
+        | Annotated[list[Annotated[str, Field(max_length=1_000_000)]], Field(max_length=2048)]
+    ) = Field(description="A string or a list of strings (at most 2048).")
+    truncate: bool | None = Field(
+        default=None, description="Cut inputs longer than the context (the default); false: 400."
+    )
+    dimensions: int | None = Field(
+        default=None, ge=1, le=65536, description="Keep the first N dimensions, renormalised."
+    )
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+    priority: int | None = Field(
+        default=None, ge=0, le=9, description="9 runs first; default: the system's default."
+    )
+
+    _model_fits = field_validator("model")(fits_with_its_tag)
+
+
 class ToolFunction(BaseModel):
     name: str
     arguments: dict[str, Any]

@@ -168,3 +168,26 @@ class OllamaChunk(BaseModel):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+
+
+class OllamaEmbedReply(BaseModel):
+    """/api/embed's answer: one unit-length vector per input; durations in nanoseconds."""
+
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class OllamaLegacyEmbedBody(BaseModel):
+    """/api/embeddings (Ollama's older call): one prompt, one vector."""
+
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+
+
+class OllamaLegacyEmbedReply(BaseModel):
+    embedding: list[float]

@@ -176,3 +176,55 @@ class OpenAIErrorObject(BaseModel):
 
 class OpenAIErrorResponse(BaseModel):
     error: OpenAIErrorObject
+
+
+class EmbeddingsRequest(BaseModel):
+    """/v1/embeddings: text in, one vector per input. Token arrays are refused (the fleet's
+    engines tokenize themselves)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ModelName
+    input: str | list[str] = Field(
+        description="A string or a list of strings (at most 2048; not empty)."
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: little-endian float32, as OpenAI sends it."
+    )
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
+    user: str | None = None
+    priority: int | None = Field(
+        default=None, ge=0, le=9, description="OllamaMax's queue priority."
+    )
+
+    _model_fits = field_validator("model")(fits_with_its_tag)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        """OpenAI's token arrays (lists of ints) get a message saying so, not a type error."""
+        if isinstance(value, list) and any(isinstance(item, int | list) for item in value):
+            raise ValueError("token arrays are not supported; send the text")
+        if value in ("", []):
+            raise ValueError("input must not be empty")
+        if isinstance(value, list) and len(value) > 2048:
+            raise ValueError("at most 2048 inputs")
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 (encoding_format).")
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingsUsage

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+import math
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,5 +56,19 @@ class Engine(Protocol):
     def delete(self, name: str) -> None: ...
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
-        """Start a generation; closing the iterator closes the engine stream."""
+        """Start a generation; closing the iterator closes the engine stream. An embedding
+        job ("embed") yields one final chunk with the vectors in `message_extras`."""
         ...
+
+
+def answered_once(answer: Callable[[], Chunk]) -> Generator[Chunk, None, None]:
+    """A call with one answer (embeddings) as the stream the job runner reads."""
+    yield answer()
+
+
+def unit_length(vector: list[float], dimensions: int | None = None) -> list[float]:
+    """The first `dimensions` values (all by default), scaled to length 1, as Ollama answers
+    embeddings (and OpenAI's are)."""
+    kept = vector[:dimensions] if dimensions else vector
+    norm = math.sqrt(sum(value * value for value in kept))
+    return [value / norm for value in kept] if norm else list(kept)

@@ -21,7 +21,7 @@ import ollama
 from pydantic import ConfigDict
 
 from db.fleet import canonical_model_name
-from workers.engines.base import Chunk, EngineError, EngineModel
+from workers.engines.base import Chunk, EngineError, EngineModel, answered_once
 
 METRICS = (
     "total_duration",
@@ -31,6 +31,7 @@ METRICS = (
     "eval_count",
     "eval_duration",
 )
+EMBED_METRICS = ("total_duration", "load_duration", "prompt_eval_count")
 # Statuses worth another try: the engine is busy, restarting or briefly broken.
 RETRYABLE_STATUS = {500, 502, 503, 504, -1}
 
@@ -117,6 +118,28 @@ class OllamaEngine:
         return {canonical_model_name(m.model or "") for m in running if m.model}
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
+        if kind == "embed":
+            return answered_once(lambda: self._embed(body))
+        return self._generation(kind, body)
+
+    def _embed(self, body: dict[str, Any]) -> Chunk:
+        """Ollama's /api/embed: one vector per input, already unit length."""
+        with _faults():
+            answer = self.client.embed(
+                model=body["model"],
+                input=body.get("input", ""),
+                truncate=body.get("truncate"),
+                options=body.get("options"),
+                keep_alive=body.get("keep_alive"),
+                dimensions=body.get("dimensions"),
+            )
+        metrics = {name: getattr(answer, name, None) for name in EMBED_METRICS}
+        vectors = [list(vector) for vector in answer.embeddings]
+        return Chunk(
+            done=True, done_reason="stop", metrics=metrics, message_extras={"embeddings": vectors}
+        )
+
+    def _generation(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
         call = self.client.chat if kind == "chat" else self.client.generate
         body, calls_left = _tool_controls(body)
         with _faults():

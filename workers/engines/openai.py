@@ -24,7 +24,7 @@ import httpx2
 import openai
 
 from db.fleet import canonical_model_name
-from workers.engines.base import Chunk, EngineError, EngineModel
+from workers.engines.base import Chunk, EngineError, EngineModel, answered_once, unit_length
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 # Ollama option -> OpenAI parameter of the same meaning.
@@ -135,6 +135,42 @@ class OpenAIEngine:
         return self._served.get(name, name)
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
+        if kind == "embed":
+            return answered_once(lambda: self._embed(body))
+        return self._generation(kind, body)
+
+    def _embed(self, body: dict[str, Any]) -> Chunk:
+        """/v1/embeddings, answered as Ollama answers /api/embed: vectors of unit length (the
+        llama.cpp server sends them unnormalised), cut to `dimensions` here (servers that
+        ignore the parameter do), the prompt's tokens from `usage`, the time measured."""
+        if body.get("truncate") is False:
+            raise EngineError(
+                "truncate false cannot be honoured: OpenAI-compatible engines cut long "
+                "inputs without saying so (Ollama engines refuse them)",
+                code="engine_unsupported",
+                retryable=False,
+            )
+        given = body.get("input", "")
+        inputs = [given] if isinstance(given, str) else list(given)
+        model = self._served_id(canonical_model_name(body["model"]))
+        started = time.perf_counter_ns()
+        with _faults():
+            answer = self.client.embeddings.create(
+                model=model, input=inputs, encoding_format="float"
+            )
+        dimensions = body.get("dimensions")
+        ordered = sorted(answer.data, key=lambda item: item.index)
+        vectors = [unit_length(list(item.embedding), dimensions) for item in ordered]
+        usage = getattr(answer, "usage", None)
+        metrics: dict[str, int | None] = {
+            "total_duration": time.perf_counter_ns() - started,
+            "prompt_eval_count": getattr(usage, "prompt_tokens", None),
+        }
+        return Chunk(
+            done=True, done_reason="stop", metrics=metrics, message_extras={"embeddings": vectors}
+        )
+
+    def _generation(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
         params = request_parameters(kind, body)
         params["model"] = self._served_id(canonical_model_name(body["model"]))
         started = time.perf_counter_ns()

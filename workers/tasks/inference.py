@@ -53,6 +53,7 @@ ENGINE_FIELDS = {
         "keep_alive",
         "think",
     ),
+    "embed": ("input", "truncate", "dimensions", "keep_alive"),
 }
 
 
@@ -213,11 +214,7 @@ class JobRunner:
                         self._publish_pending()
                 if chunk.done:
                     _name_tool_calls(extras, self.job.id)
-                    message = (
-                        {"role": "assistant", "content": "".join(self.parts), **extras}
-                        if self.job.kind == "chat"
-                        else None
-                    )
+                    message = self._result_message(extras)
                     return Outcome(
                         RequestStatus.COMPLETED,
                         output="".join(self.parts),
@@ -232,6 +229,15 @@ class JobRunner:
             )
         finally:
             stream.close()  # tells the engine to stop if we are leaving early
+
+    def _result_message(self, extras: dict[str, Any]) -> dict[str, Any] | None:
+        """What a job stores beside its text: a chat's message (tool calls, thinking), an
+        embedding job's vectors; nothing for a completion."""
+        if self.job.kind == "chat":
+            return {"role": "assistant", "content": "".join(self.parts), **extras}
+        if self.job.kind == "embed":
+            return {"embeddings": extras.get("embeddings", [])}
+        return None
 
     def _publish_pending(self) -> None:
         text, self.pending = "".join(self.pending), []
@@ -271,6 +277,8 @@ def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
         extras["thinking"] = extras.get("thinking", "") + delta["thinking"]
     if "tool_calls" in delta:
         extras.setdefault("tool_calls", []).extend(delta["tool_calls"])
+    if "embeddings" in delta:  # an embedding job's one answer
+        extras["embeddings"] = delta["embeddings"]
 
 
 def _name_tool_calls(extras: dict[str, Any], job_id: uuid.UUID) -> None:

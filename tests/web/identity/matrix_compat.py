@@ -21,11 +21,14 @@ COMPAT_MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/show"): SIGNED_IN,
     ("POST", "/api/generate"): SIGNED_IN,
     ("POST", "/api/chat"): SIGNED_IN,
+    ("POST", "/api/embed"): SIGNED_IN,
+    ("POST", "/api/embeddings"): SIGNED_IN,
     # OpenAI (web/compat/openai.py)
     ("GET", "/v1/models"): SIGNED_IN,
     ("GET", "/v1/models/<path:name>"): SIGNED_IN,
     ("POST", "/v1/chat/completions"): SIGNED_IN,
     ("POST", "/v1/completions"): SIGNED_IN,
+    ("POST", "/v1/embeddings"): SIGNED_IN,
     # Prometheus (web/metrics.py)
     ("GET", "/metrics"): PUBLIC,
 }

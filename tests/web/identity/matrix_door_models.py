@@ -2,8 +2,7 @@
 
 Pulls and removals are the fleet's, so they take its permission (fleet:write: operators and
 admins); what the fleet cannot do answers 400 saying why, to whoever may otherwise ask for
-that kind of thing (fleet:write for copy, create, push and blobs; inference:submit for
-embeddings)."""
+that kind of thing (fleet:write for copy, create, push and blobs)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from typing import Any
 OK = "ok"
 FLEET_WRITE = {"anonymous": 401, "owner": 403, "other": 403, "operator": OK, "admin": OK}
 FLEET_WRITE_REFUSED = {"anonymous": 401, "owner": 403, "other": 403, "operator": 400, "admin": 400}
-SIGNED_IN_REFUSED = {"anonymous": 401, "owner": 400, "other": 400, "operator": 400, "admin": 400}
 
 DOOR_MODELS_MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/pull"): FLEET_WRITE,
@@ -21,6 +19,4 @@ DOOR_MODELS_MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/create"): FLEET_WRITE_REFUSED,
     ("POST", "/api/push"): FLEET_WRITE_REFUSED,
     ("POST", "/api/blobs/<digest>"): FLEET_WRITE_REFUSED,
-    ("POST", "/api/embed"): SIGNED_IN_REFUSED,
-    ("POST", "/api/embeddings"): SIGNED_IN_REFUSED,
 }

@@ -65,6 +65,7 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/users/<uuid:user_id>/quotas"): ADMIN_ONLY,
     ("POST", "/api/v1/inference/generate"): SIGNED_IN,
     ("POST", "/api/v1/inference/chat"): SIGNED_IN,
+    ("POST", "/api/v1/inference/embed"): SIGNED_IN,
     ("GET", "/api/v1/inference/requests"): SIGNED_IN,
     ("GET", "/api/v1/inference/requests/<uuid:request_id>"): OWNER_OR_STAFF,
     ("POST", "/api/v1/inference/requests/<uuid:request_id>/cancel"): OWNER_OR_STAFF,

@@ -1,4 +1,5 @@
-"""Quotas: per-account and per-key limits, the daily token ledgers, live-job counts by owner.
+"""Quotas (per-account and per-key limits, the daily token ledgers, live-job counts by
+owner), per-model bounds, and embedding jobs.
 
 Revision ID: 0004
 Revises: 0003
@@ -13,6 +14,7 @@ Create Date: 2026-12-05
   that stores a job's result, read by the daily token quota.
 - models.limits: per-model bounds on num_predict and num_ctx (the engine-option policy's
   fleet-wide bounds, lowered per model), applied by the statement that stores a job.
+- inference_requests.kind may be 'embed' (embedding jobs, queued like the others).
 - Partial indexes on the live jobs of a user and of a key: the quotas count them at every
   submission and capped claim.
 """
@@ -45,8 +47,15 @@ def _ledger(name: str, owner: str, target: str) -> None:
     )
 
 
+KIND = "ck_inference_requests_kind"
+
+
 def upgrade() -> None:
     empty = sa.text("'{}'")
+    op.drop_constraint(op.f(KIND), "inference_requests", type_="check")
+    op.create_check_constraint(
+        op.f(KIND), "inference_requests", "kind IN ('chat', 'generate', 'embed')"
+    )
     op.add_column(
         "users", sa.Column("quotas", postgresql.JSONB(), server_default=empty, nullable=False)
     )
@@ -97,3 +106,6 @@ def downgrade() -> None:
     op.drop_column("models", "limits")
     op.drop_column("api_keys", "limits")
     op.drop_column("users", "quotas")
+    op.execute("DELETE FROM inference_requests WHERE kind = 'embed'")
+    op.drop_constraint(op.f(KIND), "inference_requests", type_="check")
+    op.create_check_constraint(op.f(KIND), "inference_requests", "kind IN ('chat', 'generate')")
