@@ -43,7 +43,9 @@ pytestmark = pytest.mark.usefixtures("fresh_double")
 @pytest.fixture(scope="module", autouse=True)
 def worker(double: Double, start_worker: Callable[..., Worker]) -> Worker:
     # Room for three jobs at once: the cap, not the worker, must be what holds jobs back.
-    return start_worker(double.url, name="quota-w1", slots=3)
+    # Held jobs are offered again every 0.1 s: each waits through many more offers than
+    # Celery's default retry limit (3), which must not drop them.
+    return start_worker(double.url, name="quota-w1", slots=3, env={"QUOTA_WAIT_RETRY_S": "0.1"})
 
 
 def _user_with(database: Database, **quotas: int) -> User:

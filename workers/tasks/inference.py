@@ -480,27 +480,36 @@ def _hand_back(
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
+    # Waiting is not failing: a job held back (its engine down, its owner at their running
+    # quota) is offered again for as long as it must wait. Celery's default, 3, would drop
+    # the message after three offers and leave the job queued for the sweeper. The claim's
+    # own retries are bounded below, by a count of their own.
+    max_retries=None,
 )
-def run(self: Task, request_id: str) -> None:
+def run(self: Task, request_id: str, claim_failures: int = 0) -> None:
     rt = runtime.current()
     job_id = uuid.UUID(request_id)
     if rt.engine_health.waiting():
         # Taken before the heartbeat stopped this worker's consumers: leave the job queued,
         # its attempt unspent, and look again after a probe (bounded by ENGINE_DOWN_GRACE_S:
         # then `waiting` is over and the job runs, or fails as it always did).
-        raise self.retry(countdown=rt.settings.engine_probe_s, max_retries=None)
+        raise self.retry(countdown=rt.settings.engine_probe_s)
     try:
         job = _claim(rt, job_id)
     except AtRunningCap:
         # Its owner runs as many jobs as their quota allows: the job stays queued, its
         # attempt unspent, and is offered again shortly (to whichever worker is free).
-        raise self.retry(countdown=rt.settings.quota_wait_retry_s, max_retries=None) from None
+        raise self.retry(countdown=rt.settings.quota_wait_retry_s) from None
     except (OperationalError, InterfaceError) as error:
         # The database was unreachable before the claim: try again later instead of losing
         # the message (a failed task is still acknowledged). Only the claim: past it, the
         # job's own retries and its lease cover every write (see _store and _hand_back).
-        countdown = min(CLAIM_RETRY_S * 2**self.request.retries, CLAIM_RETRY_MAX_S)
-        raise self.retry(exc=error, countdown=countdown, max_retries=CLAIM_RETRIES) from error
+        # Counted apart from the offers above, which may be many.
+        if claim_failures >= CLAIM_RETRIES:
+            raise
+        countdown = min(CLAIM_RETRY_S * 2**claim_failures, CLAIM_RETRY_MAX_S)
+        again = {"request_id": request_id, "claim_failures": claim_failures + 1}
+        raise self.retry(exc=error, countdown=countdown, kwargs=again) from error
     if job is None:
         log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
         return
