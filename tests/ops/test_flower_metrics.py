@@ -82,6 +82,22 @@ def test_flower_metrics_want_its_basic_auth(flower: str) -> None:
 def test_prometheus_logs_in_with_the_metrics_token(flower: str) -> None:
     scraped = requests.get(f"{flower}/metrics", auth=("prometheus", TOKEN), timeout=10)
     assert scraped.status_code == 200
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(f"{flower}/metrics", headers=bearer, timeout=10).status_code == 200
+    # The scrape credential opens /metrics only: no page, no API (task sending, worker
+    # control), whichever way it is sent.
+    for path in ("/workers", "/api/workers", "/api/tasks"):
+        for way in ({"auth": ("prometheus", TOKEN)}, {"headers": bearer}):
+            denied = requests.get(f"{flower}{path}", timeout=10, allow_redirects=False, **way)  # type: ignore[arg-type]
+            assert denied.status_code in (401, 403), (path, way, denied.status_code)
+    sent = requests.post(
+        f"{flower}/api/task/send-task/models.delete",
+        auth=("prometheus", TOKEN),
+        json={"args": ["x", "y"]},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert sent.status_code in (401, 403)
     # The operator's pair still opens every page; the health check stays open (it says OK).
     assert requests.get(f"{flower}/workers", auth=OPERATOR, timeout=10).status_code == 200
     assert requests.get(f"{flower}/healthcheck", timeout=10).text == "OK"
