@@ -54,19 +54,31 @@ def _start_login(user: User, family_id: uuid.UUID | None = None) -> tuple[TokenP
 
 
 def _count_phantom_failure(login: str, settings: Settings) -> int:
-    """Count a failure for a login that matches no active account, in Redis; returns the
-    seconds left of a lock once the count reaches the limit, else 0."""
+    """Count a failure for a login that matches no active account, in Redis, as a real
+    account counts it (db/users.py): failures within LOGIN_LOCKOUT_S of the first, and the
+    one that reaches the limit locks for a whole LOGIN_LOCKOUT_S from then. Returns the
+    seconds left of a lock, else 0."""
     redis = current_app.extensions["redis"]
     key = "omx:login-failures:" + hashlib.sha256(login.lower().encode()).hexdigest()
+    lock = key + ":locked"
     try:
+        left = int(redis.ttl(lock))
+        if left > 0:
+            return left
         with redis.pipeline() as pipe:
             pipe.incr(key)
             pipe.expire(key, settings.login_lockout_s, nx=True)
-            pipe.ttl(key)
-            failures, _, ttl = pipe.execute()
+            failures, _ = pipe.execute()
+        if failures < settings.login_max_failures:
+            return 0
+        with redis.pipeline() as pipe:
+            pipe.set(lock, 1, ex=settings.login_lockout_s, nx=True)
+            pipe.delete(key)  # a new window starts when the lock ends, as for an account
+            pipe.ttl(lock)
+            _, _, left = pipe.execute()
     except RedisError:
         return 0  # the answer is a 401 either way; only the lock imitation is lost
-    return int(ttl) if failures >= settings.login_max_failures else 0
+    return max(1, int(left))
 
 
 @bp.post("/register")

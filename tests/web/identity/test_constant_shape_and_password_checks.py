@@ -7,12 +7,15 @@ one function that runs bcrypt (`web.security.passwords._checkpw`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from redis import Redis
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import ApiKey, AuditLogEntry, User
@@ -110,6 +113,34 @@ def test_a_locked_account_and_a_locked_unknown_name_answer_alike(client: FlaskCl
         return {"body": body, "headers": sorted(response.headers.keys())}
 
     assert shape(real) == shape(phantom)
+
+
+def test_failures_spread_over_the_window_lock_for_a_whole_window_either_way(
+    client: FlaskClient, db_session: Session, redis_client: Redis
+) -> None:
+    """The lock runs a whole LOGIN_LOCKOUT_S from the failure that reaches the limit, for a
+    real account and an unknown name alike, however long ago the first failure was: a
+    shorter Retry-After would tell the unknown name apart."""
+    user = make_user()
+    for _ in range(4):
+        assert _login(client, user.username, WRONG).status_code == 401
+        assert _login(client, "nobody-spread", WRONG).status_code == 401
+    # Two minutes pass: the first failures are that old for both.
+    db_session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(first_failed_login_at=User.first_failed_login_at - timedelta(seconds=120))
+    )
+    db_session.flush()
+    key = "omx:login-failures:" + hashlib.sha256(b"nobody-spread").hexdigest()
+    redis_client.expire(key, int(redis_client.ttl(key)) - 120)
+
+    real = _login(client, user.username, WRONG)
+    phantom = _login(client, "nobody-spread", WRONG)
+
+    assert real.status_code == phantom.status_code == 429
+    waits = [int(r.headers["Retry-After"]) for r in (real, phantom)]
+    assert all(898 <= wait <= 900 for wait in waits), waits
 
 
 def test_wrong_unknown_and_inactive_logins_answer_alike(client: FlaskClient) -> None:
