@@ -4,8 +4,9 @@ Every request passes `gate_request` before any view (web/request_context.py), th
 and the front doors alike. It refuses with 400, naming where (`details.field`, a path such as
 `body.messages.3.content` or `query.q`):
 
-- `invalid_characters`: a NUL character in a string or an object key of the body, or in a
-  query-string name or value (PostgreSQL text cannot hold NUL);
+- `invalid_characters`: a NUL character or a lone UTF-16 surrogate in a string or an object
+  key of the body, or in the path or a query-string name or value (PostgreSQL text cannot
+  hold NUL; a lone surrogate is not a character, and no encoder writes it);
 - `invalid_number`: NaN, Infinity, -Infinity, or a number that overflows to infinity (1e999);
   Python's json takes them, JSON does not, and PostgreSQL's JSONB cannot hold them;
 - `too_deep`: arrays and objects nested deeper than INPUT_MAX_DEPTH, found by scanning the
@@ -84,6 +85,7 @@ def gate_request(*, with_body: bool) -> None:
     """The input gate (see the module's docstring): the query string always, the body when
     `with_body` (a mutating request that has one; the doors' bodies count as JSON whatever
     their Content-Type, web/security/hygiene.py)."""
+    _check_string(request.path, "path", None)
     refuse_nul(request.args, "query")
     if not with_body:
         return
@@ -139,13 +141,20 @@ def check_value(
             stack.extend((member, (path, index)) for index, member in enumerate(item))
 
 
+# NUL, which PostgreSQL text cannot hold, and lone UTF-16 surrogates (JSON's "\ud800"),
+# which are not characters at all: no encoder writes them, so they would fail in the driver.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _check_string(text: str, path: Any, limit: int | None, *, key: bool = False) -> None:
     what = "The key" if key else "The value"
-    if "\x00" in text:
+    found = _UNSTORABLE.search(text)
+    if found:
         field = _path(path)
-        raise InvalidCharacters(
-            f"{what} at {field} contains a NUL character.", details={"field": field}
+        kind = (
+            "a NUL character" if found.group() == "\x00" else "a lone surrogate (not a character)"
         )
+        raise InvalidCharacters(f"{what} at {field} contains {kind}.", details={"field": field})
     if limit is not None and len(text) > limit:
         field = _path(path)
         raise TooLarge(

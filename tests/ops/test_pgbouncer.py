@@ -65,6 +65,9 @@ TRANSACTION_SCOPED = re.compile(
 )
 KNOWN_TRANSACTION_SCOPED = {
     ("db/credentials.py", "pg_advisory_xact_lock"),  # refresh-token rotation and revocation
+    # A plain user's quotas: admission and capped claims lock the owner (the end-to-end job
+    # test below runs both, its caller being a plain user with the default quotas).
+    ("db/inference.py", "pg_advisory_xact_lock"),
     ("db/session.py", "set_config"),  # the audit trigger's context
     ("db/stats.py", "pg_try_advisory_xact_lock"),  # one dashboard refresh at a time
 }

@@ -251,6 +251,12 @@ def test_lengths_that_are_not_lengths_are_refused_naming_them(
         (60, 60),
         (0, None),  # unloading for everyone: not a user's to ask
         ("0s", None),
+        # Under a second is an unload too (Ollama truncates a number to whole seconds).
+        (0.5, None),
+        (1e-9, None),
+        ("1ns", None),
+        ("0.0000000001s", None),
+        ("999ms", None),
     ],
 )
 def test_a_users_keep_alive_is_clamped(

@@ -38,6 +38,17 @@ BAD_BODIES: dict[str, tuple[str, str, str | None]] = {
         "invalid_characters",
         "body.messages.0.content",
     ),
+    # A lone surrogate is valid JSON escaping but no character: no encoder writes it.
+    "surrogate_in_value": (
+        '{"model": "m", "prompt": "a\\ud800b"}',
+        "invalid_characters",
+        "body.prompt",
+    ),
+    "surrogate_deep": (
+        '{"messages": [{"role": "user", "content": "\\udfff"}], "options": {"stop": ["x"]}}',
+        "invalid_characters",
+        "body.messages.0.content",
+    ),
     "nan": ('{"model": "m", "options": {"temperature": NaN}}', "invalid_number", None),
     "infinity": ('{"model": "m", "temperature": Infinity}', "invalid_number", "body.temperature"),
     "minus_infinity": ('{"x": [1, -Infinity]}', "invalid_number", "body.x.1"),
@@ -160,6 +171,12 @@ def test_nul_in_a_query_string_is_a_400_on_every_route(gated: Flask, query: str)
     assert not wrong, "\n".join(wrong)
     native = client.get(f"/api/v1/users?{query}")
     assert native.status_code == 400  # on a GET too, before authentication
+
+
+@pytest.mark.parametrize("path", ["/v1/models/llama%003.2", "/v1/models/library/x%00"])
+def test_nul_in_a_path_is_a_400_not_a_500(gated: Flask, path: str) -> None:
+    response = gated.test_client().get(path)
+    assert response.status_code == 400, response.get_data(as_text=True)
 
 
 def test_the_messages_name_where(gated: Flask) -> None:

@@ -129,7 +129,9 @@ def police_keep_alive(
         raise _refuse("keep_alive", str(error)) from None
     if privileged:
         return keep_alive
-    if seconds == 0:  # unloading the model at once is everyone's loss
+    # Unloading the model at once is everyone's loss, and under a second is at once: Ollama
+    # reads a number as whole seconds (0.5 becomes 0), and "1ns" ends before the next job.
+    if seconds < 1:
         return default
     if seconds > keep_alive_seconds(config.keep_alive_max):  # a pin (negative) included
         return config.keep_alive_max
