@@ -204,7 +204,14 @@ def test_an_admins_quotas_lift_a_staff_account_too(
 
 @pytest.mark.parametrize(
     "body",
-    [{"max_queued_jobs": -1}, {"max_websockets": "many"}, {"burst": 3}, {"tokens_per_day": 1.5}],
+    [
+        {"max_queued_jobs": -1},
+        {"max_websockets": "many"},
+        {"burst": 3},
+        {"tokens_per_day": 1.5},
+        {"max_running_jobs": "5"},
+        {"max_queued_jobs": True},
+    ],
 )
 def test_bad_quotas_are_refused_and_change_nothing(
     app_factory: Callable[..., Flask], db_session: Session, body: dict[str, Any]
@@ -269,7 +276,15 @@ def test_a_keys_daily_tokens_count_its_own_jobs(
 
 
 @pytest.mark.parametrize(
-    "limits", [{"max_priority": 10}, {"max_queued_jobs": 0}, {"rate": 5}, {"tokens_per_day": -3}]
+    "limits",
+    [
+        {"max_priority": 10},
+        {"max_queued_jobs": 0},
+        {"rate": 5},
+        {"tokens_per_day": -3},
+        {"max_priority": "1"},
+        {"max_websockets": True},
+    ],
 )
 def test_bad_key_limits_are_refused(
     app_factory: Callable[..., Flask], limits: dict[str, Any]

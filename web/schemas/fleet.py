@@ -39,7 +39,7 @@ class ModelLimits(BaseModel):
     MAX_NUM_CTX): a larger num_predict or num_ctx is clamped to them, and a job naming no
     num_predict gets max_num_predict (docs/security.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 5, not "5" or true
 
     max_num_predict: int | None = Field(default=None, ge=1, le=10_000_000)
     max_num_ctx: int | None = Field(default=None, ge=1, le=10_000_000)

@@ -105,7 +105,7 @@ class QuotaValues(BaseModel):
     """An account's own quotas (web/inference/quotas.py): a number, 0 for no limit, or null
     (or absent) for the run-time default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 5, not "5" or true
 
     max_queued_jobs: int | None = Field(default=None, ge=0, le=1_000_000)
     max_running_jobs: int | None = Field(default=None, ge=0, le=10_000)
@@ -120,7 +120,7 @@ class ApiKeyLimits(BaseModel):
     """Limits of one key, never wider than its owner's: each applies on top of the
     account's (a job needs room under both). Absent: the account's alone."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 5, not "5" or true
 
     max_priority: int | None = Field(default=None, ge=0, le=9)
     max_queued_jobs: int | None = Field(default=None, ge=1, le=1_000_000)
