@@ -58,7 +58,8 @@ CLOSE_CODES = {
     "1008": "Refused: no or bad credentials, not allowed, no such request. An error frame "
     "with the REST API's code comes first.",
     "1011": "Internal error.",
-    "1013": "Too slow to keep up, or the event feed is down; reconnect and resume.",
+    "1013": "Too slow to keep up, or the event feed is down; reconnect and resume. Or, at "
+    "the handshake (error frame quota_websockets), the account holds its quota of sockets.",
 }
 ERROR_FRAME = '{"type": "error", "code": "<the REST API\'s code>", "message": "..."}'
 
