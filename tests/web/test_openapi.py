@@ -105,6 +105,20 @@ def test_every_link_joins_two_operations_of_the_app(document: dict[str, Any]) ->
         assert link["operationId"] in operation_ids
 
 
+def test_every_route_can_be_refused_by_the_http_server(document: dict[str, Any]) -> None:
+    """gunicorn answers a request it cannot parse (a bad Content-Length, a malformed header)
+    with its own HTML 400 page, whatever the route; next to the route's own JSON 400."""
+    for path, method, operation in _operations(document):
+        if path == "/static/{filename}":
+            continue  # undescribed: a `default` answer
+        refused = operation["responses"]["400"]
+        assert "text/html" in refused["content"], (method, path)
+        assert "gunicorn" in refused["description"], (method, path)
+    generate = document["paths"]["/api/v1/inference/generate"]["post"]["responses"]["400"]
+    assert set(generate["content"]) == {"application/json", "text/html"}
+    assert set(document["paths"]["/health"]["get"]["responses"]) == {"200", "400"}
+
+
 def test_a_link_that_does_not_fit_its_operations_is_refused() -> None:
     paths = {
         "/a": {"post": {"operationId": "a", "responses": {"201": {"description": "Created"}}}},

@@ -9,6 +9,8 @@ answers; the builder adds what follows from the route's kind, so views cannot fo
   one a 404 from the view: ids cannot be probed);
 - a JSON body can answer 400, 413, 415 and 422, a query string 400 and 422;
 - parameters make a URL that can outgrow the HTTP server's limit: 414 (gunicorn's own page);
+- any request can be one the HTTP server cannot parse (a malformed header, a bad
+  Content-Length): 400, gunicorn's own HTML page;
 - every route but the probes can answer 429 (web/security/ratelimit.py).
 
 Routes without a record (Flask's static route) are still listed, with their path parameters
@@ -81,6 +83,12 @@ MALFORMED = "A path parameter is not well-formed (an unknown id is refused on th
 # characters at their maxLength); over-long invalid ones may not.
 URI_TOO_LONG = "The URL is longer than the HTTP server takes (4094 bytes); refused before the app."
 SERVER_REFUSALS = frozenset({414})
+HTML = "text/html"
+# gunicorn also refuses a request it cannot parse, whatever the route, with its own 400 page.
+UNPARSABLE = (
+    "Or the HTTP server could not parse the request (a malformed header, a bad Content-Length, "
+    "too many or too long headers): gunicorn's own HTML page, before the app."
+)
 UNAUTHORIZED = "No credential, or one that is invalid, expired or revoked."
 FORBIDDEN = "The caller's role (or API key's scopes) lacks the `{}` permission."
 RATE_LIMITED = "Over the caller's rate limit (per user, or per IP when anonymous); see Retry-After."
@@ -324,7 +332,19 @@ def _responses(
             "description": why,
             "content": {JSON: {"schema": registry.schema(model, "serialization")}},
         }
+    _unparsable(responses)
     return {str(status): responses[status] for status in sorted(responses)}
+
+
+def _unparsable(responses: dict[int, dict[str, Any]]) -> None:
+    """gunicorn's 400, next to the route's own 400 if it has one."""
+    own = responses.get(400)
+    if own is None:
+        responses[400] = {"description": UNPARSABLE, "content": {HTML: {}}}
+        return
+    own["description"] = f"{own['description']} {UNPARSABLE}"
+    if "content" in own:
+        own["content"].setdefault(HTML, {})
 
 
 def _reply(status: int, reply: Reply, registry: SchemaRegistry) -> dict[str, Any]:
