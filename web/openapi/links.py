@@ -47,7 +47,7 @@ def _fan_out(
 def _jobs() -> Iterator[Link]:
     submitted = [
         (source, status, "$response.body#/id")
-        for source in ("inference_generate", "inference_chat")
+        for source in ("inference_generate", "inference_chat", "inference_embed")
         for status in (202, 200)
     ]
     follow_up = [
@@ -109,7 +109,11 @@ def _models() -> Iterator[Link]:
         ("models_read_model", 200, "$response.body#/name"),
         ("openai_compat_list_models", 200, "$response.body#/data/0/id"),  # served now
     ):
-        for target, link_name in (("inference_generate", "Generate"), ("inference_chat", "Chat")):
+        for target, link_name in (
+            ("inference_generate", "Generate"),
+            ("inference_chat", "Chat"),
+            ("inference_embed", "Embed"),
+        ):
             yield Link(
                 source,
                 status,
@@ -352,6 +356,7 @@ def _doors() -> Iterator[Link]:
     for target, name in (
         ("openai_compat_chat_completions", "ChatCompletion"),
         ("openai_compat_completions", "Completion"),
+        ("openai_compat_embeddings", "Embeddings"),
     ):
         yield Link(
             "openai_compat_list_models", 200, name, target, "Use the model.", body={"model": listed}
