@@ -411,3 +411,24 @@ def test_embeddings_that_must_not_be_truncated_are_refused_on_openai_engines() -
         list(engine.stream("embed", {"model": "m", "input": "a", "truncate": False}))
     assert refused.value.code == "engine_unsupported"
     assert not refused.value.retryable
+
+
+def test_a_tool_name_repeated_in_every_fragment_is_kept_once() -> None:
+    """llama-cpp-python's server repeats the whole name in each streamed piece of a call."""
+    named = {"index": 0, "id": "call_1", "type": "function"}
+    engine = _engine(
+        lambda _: _sse(
+            _chat_chunk({"tool_calls": [{**named, "function": {"name": "Joke", "arguments": ""}}]}),
+            _chat_chunk(
+                {"tool_calls": [{"index": 0, "function": {"name": "Joke", "arguments": '{"a": '}}]}
+            ),
+            _chat_chunk(
+                {"tool_calls": [{"index": 0, "function": {"name": "Joke", "arguments": "1}"}}]}
+            ),
+            _chat_chunk({}, "tool_calls"),
+        )
+    )
+    final = _run(engine)[-1]
+    assert final.message_extras["tool_calls"] == [
+        {"id": "call_1", "function": {"name": "Joke", "arguments": {"a": 1}}}
+    ]

@@ -422,14 +422,15 @@ def _text(choice: Any) -> str:
 
 
 def _collect_tool_calls(calls: dict[int, dict[str, Any]], choice: Any) -> None:
-    """Streamed tool calls arrive as fragments keyed by index: the name once, the arguments
-    as a JSON string in pieces."""
+    """Streamed tool calls arrive as fragments keyed by index: the arguments as a JSON string
+    in pieces, the name whole, once (OpenAI, vLLM) or again in every fragment (llama-cpp-
+    python's server): the first name given is the call's, never a concatenation."""
     delta = getattr(choice, "delta", None)
     for fragment in getattr(delta, "tool_calls", None) or []:
         call = calls.setdefault(fragment.index, {"id": None, "name": "", "arguments": ""})
         call["id"] = fragment.id or call["id"]
         if fragment.function is not None:
-            call["name"] += fragment.function.name or ""
+            call["name"] = call["name"] or fragment.function.name or ""
             call["arguments"] += fragment.function.arguments or ""
 
 
