@@ -38,7 +38,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The pipeline tests run on Redis and on RabbitMQ: a RabbitMQ must answer too.
 test: services lint
+	@PYTHON=$(BIN)/python bash docker/local-services.sh --for-tests
 	$(BIN)/python -m pytest
 
 # Every benchmark and the report (bench/results/report.md); about 20 min. BENCH_ARGS=--quick for a smoke run.

@@ -88,6 +88,11 @@ class RuntimeConfig(BaseModel):
     quota_max_websockets: int = Field(
         ge=0, description="WebSockets a user may hold open at once (0: no limit)."
     )
+    fair_share_default_weight: float = Field(
+        ge=0.1,
+        le=100,
+        description="Fair-share weight of an account an admin gave none (docs/pipeline.md).",
+    )
 
     @field_validator("keep_alive_max")
     @classmethod

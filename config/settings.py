@@ -29,6 +29,7 @@ KNOWN_DEFAULT_SECRETS = frozenset(
         "changeme",
         DEV_SECRET_KEY,
         DEV_JWT_SECRET_KEY,
+        "guest",  # RabbitMQ's
         "password",
         "postgres",
         "secret",
@@ -79,10 +80,14 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = False
     # A server that accepts the TCP connection but never answers must not hang a request.
     db_connect_timeout_s: int = Field(default=5, ge=1)
+    # How long a query's packets may go unacknowledged before its connection fails (libpq's
+    # tcp_user_timeout): a partition then costs a 503, not a request hung for minutes.
+    db_tcp_user_timeout_s: float = Field(default=10.0, gt=0)
     db_echo: bool = False
 
     # Redis serves four roles; each can move to its own instance.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The broker may also be RabbitMQ: amqp://user:password@host:5672/vhost (docs/deploy.md).
     celery_broker_url: str | None = None
     ratelimit_storage_url: str | None = None
     cache_redis_url: str | None = None
@@ -176,6 +181,15 @@ class Settings(BaseSettings):
     event_ttl_s: int = Field(default=3600, ge=60)  # how long a request's events can be replayed
     token_coalesce_ms: int = Field(default=20, ge=0)  # tokens within this window share an event
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    # Warm-model-first routing (docs/pipeline.md, "Routing"): a worker whose engine does not
+    # have a job's model loaded hands it to a node that has it loaded and a free slot, or,
+    # when every such node is busy, offers it again every WARM_ROUTING_RETRY_S, for up to
+    # WARM_ROUTING_WAIT_S; then it loads the model itself. 0 turns warm routing off.
+    warm_routing_wait_s: float = Field(default=5.0, ge=0)
+    warm_routing_retry_s: float = Field(default=0.5, gt=0)
+    # The node's GPU memory in bytes where NVML cannot read it (a CPU node serving from RAM,
+    # an engine on another host); NVML's figure wins. A model bigger than it is not served.
+    gpu_memory_bytes: int | None = Field(default=None, ge=1)
     node_stale_after_s: int = Field(default=30, ge=1)  # no heartbeat for this long = offline
     sweep_interval_s: float = Field(default=5.0, gt=0)
     undispatched_grace_s: float = Field(default=10.0, ge=0)  # then the outbox sweeper re-publishes
@@ -210,6 +224,20 @@ class Settings(BaseSettings):
     quota_max_websockets: int = Field(default=20, ge=0)
     # A job held back by its owner's running-jobs quota is offered again after this long.
     quota_wait_retry_s: float = Field(default=1.0, gt=0)
+    # Fair share (docs/pipeline.md, "Fair share"): when a model's slots are contended, the
+    # claim starts the fair-first waiting job of the model rather than the message's own:
+    # the user with the fewest starts of that model in the last FAIR_SHARE_WINDOW_S (divided
+    # by their weight) goes first; waiting earns one start of credit per FAIR_SHARE_AGING_S,
+    # and each priority level above (below) 5 is worth FAIR_SHARE_PRIORITY_CREDIT starts,
+    # a bounded amount. Off: a message claims exactly its own job. An account's weight is
+    # its own (admins set it) or FAIR_SHARE_DEFAULT_WEIGHT (a run-time setting too).
+    fair_share: bool = True
+    fair_share_window_s: float = Field(default=300.0, gt=0)
+    fair_share_aging_s: float = Field(default=60.0, gt=0)
+    fair_share_priority_credit: float = Field(default=0.5, ge=0, le=10)
+    fair_share_default_weight: float = Field(default=1.0, ge=0.1, le=100)
+    # /metrics names this many users by queue depth; the rest are summed as "_other".
+    fair_share_metrics_top_users: int = Field(default=10, ge=1, le=100)
     # Finished requests, dead sessions and audit partitions older than this are removed.
     retention_days: int = Field(default=90, ge=1, le=3650)
     # How long a process reuses the run-time config it read (system config changes).
@@ -228,6 +256,23 @@ class Settings(BaseSettings):
     ws_access_recheck_s: float = Field(default=60.0, gt=0)
     system_metrics_interval_s: float = Field(default=5.0, gt=0)
 
+    # Completion webhooks (docs/webhooks.md), delivered by `python -m web.webhooks`. A URL
+    # whose host resolves to a private, loopback, link-local, multicast, reserved or
+    # unspecified address is refused unless its host name or address is listed here
+    # (comma-separated host names, addresses or CIDR ranges).
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A failed delivery is tried again after WEBHOOK_BACKOFF_S, doubled per attempt up to
+    # WEBHOOK_BACKOFF_MAX_S, each wait jittered (full jitter), until WEBHOOK_RETRY_WINDOW_S
+    # after the job ended; then it is given up (a redeliver starts a new window).
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_s: float = Field(default=24 * 3600.0, gt=0)
+    # Short, so a slow receiver costs the deliverer little; a receiver answers later at its peril.
+    webhook_connect_timeout_s: float = Field(default=3.0, gt=0)
+    webhook_read_timeout_s: float = Field(default=5.0, gt=0)
+    # Deliveries the deliverer process makes at once (its own threads, never a worker slot).
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 
@@ -242,10 +287,14 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     # Where the embedded llama.cpp server listens when no Ollama answers at OLLAMA_HOST.
     embedded_engine_port: int = Field(default=11480, ge=1, le=65535)
+    # ...and its embedding model (all-MiniLM-L6-v2), behind a worker of its own.
+    embedded_embedding_port: int = Field(default=11481, ge=1, le=65535)
     # Generated credentials and beat's schedule, kept between runs (git-ignored).
     stack_state_dir: str = ".ollamamax"
 
-    @field_validator("cors_origins", "trusted_proxies", "pull_registries", mode="before")
+    @field_validator(
+        "cors_origins", "trusted_proxies", "pull_registries", "webhook_allowed_hosts", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """Lists come from the environment as "a,b,c"."""
@@ -259,6 +308,21 @@ class Settings(BaseSettings):
         for network in value:
             ipaddress.ip_network(network, strict=False)  # raises ValueError when malformed
         return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _webhook_hosts(cls, value: list[str]) -> list[str]:
+        """Host names in lower case; anything with a digit-and-dot or colon shape must be a
+        valid address or CIDR range (a typo must not silently allow nothing)."""
+        entries = []
+        for entry in value:
+            entry = entry.strip().lower()
+            if re.fullmatch(r"[0-9./]+|[0-9a-f:./]*:[0-9a-f:./]*", entry):
+                ipaddress.ip_network(entry, strict=False)  # raises ValueError when malformed
+            elif not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", entry):
+                raise ValueError(f"{entry!r} is not a host name, address or CIDR range")
+            entries.append(entry)
+        return entries
 
     @field_validator("pull_registries")
     @classmethod

@@ -101,6 +101,9 @@ class Replica:
     last_seen_at: datetime | None
     pull_completed_bytes: int | None
     pull_total_bytes: int | None
+    size_vram_bytes: int | None = None  # GPU memory it took when last loaded there
+    expires_at: datetime | None = None  # when the engine unloads it; None: not loaded
+    fits: bool | None = None  # False: the node's GPU memory cannot hold it
 
 
 def replicas_of(*, session: Session, model_id: uuid.UUID) -> list[Replica]:
@@ -114,6 +117,9 @@ def replicas_of(*, session: Session, model_id: uuid.UUID) -> list[Replica]:
             ModelReplica.last_seen_at,
             ModelReplica.pull_completed_bytes,
             ModelReplica.pull_total_bytes,
+            ModelReplica.size_vram_bytes,
+            ModelReplica.expires_at,
+            ModelReplica.fits,
         )
         .join(ModelReplica, ModelReplica.node_id == Node.id)
         .where(ModelReplica.model_id == model_id)

@@ -125,6 +125,7 @@ def add_api_key(
     scopes: list[str],
     expires_at: datetime | None,
     limits: dict[str, int] | None = None,
+    webhook_url: str | None = None,
 ) -> ApiKey:
     key = ApiKey(
         user_id=user_id,
@@ -134,6 +135,7 @@ def add_api_key(
         scopes=scopes,
         expires_at=expires_at,
         limits=limits or {},
+        webhook_url=webhook_url,
     )
     session.add(key)
     session.flush()

@@ -4,8 +4,9 @@ whether anyone serves a model right now."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Exists, delete, exists, func, literal, select, update
@@ -88,11 +89,14 @@ def heartbeat(
     gpu: dict[str, Any] | None = None,
     status: NodeStatus = NodeStatus.ONLINE,
     reason: str | None = None,
+    routing: list[dict[str, Any]] | None = None,
 ) -> NodeStatus | None:
-    """Record a beat; returns the status the node had before it (None: no such node)."""
+    """Record a beat (and, given, the worker's last routing decisions); returns the status
+    the node had before it (None: no such node)."""
     previous = (
         select(Node.status).where(Node.id == node_id).scalar_subquery()
     )  # read in the same statement, before the update applies
+    extra: dict[str, Any] = {"routing": routing} if routing is not None else {}
     row = session.execute(
         update(Node)
         .where(Node.id == node_id)
@@ -102,6 +106,7 @@ def heartbeat(
             status=status,
             status_reason=reason,
             **(gpu or {}),
+            **extra,
         )
         .returning(previous)
     ).first()
@@ -123,8 +128,16 @@ def forget_loaded(*, session: Session, node_ids: list[uuid.UUID]) -> None:
         session.execute(
             update(ModelReplica)
             .where(ModelReplica.node_id.in_(node_ids), ModelReplica.loaded.is_(True))
-            .values(loaded=False)
+            .values(loaded=False, expires_at=None)
         )
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """A model its engine has loaded: GPU bytes it takes and when it unloads, if told."""
+
+    size_vram: int | None = None
+    expires_at: datetime | None = None
 
 
 def sync_replicas(
@@ -132,12 +145,16 @@ def sync_replicas(
     session: Session,
     node_id: uuid.UUID,
     present: dict[str, dict[str, Any]],
-    loaded: set[str],
+    loaded: Collection[str] | Mapping[str, InMemory],
+    too_big: Collection[str] = (),
 ) -> tuple[set[str], set[str]]:
     """Make the node's replicas match what its engine lists. `present` maps canonical model
-    names to the engine's record (size, digest). Models seen for the first time are
-    registered as discovered. A replica being pulled stays while the engine does not list
-    it yet (the pull's progress and its end decide). Returns (added, removed) model names."""
+    names to the engine's record (size, digest); `loaded` names those in memory (with their
+    size and expiry, when the engine says); `too_big` those the node's GPU memory cannot
+    hold (their replicas serve nothing). Models seen for the first time are registered as
+    discovered. A replica being pulled stays while the engine does not list it yet (the
+    pull's progress and its end decide). Returns (added, removed) model names."""
+    memory = loaded if isinstance(loaded, Mapping) else {name: InMemory() for name in loaded}
     now = utcnow()
     for name, record in present.items():
         session.execute(
@@ -162,20 +179,29 @@ def sync_replicas(
         )
     )
     for name, model_id in models.items():
+        held = memory.get(name)
+        values = {
+            "status": ReplicaStatus.AVAILABLE,
+            "loaded": held is not None,
+            "expires_at": held.expires_at if held else None,
+            "fits": name not in too_big,
+            "last_seen_at": now,
+        }
         statement = insert(ModelReplica).values(
             model_id=model_id,
             node_id=node_id,
-            status=ReplicaStatus.AVAILABLE,
-            loaded=name in loaded,
-            last_seen_at=now,
+            size_vram_bytes=held.size_vram if held else None,
+            **values,
         )
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["model_id", "node_id"],
                 set_={
-                    "status": ReplicaStatus.AVAILABLE,
-                    "loaded": name in loaded,
-                    "last_seen_at": now,
+                    **values,
+                    # The size it took when last loaded stays: it is what a load needs.
+                    "size_vram_bytes": func.coalesce(
+                        statement.excluded.size_vram_bytes, ModelReplica.size_vram_bytes
+                    ),
                     "updated_at": now,
                 },
             )
@@ -245,10 +271,12 @@ class Availability:
 def served(heard_since: Any) -> Exists:
     """The rule for "a node serves this model" (correlated to the `models` row being read):
     an online, undrained node with a heartbeat after `heard_since` holds an available
-    replica. Shared by the availability check and the submission's insert."""
+    replica that fits its GPU memory. Shared by the availability check and the submission's
+    insert."""
     return exists().where(
         ModelReplica.model_id == Model.id,
         ModelReplica.status == ReplicaStatus.AVAILABLE,
+        ModelReplica.fits.is_not(False),
         Node.id == ModelReplica.node_id,
         Node.status == NodeStatus.ONLINE,
         Node.drained.is_(False),
@@ -273,18 +301,24 @@ class NodeLoad:
     loaded_models: list[str]
     queue_depth: int  # queued jobs for the models this node holds
     running: int  # jobs running on it now
+    # The loaded models with the GPU memory each takes and when it unloads.
+    loaded: list[dict[str, Any]] = field(default_factory=list)
 
 
 def node_load(*, session: Session, node_ids: list[uuid.UUID]) -> dict[uuid.UUID, NodeLoad]:
     """Loaded models, queue depth and running jobs for each node, in three queries."""
-    loaded: dict[uuid.UUID, list[str]] = {node_id: [] for node_id in node_ids}
-    for node_id, name in session.execute(
-        select(ModelReplica.node_id, Model.name)
+    loaded: dict[uuid.UUID, list[dict[str, Any]]] = {node_id: [] for node_id in node_ids}
+    for node_id, name, size_vram, expires_at in session.execute(
+        select(
+            ModelReplica.node_id, Model.name, ModelReplica.size_vram_bytes, ModelReplica.expires_at
+        )
         .join(Model, Model.id == ModelReplica.model_id)
         .where(ModelReplica.node_id.in_(node_ids), ModelReplica.loaded.is_(True))
         .order_by(Model.name)
     ):
-        loaded[node_id].append(name)
+        loaded[node_id].append(
+            {"model": name, "size_vram_bytes": size_vram, "expires_at": expires_at}
+        )
     queued = dict(
         session.execute(
             select(ModelReplica.node_id, func.count(InferenceRequest.id))
@@ -309,7 +343,10 @@ def node_load(*, session: Session, node_ids: list[uuid.UUID]) -> dict[uuid.UUID,
     )
     return {
         node_id: NodeLoad(
-            loaded[node_id], int(queued.get(node_id, 0)), int(running.get(node_id, 0))
+            [item["model"] for item in loaded[node_id]],
+            int(queued.get(node_id, 0)),
+            int(running.get(node_id, 0)),
+            loaded[node_id],
         )
         for node_id in node_ids
     }
@@ -327,3 +364,46 @@ def node_orders(*, session: Session, node_id: uuid.UUID) -> NodeOrders | None:
     """None: the node was decommissioned."""
     row = session.execute(select(Node.drained, Node.slots).where(Node.id == node_id)).first()
     return NodeOrders(drained=row[0], slots=row[1]) if row else None
+
+
+@dataclass(frozen=True)
+class WarmReplica:
+    """One row of a worker's routing view: a node serving a model this node holds."""
+
+    model: str
+    node: str  # the node's name (its queue is node.<name>)
+    loaded: bool
+    expires_at: datetime | None
+    free_slots: int  # as of that node's last heartbeat
+    size_vram_bytes: int | None  # what the model took when last loaded there
+    model_size_bytes: int | None  # the model's size on disk (a lower bound of its need)
+
+
+def routing_view(
+    *, session: Session, node_id: uuid.UUID, stale_after: timedelta
+) -> list[WarmReplica]:
+    """For every model node `node_id` holds: the online, undrained, freshly heard nodes that
+    hold it too (itself included), whether they have it loaded, and their free slots; one
+    query, read by the worker with its heartbeat (workers/routing.py)."""
+    mine = select(ModelReplica.model_id).where(ModelReplica.node_id == node_id)
+    rows = session.execute(
+        select(
+            Model.name,
+            Node.name,
+            ModelReplica.loaded,
+            ModelReplica.expires_at,
+            Node.slots - Node.slots_busy,
+            ModelReplica.size_vram_bytes,
+            Model.size_bytes,
+        )
+        .join(ModelReplica, ModelReplica.model_id == Model.id)
+        .join(Node, Node.id == ModelReplica.node_id)
+        .where(
+            Model.id.in_(mine),
+            ModelReplica.status == ReplicaStatus.AVAILABLE,
+            Node.status == NodeStatus.ONLINE,
+            Node.drained.is_(False),
+            Node.last_heartbeat_at > utcnow() - stale_after,
+        )
+    )
+    return [WarmReplica(*row) for row in rows]

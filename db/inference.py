@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
+    Float,
     Integer,
     Interval,
     Numeric,
@@ -27,12 +28,13 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    true,
     tuple_,
     type_coerce,
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -44,6 +46,7 @@ from db.models import (
     ModelStatus,
     ModelUsageStats,
     RequestStatus,
+    User,
     UserTokenUsage,
 )
 
@@ -82,6 +85,7 @@ class NewRequest:
     api_key_id: uuid.UUID | None = None
     running_cap: int | None = None  # how many of the owner's jobs may run at once
     key_running_cap: int | None = None  # ... and of its key's
+    webhook_url: str | None = None  # where its terminal status is POSTed (docs/webhooks.md)
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ _NEW_REQUEST_COLUMNS = (
     "api_key_id",
     "running_cap",
     "key_running_cap",
+    "webhook_url",
 )
 
 
@@ -305,6 +310,21 @@ class AtRunningCap(Exception):
     """The job waits: its owner (or its key) already has as many jobs running as its cap."""
 
 
+@dataclass(frozen=True)
+class FairShare:
+    """How the claim orders a model's waiting jobs across owners (docs/pipeline.md, "Fair
+    share"): an owner's starts of the model within `window` (running jobs count too),
+    divided by their weight (`default_weight` unless an admin set theirs), less a start of
+    credit per `aging_s` their oldest waiting job has waited, less `priority_credit` starts
+    per priority level of their head job above 5 (more for levels below): the lowest goes
+    first. Within an owner: priority, then age."""
+
+    window: timedelta
+    aging_s: float
+    priority_credit: float
+    default_weight: float
+
+
 def claim(
     *,
     session: Session,
@@ -312,20 +332,36 @@ def claim(
     worker_name: str,
     node_id: uuid.UUID | None,
     lease: timedelta,
+    fair: FairShare | None = None,
 ) -> ClaimedJob | None:
     """queued -> running for this worker, or None if someone else has it (or it ended).
     Raises AtRunningCap when the job must wait for one of its owner's running jobs to end.
 
-    A job with no running cap is claimed in one statement. A capped one is claimed under
-    the lock on its owner's claims, by a statement that counts what the owner (and its
-    key) runs: two workers claiming the same user's jobs take turns, so the cap holds
-    exactly. Three statements, one transaction.
+    Without `fair`, the job claimed is `request_id`'s. A job with no running cap is
+    claimed in one statement. A capped one is claimed under the lock on its owner's claims,
+    by a statement that counts what the owner (and its key) runs: two workers claiming the
+    same user's jobs take turns, so the cap holds exactly. Three statements, one
+    transaction.
+
+    With `fair`, the message is a wake-up token for its model: the job claimed is the
+    fair-first waiting job of `request_id`'s model (`_fair_pick`), which may be another
+    one. One statement picks it once and claims it if uncapped, or takes its owner's lock
+    if capped, and then the counting claim follows (two statements). When nothing may be
+    picked (every waiting job's owner is at a cap, or being claimed by another worker),
+    AtRunningCap if a job still waits, so the message is offered again; None if none does.
 
     Times come from the database's clock, never a worker's: leases set here are compared
     by a sweeper that may run on another host.
     """
-    params = {"request_id": request_id, "worker": worker_name, "node": node_id, "lease": lease}
+    params: dict[str, Any] = {
+        "request_id": request_id,
+        "worker": worker_name,
+        "node": node_id,
+        "lease": lease,
+    }
     connection = session.connection()
+    if fair is not None:
+        return _fair_claim(connection, params, fair)
     row = connection.execute(_claim_statement(capped=False), params).first()
     if row is None:
         if connection.execute(_lock_capped_statement(), params).first() is None:
@@ -338,6 +374,34 @@ def claim(
     return ClaimedJob(*row)
 
 
+def _fair_claim(connection: Any, params: dict[str, Any], fair: FairShare) -> ClaimedJob | None:
+    params = {
+        **params,
+        "fair_window": fair.window,
+        "fair_aging_s": fair.aging_s,
+        "fair_priority_credit": fair.priority_credit,
+        "fair_default_weight": fair.default_weight,
+    }
+    row = connection.execute(_fair_claim_statement(), params).first()
+    if row is None:
+        if connection.execute(_model_waits_statement(), params).first() is None:
+            return None
+        raise AtRunningCap(params["request_id"])
+    picked_id, capped = row[0], row[1]
+    if not capped:
+        claimed = row[_PICKED_WIDTH:]
+        if claimed[0] is None:  # not claimed after all: the message is offered again
+            raise AtRunningCap(picked_id)
+        return ClaimedJob(*claimed)
+    # Its owner's lock is held, and the row too (the pick locked it): the counting claim of
+    # that one job, in a snapshot taken after the lock, as without fair share.
+    counted = connection.execute(_claim_statement(capped=True), {**params, "request_id": picked_id})
+    claimed = counted.first()
+    if claimed is None:
+        raise AtRunningCap(picked_id)
+    return ClaimedJob(*claimed)
+
+
 def _waiting() -> Any:
     return (
         (InferenceRequest.id == bindparam("request_id"))
@@ -346,8 +410,8 @@ def _waiting() -> Any:
     )
 
 
-def _has_cap() -> Any:
-    return InferenceRequest.running_cap.is_not(None) | InferenceRequest.key_running_cap.is_not(None)
+def _has_cap(table: Any = _REQUESTS) -> Any:
+    return table.c.running_cap.is_not(None) | table.c.key_running_cap.is_not(None)
 
 
 @cache
@@ -376,33 +440,209 @@ def _below_caps() -> Any:
     )
 
 
+def _running_values() -> dict[str, Any]:
+    """What a claim writes: running for this worker, leased, started now."""
+    now = func.now()
+    return {
+        "status": RequestStatus.RUNNING,
+        "worker_name": bindparam("worker"),
+        "node_id": bindparam("node"),
+        "lease_until": now + bindparam("lease", type_=Interval),
+        "started_at": now,
+        "dispatched_at": func.coalesce(_REQUESTS.c.dispatched_at, now),
+    }
+
+
 @cache
 def _claim_statement(*, capped: bool) -> Any:
-    now = func.now()
     return (
         update(_REQUESTS)
         .where(_waiting(), (_has_cap() & _below_caps()) if capped else ~_has_cap())
-        .values(
-            status=RequestStatus.RUNNING,
-            worker_name=bindparam("worker"),
-            node_id=bindparam("node"),
-            lease_until=now + bindparam("lease", type_=Interval),
-            started_at=now,
-            dispatched_at=func.coalesce(InferenceRequest.dispatched_at, now),
+        .values(**_running_values())
+        .returning(*_CLAIMED_COLUMNS)
+    )
+
+
+# What a claim returns: ClaimedJob's fields, in order.
+_CLAIMED_COLUMNS = (
+    InferenceRequest.id,
+    InferenceRequest.kind,
+    InferenceRequest.model_name,
+    InferenceRequest.input,
+    InferenceRequest.options,
+    InferenceRequest.attempt,
+    InferenceRequest.queued_at,
+    InferenceRequest.started_at,
+    InferenceRequest.user_id,
+    InferenceRequest.priority,
+    InferenceRequest.api_key_id,
+)
+
+
+_NO_OWNER = sql_cast(literal(str(uuid.UUID(int=0))), UUID(as_uuid=True))
+
+
+def _model_of_message() -> Any:
+    """The model of the message's job: the set a fair claim picks from."""
+    return (
+        select(_REQUESTS.c.model_name)
+        .where(_REQUESTS.c.id == bindparam("request_id"))
+        .scalar_subquery()
+    )
+
+
+def _counts_by(owner: Any, condition: Any) -> Any:
+    """{owner id as text: jobs} of the rows meeting `condition`, as one JSON object: an
+    uncorrelated subquery, computed once per statement whatever the plan (a derived table
+    joined to the candidates could be aggregated again for each of them)."""
+    counted = _REQUESTS.alias()
+    key = sql_cast(func.coalesce(counted.c[owner], _NO_OWNER), String)
+    per_owner = (
+        select(key.label("owner"), func.count().label("n"))
+        .where(condition(counted))
+        .group_by(key)
+        .subquery()
+    )
+    return select(
+        func.coalesce(
+            func.jsonb_object_agg(per_owner.c.owner, per_owner.c.n),
+            sql_cast(literal("{}"), JSONB),
         )
-        .returning(
-            InferenceRequest.id,
-            InferenceRequest.kind,
-            InferenceRequest.model_name,
-            InferenceRequest.input,
-            InferenceRequest.options,
-            InferenceRequest.attempt,
-            InferenceRequest.queued_at,
-            InferenceRequest.started_at,
-            InferenceRequest.user_id,
-            InferenceRequest.priority,
-            InferenceRequest.api_key_id,
+    ).scalar_subquery()
+
+
+def _count_of(counts: Any, owner: Any) -> Any:
+    key = sql_cast(func.coalesce(owner, _NO_OWNER), String)
+    return func.coalesce(sql_cast(counts.op("->>")(key), Integer), 0)
+
+
+def _fair_pick() -> Any:
+    """The fair-first job of the message's model that may start now (id, owner, capped), locked
+    (FOR UPDATE SKIP LOCKED: concurrent claims take the next ones). Candidates: waiting,
+    no cancel asked, the owner (and key) below its running cap as this statement's snapshot
+    counts (the cap itself is enforced under the owner's lock, as always). First the owner:
+    the lowest score (FairShare), then the highest head priority, the oldest job; then that
+    owner's job by priority and age. Every per-owner figure is computed once per statement:
+    the running and recent-start counts as JSON objects, the owners' heads as one
+    aggregate over the model's waiting jobs (partial index)."""
+    model = _model_of_message()
+    now = func.now()
+
+    def running(table: Any) -> Any:
+        return table.c.status == RequestStatus.RUNNING
+
+    def may_start(table: Any) -> Any:
+        # As _below_caps counts: a job with no owner (or key) row runs nobody's jobs.
+        by_user = _counts_by("user_id", running)
+        by_key = _counts_by("api_key_id", running)
+
+        def below(cap: Any, owner: Any, counts: Any) -> Any:
+            return cap.is_(None) | owner.is_(None) | (_count_of(counts, owner) < cap)
+
+        return (
+            (table.c.model_name == model)
+            & (table.c.status == RequestStatus.QUEUED)
+            & table.c.cancel_requested_at.is_(None)
+            & below(table.c.running_cap, table.c.user_id, by_user)
+            & below(table.c.key_running_cap, table.c.api_key_id, by_key)
         )
+
+    other = _REQUESTS.alias("other")
+    owner = func.coalesce(other.c.user_id, _NO_OWNER)
+    heads = (
+        select(
+            owner.label("owner"),
+            func.min(other.c.queued_at).label("oldest"),
+            func.max(other.c.priority).label("top"),
+        )
+        .where(may_start(other))
+        .group_by(owner)
+        .subquery("heads")
+    )
+    starts = _counts_by(
+        "user_id",
+        lambda began: (
+            (began.c.model_name == model)
+            & (
+                (began.c.started_at >= now - bindparam("fair_window", type_=Interval))
+                | running(began)
+            )
+        ),
+    )
+    users = cast(Table, User.__table__)
+    weight = func.coalesce(users.c.fair_share_weight, bindparam("fair_default_weight", type_=Float))
+    waited_s = sql_cast(func.extract("epoch", now - heads.c.oldest), Float)
+    score = (
+        sql_cast(_count_of(starts, heads.c.owner), Float) / weight
+        - waited_s / bindparam("fair_aging_s", type_=Float)
+        - sql_cast(heads.c.top - 5, Float) * bindparam("fair_priority_credit", type_=Float)
+    )
+    first_owner = (
+        select(heads.c.owner)
+        .select_from(heads.outerjoin(users, users.c.id == heads.c.owner))
+        .order_by(score, heads.c.top.desc(), heads.c.oldest, heads.c.owner)
+        .limit(1)
+        .scalar_subquery()
+    )
+    job = _REQUESTS.alias("job")
+    return (
+        select(job.c.id, job.c.user_id, _has_cap(job).label("capped"))
+        .where(may_start(job), func.coalesce(job.c.user_id, _NO_OWNER) == first_owner)
+        .order_by(job.c.priority.desc(), job.c.queued_at, job.c.id)
+        .limit(1)
+        .with_for_update(of=job, skip_locked=True)
+    )
+
+
+# The fair claim's row: the pick's id, capped and held, then the claimed job's columns.
+_PICKED_WIDTH = 3
+
+
+@cache
+def _fair_claim_statement() -> Any:
+    """Pick the fair-first job once, then in the same statement: claim it if it has no
+    running cap (as a plain claim), or take the lock on its owner's claims if it has one (the
+    row stays locked by the pick; the counting claim follows in a snapshot taken after the
+    lock). One row: the pick's id, whether it is capped, whether the lock was taken, then the
+    claimed job's columns (NULL unless claimed); no row when nothing may be picked."""
+    pick = _fair_pick().cte("pick")
+    claimed = (
+        update(_REQUESTS)
+        .where(
+            _REQUESTS.c.id == pick.c.id,
+            ~pick.c.capped,
+            _REQUESTS.c.status == RequestStatus.QUEUED,
+            _REQUESTS.c.cancel_requested_at.is_(None),
+        )
+        .values(**_running_values())
+        .returning(*(_REQUESTS.c[column.key] for column in _CLAIMED_COLUMNS))
+        .cte("claimed")
+    )
+    owner = func.hashtext(sql_cast(pick.c.user_id, String))
+    # Referenced below, so it runs (PostgreSQL skips an unreferenced SELECT in WITH); at
+    # most one row, the capped pick's.
+    locked = (
+        select(func.pg_advisory_xact_lock(RUNNING_LOCK, owner).is_not(None).label("held"))
+        .where(pick.c.capped)
+        .cte("locked")
+    )
+    return select(pick.c.id, pick.c.capped, locked.c.held, *claimed.c).select_from(
+        pick.outerjoin(claimed, true()).outerjoin(locked, true())
+    )
+
+
+@cache
+def _model_waits_statement() -> Any:
+    """Whether any job of the message's model still waits (held back by a cap, or being
+    claimed by another worker): then the message is offered again rather than dropped."""
+    return (
+        select(literal(1))
+        .where(
+            InferenceRequest.model_name == _model_of_message(),
+            InferenceRequest.status == RequestStatus.QUEUED,
+            InferenceRequest.cancel_requested_at.is_(None),
+        )
+        .limit(1)
     )
 
 

@@ -26,7 +26,17 @@ def build_engine(settings: Settings, pool_size: int | None = None) -> Engine:
         pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=settings.db_pool_pre_ping,
         echo=settings.db_echo,
-        connect_args={"connect_timeout": settings.db_connect_timeout_s},
+        connect_args={
+            "connect_timeout": settings.db_connect_timeout_s,
+            # A database behind a dead link (no RST, just silence) must fail a query, not
+            # hang it until the kernel gives up (~15 min): sent data unacknowledged for
+            # DB_TCP_USER_TIMEOUT_S fails the connection, and keepalives probe idle ones.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(settings.db_tcp_user_timeout_s * 1000),
+        },
         # Keep parameter values out of exception messages and logs.
         hide_parameters=True,
     )

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from db.models import InferenceRequest, Node, RequestStatus
+from db.models import InferenceRequest, Node, RequestStatus, User
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +133,53 @@ def live_stats(*, session: Session) -> LiveStats:
         completion_tokens_1m=int(tokens or 0),
         eval_duration_ns_1m=int(duration_ns or 0),
     )
+
+
+# The label of the users past the top N, summed; usernames start with a letter or a digit.
+OTHER_USERS = "_other"
+ERASED_USER = "_erased"  # jobs of accounts erased since (user_id NULL)
+
+
+@dataclass(frozen=True)
+class UserQueue:
+    user: str  # a username, OTHER_USERS or ERASED_USER
+    queued: int
+    oldest_wait_s: float  # how long the longest-waiting of these jobs has waited
+    mean_wait_s: float
+
+
+def queue_by_user(*, session: Session, top: int) -> list[UserQueue]:
+    """Waiting jobs per user: the `top` users with the most, by name, deepest first, then
+    everyone else as one OTHER_USERS row (absent when there is nobody else): a bounded set
+    of labels for /metrics however many users wait. One query over the waiting jobs'
+    partial index."""
+    waited = func.extract("epoch", func.now() - InferenceRequest.queued_at)
+    rows = session.execute(
+        select(
+            User.username,
+            func.count(),
+            func.coalesce(func.max(waited), 0),
+            func.coalesce(func.sum(waited), 0),
+        )
+        .select_from(InferenceRequest)
+        .outerjoin(User, User.id == InferenceRequest.user_id)
+        .where(InferenceRequest.status == RequestStatus.QUEUED)
+        .group_by(User.username)
+        .order_by(func.count().desc(), User.username)
+    ).all()
+    named = [
+        UserQueue(name or ERASED_USER, int(n), float(oldest), float(total) / int(n))
+        for name, n, oldest, total in rows[:top]
+    ]
+    rest = rows[top:]
+    if rest:
+        count = sum(int(row[1]) for row in rest)
+        named.append(
+            UserQueue(
+                OTHER_USERS,
+                count,
+                max(float(row[2]) for row in rest),
+                sum(float(row[3]) for row in rest) / count,
+            )
+        )
+    return named

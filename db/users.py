@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import AuditLogEntry, InferenceRequest, Role, User
+from db.models import (
+    AuditLogEntry,
+    InferenceRequest,
+    Role,
+    User,
+    WebhookDelivery,
+    WebhookSecret,
+)
 
 
 def normalise_email(email: str | None) -> str | None:
@@ -146,8 +153,12 @@ def erase_personal_data(*, session: Session, user: User) -> None:
     session.execute(
         update(InferenceRequest)
         .where(InferenceRequest.user_id == user.id)
-        .values(input={}, output=None, output_message=None, idempotency_key=None)
+        .values(input={}, output=None, output_message=None, idempotency_key=None, webhook_url=None)
     )
+    # Their webhooks too: the URLs may say who they were, and no one is left to sign for.
+    mine = select(InferenceRequest.id).where(InferenceRequest.user_id == user.id)
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.request_id.in_(mine)))
+    session.execute(delete(WebhookSecret).where(WebhookSecret.user_id == user.id))
     session.flush()  # the audit trigger records this update; scrub that entry too
     _scrub_audit_trail(session=session, user_id=user.id)
 

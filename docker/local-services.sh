@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL and Redis answer where DATABASE_URL and REDIS_URL point.
+# Make sure PostgreSQL and Redis answer where DATABASE_URL and REDIS_URL point, and
+# RabbitMQ where CELERY_BROKER_URL points when that is an amqp:// URL. With --for-tests
+# (`make test`) also where the tests look for one (TEST_AMQP_URL, default 127.0.0.1:5672:
+# the pipeline tests run on both brokers, in a virtual host of their own).
 # Reuses running servers; otherwise starts the machine's own (pg_ctlcluster,
-# redis-server); where none is installed, installs Debian's packages and starts
-# throwaway instances under ${SERVICES_DIR:-/tmp/ollamamax-services}.
+# redis-server, rabbitmq-server); where none is installed, installs Debian's packages and
+# starts throwaway instances under ${SERVICES_DIR:-/tmp/ollamamax-services}.
 # Remote hosts are only checked, never started.
+# With --for-tests and as root, also installs HAProxy (never started here): the cluster tests (tests/cluster/)
+# run it on a host of their own.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 SERVICES_DIR=${SERVICES_DIR:-/tmp/ollamamax-services}
 
-read -r PG_HOST PG_PORT REDIS_HOST REDIS_PORT < <("$PYTHON" - <<'PY'
+read -r PG_HOST PG_PORT REDIS_HOST REDIS_PORT BROKER_URL < <("$PYTHON" - <<'PY'
 from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from config.settings import get_settings
 s = get_settings()
 db = make_url(s.database_url)
 redis = urlsplit(s.redis_url)
-print(db.host or "127.0.0.1", db.port or 5432, redis.hostname or "127.0.0.1", redis.port or 6379)
+print(db.host or "127.0.0.1", db.port or 5432, redis.hostname or "127.0.0.1", redis.port or 6379,
+      s.broker_url)
 PY
 )
 
@@ -71,5 +77,35 @@ ensure_redis() {
     wait_for Redis "$REDIS_HOST" "$REDIS_PORT"
 }
 
+ensure_rabbitmq() {  # url
+    local url=$1 host port
+    host=$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/]+).*#\2#' <<<"$url")
+    port=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/]+:([0-9]+).*#\2#p' <<<"$url")
+    port=${port:-5672}
+    if answers "$host" "$port"; then say "RabbitMQ answers on $host:$port"; return; fi
+    is_local "$host" || { say "RabbitMQ at $host:$port does not answer"; return 1; }
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    # A package install may have started it already.
+    if ! answers "$host" "$port"; then
+        mkdir -p "$SERVICES_DIR"
+        say "starting the machine's RabbitMQ (rabbitmq-server) on port $port"
+        RABBITMQ_NODE_PORT=$port setsid nohup rabbitmq-server >"$SERVICES_DIR/rabbitmq.log" 2>&1 &
+    fi
+    # The Erlang VM takes a while to boot.
+    for _ in $(seq 1 120); do answers "$host" "$port" && return 0; sleep 0.5; done
+    say "RabbitMQ did not come up on $host:$port (see $SERVICES_DIR/rabbitmq.log)"; return 1
+}
+
+ensure_haproxy() {
+    command -v haproxy >/dev/null && return
+    if [[ $(id -u) != 0 ]]; then say "no haproxy and not root: the cluster tests will be skipped"; return; fi
+    apt_install haproxy || say "haproxy could not be installed: the cluster tests will be skipped"
+}
+
 ensure_postgres
 ensure_redis
+if [[ $BROKER_URL == amqp* ]]; then ensure_rabbitmq "$BROKER_URL"; fi
+if [[ ${1:-} == --for-tests ]]; then
+    ensure_rabbitmq "${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
+    ensure_haproxy
+fi

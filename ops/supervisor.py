@@ -6,10 +6,11 @@ PostgreSQL, Redis and the migrations are `make run`'s first steps. This makes su
 admin exists (ADMIN_* from the environment, or generated once and kept in STACK_STATE_DIR),
 picks the engine (the Ollama at OLLAMA_HOST when it answers, else the embedded llama.cpp
 model), and runs under honcho: the web process, one worker per GPU (one CPU worker
-without a GPU, or for the embedded model), beat, Flower behind basic auth, the embedded
-engine when used, and `first-answer`, which streams a first answer from the model to the
-console. Each worker runs under `python -m ops.keepalive`: honcho stops the whole stack when
-any process ends, so a worker that fails is started again there, after a short backoff.
+without a GPU, or for the embedded model), beat, the webhook deliverer, Flower behind
+basic auth, the embedded engine when used, and `first-answer`, which streams a first answer
+from the model to the console. Each worker, and the deliverer, runs under `python -m
+ops.keepalive`: honcho stops the whole stack when any process ends, so one that fails is
+started again there, after a short backoff.
 Every process logs in the console format (LOG_FORMAT=console), in colour on a terminal; what
 repeats every few seconds shows only at LOG_LEVEL=DEBUG. Ctrl-C stops every process
 (SIGTERM, then SIGKILL after STOP_GRACE_S).
@@ -49,6 +50,7 @@ STOP_GRACE_S = 35
 # Puts Flower's /metrics behind its basic auth too (Flower 2.2 leaves it open).
 FLOWER_CONF = Path(__file__).resolve().parents[1] / "docker" / "flowerconfig.py"
 DEFAULT_WORKER_METRICS_PORT = 11561  # the first worker's; each next one takes the next port
+WEBHOOK_METRICS_PORT = 11560  # the webhook deliverer's /metrics
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,20 @@ def build(
     manager = Manager(printer)
     manager.add_process("web", _python("-m gunicorn -c config/gunicorn.py wsgi:app"), env=env)
     _add_beat_and_flower(manager, settings, auth, state, env)
+    # Its own process (docs/webhooks.md): a slow receiver never holds a worker's slot.
+    manager.add_process(
+        "webhooks",
+        _keepalive("webhooks", "-m web.webhooks", f"--metrics-port {WEBHOOK_METRICS_PORT}"),
+        env=env,
+    )
     if engine.embedded:
         # Through its own entry point, which also writes the model out on first use and keeps
         # WEB_CONCURRENCY (ours) away from the server's uvicorn.
         port = settings.embedded_engine_port
         manager.add_process("engine", _python("-m workers.llama_server", f"--port {port}"), env=env)
     _add_workers(manager, settings, engine, env)
+    if engine.embedded:
+        _add_embedding_engine(manager, settings, env)
     # The embedded engine serves one known model; with Ollama, the first the fleet offers.
     model = f" --model {llama_server.MODEL_ALIAS}" if engine.embedded else ""
     manager.add_process("first-answer", _python(f"-m ops.supervisor first-answer{model}"), env=env)
@@ -152,7 +162,31 @@ def _add_workers(
         ]
         if gpu is not None:
             args.append(f"--gpu {gpu}")
+        if engine.embedded:
+            args.append("--capabilities completion")
         manager.add_process(f"worker.{name}", _keepalive(f"worker.{name}", *args), env=env)
+
+
+def _add_embedding_engine(manager: Manager, settings: Settings, env: dict[str, str]) -> None:
+    """Embeddings too, so that `ollama.embed` and OpenAI's embeddings answer out of the box: the
+    small embedding model (all-MiniLM-L6-v2) behind a worker of its own (a node serving that
+    one model, as a second host would)."""
+    port = settings.embedded_embedding_port
+    manager.add_process(
+        "embed-engine", _python("-m workers.llama_server --embedding", f"--port {port}"), env=env
+    )
+    metrics_port = (settings.worker_metrics_port or DEFAULT_WORKER_METRICS_PORT) + 1
+    args = [
+        "-m workers run",
+        "--engine openai",
+        f"--engine-url http://127.0.0.1:{port}",
+        f"--name embed@{socket.gethostname()}",
+        f"--metrics-port {metrics_port}",
+        "--capabilities embedding",  # what the doors' /api/show say, and the smoke test reads
+        "--slots 1",  # llama-cpp-python's server answers one request at a time
+        "--wait-engine-s 300",
+    ]
+    manager.add_process("worker.embed", _keepalive("worker.embed", *args), env=env)
 
 
 def _keepalive(name: str, *args: str) -> str:

@@ -35,6 +35,7 @@ from web.system import views as system_views
 from web.users import admin as users_admin
 from web.users import quotas as users_quotas
 from web.users import views as users_views
+from web.webhooks import views as webhook_views
 from workers.celery_app import create_celery_app
 from workers.events import EventLog
 from workers.runtime_config import RuntimeConfigSource
@@ -114,6 +115,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         openapi_views.bp,
         ollama_compat.bp,
         openai_compat.bp,
+        webhook_views.bp,
     ):
         app.register_blueprint(blueprint)
     init_realtime(app)

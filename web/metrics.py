@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db.models import InferenceRequest, Node, NodeStatus, RequestStatus
 from db.session import Database
+from db.stats import queue_by_user
 from web.errors import Unauthorized
 from web.extensions import current_settings
 from web.openapi import METRICS_TOKEN, Reply, documented
@@ -99,8 +100,9 @@ def record_request(status: int) -> None:
 class FleetCollector(Collector):
     """The fleet as the database knows it, read at scrape time."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, top_users: int = 10) -> None:
         self.database = database
+        self.top_users = top_users
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -130,7 +132,21 @@ class FleetCollector(Collector):
         gpu_busy = GaugeMetricFamily(
             "ollamamax_gpu_utilization_ratio", "GPU utilisation, 0 to 1.", labels=["node", "gpu"]
         )
+        depth = GaugeMetricFamily(
+            "ollamamax_user_queue_depth",
+            "Jobs waiting, per user: the top FAIR_SHARE_METRICS_TOP_USERS users by depth, the "
+            'rest as user="_other".',
+            labels=["user"],
+        )
+        wait = GaugeMetricFamily(
+            "ollamamax_user_queue_wait_seconds",
+            "How long the user's longest-waiting job has waited (same users as the depth).",
+            labels=["user"],
+        )
         with self.database.unit_of_work() as session:
+            for row in queue_by_user(session=session, top=self.top_users):
+                depth.add_metric([row.user], row.queued)
+                wait.add_metric([row.user], row.oldest_wait_s)
             for model, priority, count in session.execute(
                 select(InferenceRequest.model_name, InferenceRequest.priority, func.count())
                 .where(InferenceRequest.status == RequestStatus.QUEUED)
@@ -161,7 +177,7 @@ class FleetCollector(Collector):
                     gpu_used.add_metric(labels, used)
                 if node.gpu_utilization_pct is not None:
                     gpu_busy.add_metric(labels, node.gpu_utilization_pct / 100)
-        return (queue, running, free, up, gpu_total, gpu_used, gpu_busy)
+        return (queue, depth, wait, running, free, up, gpu_total, gpu_used, gpu_busy)
 
 
 def _process_registry() -> CollectorRegistry:
@@ -200,7 +216,8 @@ def _authorize() -> None:
 def metrics() -> Response:
     _authorize()
     fleet = CollectorRegistry(auto_describe=False)
-    fleet.register(FleetCollector(current_app.extensions["db"]))
+    top_users = current_settings().fair_share_metrics_top_users
+    fleet.register(FleetCollector(current_app.extensions["db"], top_users))
     body = generate_latest(_process_registry()) + generate_latest(fleet)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 

@@ -59,6 +59,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="ollama, or openai for an OpenAI-compatible server; default: ENGINE_KIND",
     )
+    run.add_argument(
+        "--capabilities",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        help="openai engines: what its models can do, comma-separated (completion, embedding, "
+        "tools, vision...), shown by the doors' /api/show; Ollama says it itself",
+    )
     run.add_argument("--slots", type=int, default=1, help="concurrent jobs (OLLAMA_NUM_PARALLEL)")
     run.add_argument("--name", default=None, help="node name; default gpu<N>@<host> or cpu@<host>")
     run.add_argument(
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             database,
             worker_redis(settings.cache_url, settings.redis_timeout_s),
         ),
-        engine=make_engine(engine_kind, engine_url, settings),
+        engine=make_engine(engine_kind, engine_url, settings, capabilities=args.capabilities),
         worker_name=celery_hostname,
         node_name=name,
         engine_url=engine_url,

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from config.settings import Settings, get_settings
-from workers.dispatch import PRIORITY_STEPS
+from workers.brokers import celery_options
 
 # Maintenance (workers/tasks/maintenance.py, docs/maintenance.md), in seconds.
 DASHBOARD_REFRESH_S = 60
@@ -20,15 +20,8 @@ CLEANUP_S = 3600
 
 
 def _configure(app: Celery, settings: Settings) -> None:
-    # The broker must not hand a job to a second worker while the first may still be
-    # generating it (celery#5935): wait longer than the longest generation allowed.
-    visibility_timeout = settings.max_generation_s + 2 * settings.lease_ttl_s + 60
     app.conf.update(
         broker_url=settings.broker_url,
-        # One Redis client per channel for publishing, instead of one per message.
-        broker_transport=(
-            "workers.broker:Transport" if settings.broker_url.startswith("redis://") else None
-        ),
         # No task returns a result anyone reads. Celery itself still takes a backend from
         # CELERY_RESULT_BACKEND in the environment, whatever this says: publishing with
         # ignore_result (workers/dispatch.py) keeps it from subscribing to results.
@@ -40,15 +33,8 @@ def _configure(app: Celery, settings: Settings) -> None:
         task_default_queue="default",
         task_soft_time_limit=settings.max_generation_s,
         task_time_limit=settings.max_generation_s + 30,
-        broker_transport_options={
-            "visibility_timeout": visibility_timeout,
-            "priority_steps": PRIORITY_STEPS,
-            # Keep kombu's default separator between a queue's name and its priority step:
-            # ":" would clash with model tags ("model.llama3.2:latest"). Queues are served
-            # round robin (the default), so one busy model cannot starve another.
-            "socket_connect_timeout": 2,
-            "socket_timeout": 10,
-        },
+        # Redis or RabbitMQ: the transport, priorities, redelivery (workers/brokers.py).
+        **celery_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

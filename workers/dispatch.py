@@ -14,20 +14,19 @@ import logging
 import uuid
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from db.recovery import Dispatchable, mark_dispatched
 from db.session import Database
+from workers.brokers import CONFIRM_TIMEOUT_S, broker_priority, is_amqp
 
 log = logging.getLogger(__name__)
 
 INFERENCE = "inference.run"
 MODEL_PULL = "models.pull"
 MODEL_DELETE = "models.delete"
-
-# Kombu's Redis transport serves priority 0 first; our API says 9 is most urgent.
-PRIORITY_STEPS = list(range(10))
 
 
 def queue_for_model(model_name: str) -> str:
@@ -38,16 +37,23 @@ def queue_for_node(node_name: str) -> str:
     return f"node.{node_name}"
 
 
-def broker_priority(api_priority: int) -> int:
-    return 9 - api_priority
+# RabbitMQ: one immediate reconnect. A pooled connection dies with a broker restart (or a
+# firewall's idle cut), and kombu's AMQP connection does not reconnect by itself as redis-py
+# does; without this the next job would wait for the outbox sweeper. A broker that is away
+# refuses the new connection as fast as the old one failed.
+AMQP_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
 
 
 def _publish(celery: Celery, task: str, args: list[Any], **options: Any) -> bool:
+    if is_amqp(celery.conf.broker_url):
+        retry = {"retry": True, "retry_policy": AMQP_RETRY, "confirm_timeout": CONFIRM_TIMEOUT_S}
+    else:
+        retry = {"retry": False}  # never hold the caller while the broker is away
     try:
-        # retry=False: never hold the caller while the broker is away. ignore_result: nobody
-        # waits for one, so no result channel is subscribed for it (see workers/celery_app.py).
-        celery.send_task(task, args=args, retry=False, ignore_result=True, **options)
-    except (OperationalError, ConnectionError, OSError) as error:
+        # ignore_result: nobody waits for one, so no result channel is subscribed for it
+        # (see workers/celery_app.py).
+        celery.send_task(task, args=args, ignore_result=True, **retry, **options)
+    except (OperationalError, ConnectionError, OSError, MessageNacked) as error:
         log.warning("could not publish %s%s: %s", task, args, error)
         return False
     return True
@@ -63,7 +69,29 @@ def publish_inference(
         [str(request_id)],
         task_id=str(request_id),
         queue=queue_for_model(model_name),
-        priority=broker_priority(priority),
+        priority=broker_priority(priority, amqp=is_amqp(celery.conf.broker_url)),
+    )
+
+
+def hand_to_node(
+    celery: Celery,
+    request_id: str,
+    node_name: str,
+    routed: dict[str, Any],
+    broker_priority: int | None,
+) -> bool:
+    """A job for the node whose engine has its model loaded (workers/routing.py): it goes to
+    that node's own queue, which only that worker consumes, and runs there without being
+    routed again. `broker_priority` is the message's own, already in the broker's terms."""
+    options: dict[str, Any] = {} if broker_priority is None else {"priority": broker_priority}
+    return _publish(
+        celery,
+        INFERENCE,
+        [request_id],
+        kwargs={"routed": routed},
+        task_id=request_id,
+        queue=queue_for_node(node_name),
+        **options,
     )
 
 

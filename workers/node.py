@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -14,18 +15,21 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.fleet import (
+    InMemory,
+    NodeOrders,
     NodeReport,
     heartbeat,
     mark_offline,
     node_orders,
     record_engine_details,
     register_node,
+    routing_view,
     sync_replicas,
 )
 from db.models import NodeStatus
 from workers.cache import VersionedCache
 from workers.dispatch import queue_for_model
-from workers.engines.base import EngineError
+from workers.engines.base import EngineError, LoadedModel
 from workers.events import announce
 from workers.gpu import GpuInfo, find
 from workers.runtime import Runtime
@@ -44,25 +48,68 @@ def gpu_columns(gpu: GpuInfo | None) -> dict[str, Any]:
     }
 
 
+def gpu_report(rt: Runtime, loaded: dict[str, LoadedModel] | None) -> dict[str, Any]:
+    """The GPU columns of a beat: NVML's, else the memory the operator declared
+    (GPU_MEMORY_BYTES), free being what the engine's loaded models leave of it."""
+    columns = gpu_columns(find(rt.gpu_index))
+    declared = rt.settings.gpu_memory_bytes
+    if columns or declared is None:
+        return columns
+    columns = {"gpu_memory_total_bytes": declared}
+    if loaded is not None:
+        held = sum(model.size_vram or 0 for model in loaded.values())
+        columns["gpu_memory_free_bytes"] = max(0, declared - held)
+    return columns
+
+
+def too_big(
+    inventory: Inventory,
+    gpu: dict[str, Any],
+    sizes: dict[str, int],
+) -> set[str]:
+    """The models this node's GPU memory cannot hold: a model needs what it took in GPU
+    memory when last loaded anywhere in the fleet (`sizes`, or here), else its size on
+    disk. Without a known GPU memory nothing is refused."""
+    total = gpu.get("gpu_memory_total_bytes")
+    if not total:
+        return set()
+    present, loaded = inventory
+    refused = set()
+    for name, record in present.items():
+        measured = [sizes.get(name), loaded[name].size_vram if name in loaded else None]
+        known = [size for size in measured if size]
+        need = max(known) if known else record.get("size")
+        if isinstance(need, int) and need > total:
+            refused.add(name)
+    return refused
+
+
 def register(rt: Runtime, report: NodeReport) -> set[str]:
     """Insert or refresh the node and its replicas; returns the model queues to consume."""
-    gpu = find(report.gpu_index)
-    report = replace(report, **gpu_columns(gpu), engine_version=rt.engine.version())
+    inventory = _read_engine(rt)
+    gpu = gpu_report(rt, inventory[1] if inventory else None)
+    report = replace(report, **gpu, engine_version=rt.engine.version())
     with rt.database.unit_of_work() as session:
         rt.node_id = register_node(session=session, report=report)
     _announce_status(rt, NodeStatus.ONLINE, None)
-    inventory = _read_engine(rt)
-    queues = _sync_models(rt, inventory) if inventory else set()
+    refused = too_big(inventory, gpu, {}) if inventory else set()
+    for name in sorted(refused):
+        log.warning("model %s does not fit this node's GPU memory: not served here", name)
+    queues = _sync_models(rt, inventory, refused, starting=True) if inventory else set()
+    if inventory:
+        rt.router.refresh(inventory[1], None)
     invalidate_fleet_reads(rt)
     return queues
 
 
 def sync_models(rt: Runtime) -> None:
     """Make the node's replicas match its engine now (after a pull or a removal)."""
-    inventory = _read_engine(rt)
-    if inventory is not None:
-        _sync_models(rt, inventory)
-        invalidate_fleet_reads(rt)
+    with rt.inventory_lock:
+        inventory = _read_engine(rt)
+        if inventory is not None:
+            gpu = gpu_report(rt, inventory[1])
+            _sync_models(rt, inventory, too_big(inventory, gpu, {}))
+    invalidate_fleet_reads(rt)
 
 
 def invalidate_fleet_reads(rt: Runtime) -> None:
@@ -71,7 +118,11 @@ def invalidate_fleet_reads(rt: Runtime) -> None:
         VersionedCache(rt.runtime_config.cache.redis, namespace).invalidate()
 
 
-Inventory = tuple[dict[str, dict[str, Any]], set[str]]  # models present, models loaded
+# Models present (name -> the engine's record), models loaded (name -> size and expiry).
+Inventory = tuple[dict[str, dict[str, Any]], dict[str, LoadedModel]]
+
+
+DECOMMISSIONED = object()  # what a beat returns when the node's row is gone
 
 
 class Busy(Enum):
@@ -90,7 +141,8 @@ def _read_engine(rt: Runtime) -> Inventory | None:
 def _probe_engine(rt: Runtime) -> Inventory | Busy | None:
     """The same, or Busy.BUSY if it answers too slowly (ENGINE_PROBE_TIMEOUT_S)."""
     try:
-        return {model.name: model.record for model in rt.engine.models()}, rt.engine.loaded()
+        present = {model.name: model.record for model in rt.engine.models()}
+        return present, rt.engine.loaded_models()
     except EngineError as error:
         if error.code == "engine_stalled":
             log.info("engine at %s is busy (%s); its models stand as listed", rt.engine_url, error)
@@ -99,12 +151,17 @@ def _probe_engine(rt: Runtime) -> Inventory | Busy | None:
         return None
 
 
-def _sync_models(rt: Runtime, inventory: Inventory) -> set[str]:
+def _sync_models(
+    rt: Runtime, inventory: Inventory, refused: set[str], *, starting: bool = False
+) -> set[str]:
+    """Record the engine's models (`refused`: those the GPU cannot hold); returns the model
+    queues to consume: every model present that fits."""
     present, loaded = inventory
     assert rt.node_id is not None
+    memory = {name: InMemory(m.size_vram, m.expires_at) for name, m in loaded.items()}
     with rt.database.unit_of_work() as session:
         added, removed = sync_replicas(
-            session=session, node_id=rt.node_id, present=present, loaded=loaded
+            session=session, node_id=rt.node_id, present=present, loaded=memory, too_big=refused
         )
     _describe(rt, added)
     for change, names in (("added", added), ("removed", removed)):
@@ -113,7 +170,9 @@ def _sync_models(rt: Runtime, inventory: Inventory) -> set[str]:
             announce(
                 rt.redis, "model_update", change, model=name, node=rt.node_name, node_id=rt.node_id
             )
-    return {queue_for_model(name) for name in present}
+    for name in sorted(refused & added if not starting else ()):  # new since the start
+        log.warning("model %s does not fit this node's GPU memory: not served here", name)
+    return {queue_for_model(name) for name in present if name not in refused}
 
 
 def _describe(rt: Runtime, names: set[str]) -> None:
@@ -175,6 +234,17 @@ class Heartbeat(threading.Thread):
                 log.exception("heartbeat failed")
 
     def beat(self) -> None:
+        # A removal's sync that ran between this beat's read of the engine and its record
+        # would be undone by it (the replica back until the next beat): the lock orders them.
+        with self.rt.inventory_lock:
+            wanted = self._beat()
+        if wanted is DECOMMISSIONED:
+            self._decommissioned()
+        elif isinstance(wanted, set):
+            self._consume(wanted)
+
+    def _beat(self) -> set[str] | object | None:
+        """The beat up to the model queues it wants consumed (None: leave them as they are)."""
         rt = self.rt
         assert rt.node_id is not None
         inventory = _probe_engine(rt)
@@ -187,19 +257,11 @@ class Heartbeat(threading.Thread):
             if inventory is not None
             else (NodeStatus.DEGRADED, "engine_unreachable")
         )
-        with rt.database.unit_of_work() as session:
-            before = heartbeat(
-                session=session,
-                node_id=rt.node_id,
-                slots_busy=rt.busy,
-                gpu=gpu_columns(find(rt.gpu_index)),
-                status=status,
-                reason=reason,
-            )
-            orders = node_orders(session=session, node_id=rt.node_id)
+        known = inventory if inventory is not None and inventory is not Busy.BUSY else None
+        gpu = gpu_report(rt, known[1] if known else None)
+        before, orders, sizes = self._record_beat(status, reason, gpu, known)
         if before is None or orders is None:
-            self._decommissioned()
-            return
+            return DECOMMISSIONED
         if before != status:
             _announce_status(rt, status, reason)
         self._apply_slots(orders.slots)
@@ -211,15 +273,50 @@ class Heartbeat(threading.Thread):
         elif inventory is Busy.BUSY:
             wanted = self.model_queues  # the models it listed last
         else:
-            wanted = _sync_models(rt, inventory)
+            wanted = _sync_models(rt, inventory, too_big(inventory, gpu, sizes))
             invalidate_fleet_reads(rt)
             if wanted:
                 self.model_queues = wanted
             elif not orders.drained:
-                return  # an empty list from a flaky engine must not stop every consumer
+                return None  # an empty list from a flaky engine must not stop every consumer
         if orders.drained:
             wanted = set()  # finish what runs, take nothing new (the node queue stays)
-        self._consume(wanted)
+        return wanted
+
+    def _record_beat(
+        self,
+        status: NodeStatus,
+        reason: str | None,
+        gpu: dict[str, Any],
+        known: Inventory | None,
+    ) -> tuple[NodeStatus | None, NodeOrders | None, dict[str, int]]:
+        """One transaction: the beat (with the last routing decisions), the operators'
+        orders and the fleet's routing view, which refreshes the router. Returns the status
+        before, the orders, and the GPU memory each model took where last loaded."""
+        rt = self.rt
+        assert rt.node_id is not None
+        with rt.database.unit_of_work() as session:
+            before = heartbeat(
+                session=session,
+                node_id=rt.node_id,
+                slots_busy=rt.busy,
+                gpu=gpu,
+                status=status,
+                reason=reason,
+                routing=rt.router.recent_decisions(),
+            )
+            orders = node_orders(session=session, node_id=rt.node_id)
+            view = routing_view(
+                session=session,
+                node_id=rt.node_id,
+                stale_after=timedelta(seconds=rt.settings.node_stale_after_s),
+            )
+        rt.router.refresh(known[1] if known else None, view)
+        sizes: dict[str, int] = {}
+        for row in view:
+            if row.size_vram_bytes:
+                sizes[row.model] = max(sizes.get(row.model, 0), row.size_vram_bytes)
+        return before, orders, sizes
 
     def _consume(self, wanted: set[str]) -> None:
         rt = self.rt

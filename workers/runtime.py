@@ -17,6 +17,7 @@ from workers.engine_health import EngineHealth
 from workers.engines.base import Engine
 from workers.events import EventLog
 from workers.job_events import Backlog
+from workers.routing import Router
 from workers.runtime_config import RuntimeConfigSource
 from workers.watch import Watcher
 
@@ -38,6 +39,9 @@ class Runtime:
     node_id: uuid.UUID | None = None
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held from reading the engine's models to recording them (workers/node.py), so a
+    # heartbeat's older read never lands after a pull's or a removal's newer one.
+    inventory_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set when the worker is asked to stop: running jobs then get `shutdown_grace_s` to
     # finish before they are handed back to the queue.
     stopping_since: float | None = None
@@ -47,6 +51,8 @@ class Runtime:
     engine_health: EngineHealth = field(init=False)
     # Events of jobs that ended while Redis was away, published when it returns.
     backlog: Backlog = field(init=False)
+    # Warm-model-first routing: what this engine and the fleet have loaded, in memory.
+    router: Router = field(init=False)
 
     def __post_init__(self) -> None:
         self.watcher = Watcher(
@@ -54,6 +60,11 @@ class Runtime:
         )
         self.engine_health = EngineHealth(self.settings.engine_down_grace_s)
         self.backlog = Backlog(self.events, keep_s=self.settings.event_ttl_s)
+        self.router = Router(
+            self.node_name,
+            self.settings.warm_routing_wait_s,
+            self.settings.warm_routing_retry_s,
+        )
 
     def begin_stopping(self) -> None:
         if self.stopping_since is None:

@@ -20,12 +20,14 @@ from db.models.inference import (
 )
 from db.models.system import AuditLogEntry, SystemConfig
 from db.models.users import ApiKey, Role, User, UserSession
+from db.models.webhooks import DeliveryState, WebhookAttempt, WebhookDelivery, WebhookSecret
 
 __all__ = [
     "TERMINAL_STATUSES",
     "ApiKey",
     "ApiKeyTokenUsage",
     "AuditLogEntry",
+    "DeliveryState",
     "EngineKind",
     "InferenceRequest",
     "Model",
@@ -42,4 +44,7 @@ __all__ = [
     "User",
     "UserSession",
     "UserTokenUsage",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookSecret",
 ]

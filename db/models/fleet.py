@@ -144,6 +144,10 @@ class Node(UUIDPrimaryKey, Timestamps, Base):
     slots_busy: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     drained: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The worker's last routing decisions (warm-model-first), written with its heartbeat.
+    routing: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'")
+    )
 
     replicas: Mapped[list[ModelReplica]] = relationship(
         back_populates="node", cascade="all, delete-orphan", passive_deletes=True
@@ -172,7 +176,12 @@ class ModelReplica(UUIDPrimaryKey, Timestamps, Base):
         String(16), default=ReplicaStatus.AVAILABLE, server_default=ReplicaStatus.AVAILABLE
     )
     loaded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # GPU memory the model took when last loaded here (kept after it unloads), and when the
+    # engine unloads it (null while not loaded).
     size_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # False: the node's GPU memory cannot hold the model, so this replica serves nothing.
+    fits: Mapped[bool | None] = mapped_column(Boolean)
     pull_completed_bytes: Mapped[int | None] = mapped_column(BigInteger)
     pull_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -102,6 +102,23 @@ class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):
             "status",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # The fair claim (db/inference.py): a model's waiting jobs, by owner, and its
+        # recent starts, by owner (docs/pipeline.md, "Fair share").
+        Index(
+            "ix_inference_requests_model_queued",
+            "model_name",
+            "user_id",
+            "priority",
+            "queued_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_inference_requests_model_started",
+            "model_name",
+            "started_at",
+            "user_id",
+            postgresql_where=text("started_at IS NOT NULL"),
+        ),
         # Retention cleanup of finished requests.
         Index(
             "ix_inference_requests_completed_at",
@@ -133,6 +150,9 @@ class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # Hash of the submitted body: the same key with another body is a conflict.
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Where its terminal status is POSTed (docs/webhooks.md); the trigger of migration 0005
+    # queues the delivery when the status becomes terminal.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
 
     status: Mapped[str] = mapped_column(
         String(16), default=RequestStatus.QUEUED, server_default=RequestStatus.QUEUED

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -37,6 +38,9 @@ class User(UUIDPrimaryKey, Timestamps, Base):
         Index("uq_users_email_lower", func.lower(text("email")), unique=True),
         # Counting active admins guards "the last admin cannot be demoted".
         Index("ix_users_role_active", "role", postgresql_where=text("is_active")),
+        CheckConstraint(
+            "fair_share_weight IS NULL OR fair_share_weight > 0", name="fair_share_weight"
+        ),
     )
 
     username: Mapped[str] = mapped_column(String(64))
@@ -52,6 +56,9 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     # The account's own quotas, by name (web/inference/quotas.py); a name absent here takes
     # the run-time default.
     quotas: Mapped[dict[str, int]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
+    # Its share of a contended model against other accounts' (docs/pipeline.md, "Fair
+    # share"); None: FAIR_SHARE_DEFAULT_WEIGHT. Set by admins.
+    fair_share_weight: Mapped[float | None] = mapped_column(Float)
 
     sessions: Mapped[list[UserSession]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
@@ -113,5 +120,7 @@ class ApiKey(UUIDPrimaryKey, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Limits narrower than its owner's (a priority ceiling, quotas), by name; never wider.
     limits: Mapped[dict[str, int]] = mapped_column(JSONB, default=dict, server_default=text("'{}'"))
+    # The webhook URL of jobs submitted with this key that name none (docs/webhooks.md).
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
 
     user: Mapped[User] = relationship(back_populates="api_keys")

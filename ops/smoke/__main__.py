@@ -36,7 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="visible in the process list: prefer ADMIN_PASSWORD or --admin-password-stdin",
     )
     parser.add_argument("--admin-password-stdin", action="store_true")
-    parser.add_argument("--model", help="default: the first available model of the fleet")
+    parser.add_argument(
+        "--model", help="default: the first available model of the fleet that generates"
+    )
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds per call and per wait (60)"
     )

@@ -50,6 +50,14 @@ def renew_at(token_pair: dict[str, Any]) -> float:
     return time.monotonic() + max(lifetime * 0.5, lifetime - 60)
 
 
+def generates(model: dict[str, Any]) -> bool:
+    """Whether a listed model can answer a chat: its engine (or operator) says it completes,
+    or says nothing; an embedding-only model cannot."""
+    shown = (model.get("parameters") or {}).get("show") or {}
+    capabilities = shown.get("capabilities")
+    return not isinstance(capabilities, list) or "completion" in capabilities
+
+
 def canonical_model(name: str) -> str:
     """`llama3.2` -> `llama3.2:latest`, as the registry names it."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
@@ -127,7 +135,8 @@ class Context:
         return self._models
 
     def model(self) -> str:
-        """--model, else the first available model of the fleet; Skipped when there is none."""
+        """--model, else the first available model of the fleet that generates; Skipped when
+        there is none."""
         if self.used_model is None and self.options.model:
             self.used_model = self.options.model
         if self.used_model is None:
@@ -135,9 +144,10 @@ class Context:
                 models = self.available_models()
             except Failed as failure:
                 raise Skipped(f"needs a model ({failure})") from None
-            if not models:
-                raise Skipped("needs a model (the fleet lists none available)")
-            self.used_model = str(models[0]["name"])
+            generating = [model for model in models if generates(model)]
+            if not generating:
+                raise Skipped("needs a model that generates (the fleet lists none available)")
+            self.used_model = str(generating[0]["name"])
         return self.used_model
 
     def create_key(self, name: str, scopes: list[str]) -> tuple[str, str, requests.Response]:

@@ -65,6 +65,15 @@ def test_production_checks_every_redis_url(field: str) -> None:
         )
 
 
+def test_production_refuses_rabbitmqs_default_account() -> None:
+    with pytest.raises(InsecureSettingsError, match="CELERY_BROKER_URL"):
+        production(
+            secret_key=STRONG,
+            jwt_secret_key=STRONG[::-1],
+            celery_broker_url="amqp://guest:guest@rabbitmq:5672/ollamamax",
+        )
+
+
 def test_production_accepts_real_secrets() -> None:
     settings = production(
         secret_key=STRONG,

@@ -21,6 +21,9 @@ TABLES = {
     "model_usage_stats",
     "user_token_usage",
     "api_key_token_usage",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "webhook_secrets",
 }
 FUNCTIONS = {
     "create_audit_partitions",
@@ -30,6 +33,7 @@ FUNCTIONS = {
     "get_table_stats",
     "get_slow_queries",
     "cleanup_old_data",
+    "webhook_on_terminal",
 }
 
 
@@ -96,6 +100,7 @@ def test_upgrade_builds_the_whole_schema_on_an_empty_database(empty_database_url
         "audit_models",
         "audit_nodes",
         "audit_system_config",
+        "webhook_on_terminal",
     }
 
 

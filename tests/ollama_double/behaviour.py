@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 VOCABULARY = (
@@ -125,17 +127,80 @@ class Knobs:
     # Names the registry does not have: pulling one fails as Ollama's does (reference 7:
     # "Pull stream"). Every other name pulls.
     missing_from_registry: list[str] = field(default_factory=list)
+    # Loading a model that is not in memory takes this long (the first request for it
+    # sleeps, and reports it as load_duration); it then stays loaded until its keep_alive
+    # runs out (Ollama's default, 5 minutes); keep_alive 0 unloads it after the answer.
+    load_delay_s: float = 0.0
+    size_vram: int = 3340000000  # what a loaded model takes in GPU memory (/api/ps)
+
+
+DEFAULT_KEEP_ALIVE_S = 300.0
+FOREVER = timedelta(days=106751)  # a negative keep_alive: Ollama's far-future expiry
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_seconds(value: Any) -> float:
+    """Ollama's keep_alive: a number of seconds or a Go duration ("5m", "1h30m", "-1");
+    absent means 5 minutes, negative means forever (returned as -1), 0 means unload."""
+    if value is None or value == "":
+        return DEFAULT_KEEP_ALIVE_S
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else -1.0
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        sign = -1.0 if text.startswith("-") else 1.0
+        parts = _DURATION.findall(text.lstrip("+-"))
+        if not parts:
+            raise ValueError(f"time: invalid duration {text!r}") from None
+        number = sign * sum(float(amount) * _UNITS[unit] for amount, unit in parts)
+    return number if number >= 0 else -1.0
 
 
 @dataclass
 class State:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loaded: dict[str, datetime] = field(default_factory=dict)
+    loaded: dict[str, datetime] = field(default_factory=dict)  # model -> when it unloads
     knobs: Knobs = field(default_factory=Knobs)
     requests: int = 0
     disconnects: list[str] = field(default_factory=list)  # prompts whose client hung up
     completed: list[str] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)  # every cold load, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # One lock per model: requests arriving while it loads wait for that one load.
+    loading: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def loaded_now(self) -> dict[str, datetime]:
+        """The models in memory now (those whose keep_alive ran out are unloaded)."""
+        now = datetime.now(UTC)
+        with self.lock:
+            for name in [n for n, until in self.loaded.items() if until <= now]:
+                del self.loaded[name]
+            return {n: u for n, u in self.loaded.items() if n in self.models}
+
+    def load(self, name: str, keep_alive: Any) -> int:
+        """Have `name` in memory, loading it first (knobs.load_delay_s) if it is not;
+        returns the nanoseconds spent loading or waiting for a load. keep_alive sets when
+        it unloads (0: the caller unloads it after its answer)."""
+        seconds = keep_alive_seconds(keep_alive)
+        started = time.monotonic_ns()
+        with self.lock:
+            gate = self.loading.setdefault(name, threading.Lock())
+        with gate:
+            if name not in self.loaded_now():
+                time.sleep(self.knobs.load_delay_s)
+                with self.lock:
+                    self.loads.append(name)
+            until = FOREVER if seconds < 0 else timedelta(seconds=seconds)
+            with self.lock:
+                self.loaded[name] = datetime.now(UTC) + until
+        return max(1, time.monotonic_ns() - started)
+
+    def unload(self, name: str) -> None:
+        with self.lock:
+            self.loaded.pop(name, None)
 
     def take_fault(self) -> str | None:
         with self.lock:
@@ -153,6 +218,9 @@ class State:
                 self.models = {
                     canonical(n): model_record(canonical(n)) for n in changes.pop("models")
                 }
+            if "loaded" in changes:  # these models in memory now, for the default keep_alive
+                until = datetime.now(UTC) + timedelta(seconds=DEFAULT_KEEP_ALIVE_S)
+                self.loaded = {canonical(n): until for n in changes.pop("loaded")}
             for key, value in changes.items():
                 if not hasattr(self.knobs, key):
                     raise ValueError(f"unknown knob {key}")
@@ -165,4 +233,5 @@ class State:
                 "disconnects": list(self.disconnects),
                 "completed": list(self.completed),
                 "models": sorted(self.models),
+                "loads": list(self.loads),
             }

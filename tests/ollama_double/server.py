@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.ollama_double.behaviour import (
     State,
     canonical,
     embedding_for,
+    keep_alive_seconds,
     model_record,
     rfc3339,
     tokens_for,
@@ -55,6 +55,7 @@ class _Answer:
     done_reason: str
     calls: list[dict[str, Any]]
     started: int
+    load_ns: int  # spent loading the model (or waiting for its load) first
 
     def chunk(self, text: str, done: bool) -> dict[str, Any]:
         base: dict[str, Any] = {"model": self.requested, "created_at": rfc3339()}
@@ -64,6 +65,14 @@ class _Answer:
             base["response"] = text
         base["done"] = done
         return base
+
+
+def _unloads(body: dict[str, Any]) -> bool:
+    """keep_alive 0 (a number or a duration of zero): unload once answered."""
+    try:
+        return "keep_alive" in body and keep_alive_seconds(body["keep_alive"]) == 0
+    except ValueError:
+        return False
 
 
 class OllamaHandler(BaseHTTPRequestHandler):
@@ -205,26 +214,31 @@ class OllamaHandler(BaseHTTPRequestHandler):
             self._reply(int(fault), {"error": f"injected fault {fault}"})
             return
         started = time.monotonic_ns()
+        load_ns = state.load(canonical(requested), body.get("keep_alive"))
         kept = [" ".join(w[:CONTEXT_WORDS]) for w in words]
         vectors = [embedding_for(text, body.get("dimensions")) for text in kept]
+        if _unloads(body):
+            state.unload(canonical(requested))
         reply: dict[str, Any] = {"model": requested, "embeddings": vectors}
         if vectors:
             reply["total_duration"] = max(1, time.monotonic_ns() - started)
-            reply["load_duration"] = 1_000_000
+            reply["load_duration"] = load_ns
             reply["prompt_eval_count"] = sum(max(1, min(len(w), CONTEXT_WORDS)) for w in words)
         self._reply(200, reply)
 
     def _loaded(self) -> list[dict[str, Any]]:
+        """/api/ps: what is in memory now, until when, and how much of the GPU it takes."""
         state = self.server.state
+        size = state.knobs.size_vram
         return [
             {
                 **state.models[name],
+                "size": size,
                 "expires_at": rfc3339(until),
-                "size_vram": 3340000000,
+                "size_vram": size,
                 "context_length": 4096,
             }
-            for name, until in state.loaded.items()
-            if name in state.models
+            for name, until in sorted(state.loaded_now().items())
         ]
 
     def _show(self, body: dict[str, Any]) -> None:
@@ -327,7 +341,11 @@ class OllamaHandler(BaseHTTPRequestHandler):
             self._reply(*FAULT_REPLIES[fault])
             return
         started = time.monotonic_ns()
-        state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
+        try:
+            load_ns = state.load(name, body.get("keep_alive"))
+        except ValueError as error:
+            self._reply(400, {"error": str(error)})
+            return
         limit = int((body.get("options") or {}).get("num_predict") or 0)
         answer = _Answer(
             requested=requested,
@@ -337,25 +355,34 @@ class OllamaHandler(BaseHTTPRequestHandler):
             done_reason="length" if limit > 0 else "stop",
             calls=self._tool_calls(body) if chat else [],
             started=started,
+            load_ns=load_ns,
         )
-        if body.get("stream") is False:
-            self._whole(answer)
-        else:
-            self._stream(answer, fault)
+        try:
+            if body.get("stream") is False:
+                self._whole(answer)
+            else:
+                self._stream(answer, fault)
+        finally:
+            if _unloads(body):  # keep_alive 0: unloaded once it has answered
+                state.unload(name)
 
     def _load_or_unload(self, body: dict[str, Any], requested: str, name: str, chat: bool) -> None:
         """Load (or, with keep_alive 0, unload) the model: one object even when streaming."""
         state = self.server.state
-        unload = body.get("keep_alive") in (0, 0.0, "0", "0s")
+        unload = _unloads(body)
         reply = {"model": requested, "created_at": rfc3339()}
         reply.update(
             {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
         )
         reply.update({"done": True, "done_reason": "unload" if unload else "load"})
         if unload:
-            state.loaded.pop(name, None)
+            state.unload(name)
         else:
-            state.loaded[name] = datetime.now(UTC) + timedelta(minutes=5)
+            try:
+                state.load(name, body.get("keep_alive"))
+            except ValueError as error:
+                self._reply(400, {"error": str(error)})
+                return
         self._reply(200, reply)
 
     def _whole(self, answer: _Answer) -> None:
@@ -365,7 +392,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
         final = answer.chunk("".join(answer.tokens), True)
         if answer.calls:
             final["message"]["tool_calls"] = answer.calls
-        final.update(self._metrics(answer.prompt, count, answer.started, answer.done_reason))
+        final.update(self._metrics(answer, count))
         self._reply(200, final)
         with state.lock:
             state.completed.append(answer.prompt)
@@ -395,11 +422,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
                 self._line(call_chunk)
             final = answer.chunk("", True)
             count = len(answer.tokens)
-            final.update(
-                self._metrics(
-                    answer.prompt, count, answer.started, answer.done_reason, eval_started
-                )
-            )
+            final.update(self._metrics(answer, count, eval_started))
             self._line(final)
         except ClientGone:
             with state.lock:
@@ -419,17 +442,16 @@ class OllamaHandler(BaseHTTPRequestHandler):
         return [{"id": call_id, "function": {"index": 0, "name": name, "arguments": arguments}}]
 
     @staticmethod
-    def _metrics(
-        prompt: str, count: int, started: int, done_reason: str, eval_started: int | None = None
-    ) -> dict[str, Any]:
+    def _metrics(answer: _Answer, count: int, eval_started: int | None = None) -> dict[str, Any]:
         now = time.monotonic_ns()
-        eval_started = eval_started or started
+        loaded_at = answer.started + answer.load_ns
+        eval_started = eval_started or loaded_at
         return {
-            "done_reason": done_reason,
-            "total_duration": now - started,
-            "load_duration": 1_000_000,
-            "prompt_eval_count": max(1, len(prompt.split())),
-            "prompt_eval_duration": max(1, eval_started - started),
+            "done_reason": answer.done_reason,
+            "total_duration": now - answer.started,
+            "load_duration": answer.load_ns,
+            "prompt_eval_count": max(1, len(answer.prompt.split())),
+            "prompt_eval_duration": max(1, eval_started - loaded_at),
             "eval_count": count,
             "eval_duration": max(1, now - eval_started),
         }

@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 
 DOCKER = ROOT / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
-PROFILES = ("gpu", "cpu", "migration", "admin", "backup", "benchmark")
+PROFILES = ("gpu", "cpu", "rabbitmq", "migration", "admin", "backup", "benchmark")
 # Dummies for the required secrets: long, random-looking, none a known default.
 SECRETS = {
     "SECRET_KEY": "dummy-secret-key-0123456789abcdefghijkl",
@@ -37,6 +37,7 @@ DEFAULT_SERVICES = {
     "redis",
     "web",
     "beat",
+    "webhooks",
     "flower",
     "postgres-exporter",
     "redis-exporter",
@@ -46,13 +47,14 @@ DEFAULT_SERVICES = {
 PROFILE_SERVICES = {
     "gpu": {"ollama-gpu0", "worker-gpu0", "ollama-gpu1", "worker-gpu1"},
     "cpu": {"llama", "worker-cpu"},
+    "rabbitmq": {"rabbitmq"},
     "migration": {"migrate"},
     "admin": {"pgadmin", "redisinsight"},
     "backup": {"backup"},
     "benchmark": {"benchmark"},
 }
 # Our processes, all from the one runtime image.
-APP_SERVICES = {"web", "beat", "flower", "migrate", "llama"} | {
+APP_SERVICES = {"web", "beat", "webhooks", "flower", "migrate", "llama"} | {
     f"worker-{name}" for name in ("gpu0", "gpu1", "cpu")
 }
 # Environment an app service may carry besides Settings' own fields.

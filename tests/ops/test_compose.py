@@ -32,6 +32,7 @@ from tests.ops.compose import (
 )
 from web.cli import create_admin, db_group
 from workers.__main__ import parse as parse_worker_args
+from workers.brokers import redelivery_timeout_s
 
 
 @pytest.mark.parametrize("profile", [None, *PROFILES])
@@ -92,13 +93,14 @@ def test_host_ports_stay_above_11111_and_off_ollamas() -> None:
 
 def test_the_app_reaches_postgresql_through_pgbouncer_in_transaction_mode() -> None:
     stack = services()
-    for name in APP_SERVICES - {"migrate"}:
+    for name in APP_SERVICES - {"migrate", "webhooks"}:
         url = urlsplit(stack[name]["environment"]["DATABASE_URL"])
         assert (url.hostname, url.port) == ("pgbouncer", 6432), name
     assert stack["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
     assert stack["pgbouncer"]["environment"]["LISTEN_PORT"] == "6432"
-    # Migrations (DDL in one transaction) and the benchmark's scratch databases go direct.
-    for name in ("migrate", "benchmark"):
+    # Migrations (DDL in one transaction), the benchmark's scratch databases and the webhook
+    # deliverer (LISTEN holds a session) go direct.
+    for name in ("migrate", "benchmark", "webhooks"):
         assert urlsplit(stack[name]["environment"]["DATABASE_URL"]).hostname == "postgres"
 
 
@@ -152,6 +154,7 @@ def test_commands_match_the_code() -> None:
     assert stack["web"]["command"] == ["gunicorn", "-c", "config/gunicorn.py", "wsgi:app"]
     assert stack["beat"]["command"][:4] == ["celery", "-A", "workers.celery_app", "beat"]
     assert stack["flower"]["command"][:4] == ["celery", "-A", "workers.celery_app", "flower"]
+    assert stack["webhooks"]["command"][:3] == ["python", "-m", "web.webhooks"]
     assert stack["llama"]["command"][:3] == ["python", "-m", "workers.llama_server"]
     migrate_script = stack["migrate"]["command"][-1]
     assert "flask --app wsgi db upgrade" in migrate_script
@@ -173,6 +176,38 @@ def test_commands_match_the_code() -> None:
         reserved = stack[f"worker-gpu{gpu}"]["deploy"]["resources"]["reservations"]["devices"]
         assert reserved[0]["driver"] == "nvidia"
     assert parse_worker_args(stack["worker-cpu"]["command"][3:]).engine == "openai"
+
+
+def test_the_rabbitmq_profile_runs_the_broker_the_app_is_pointed_at() -> None:
+    password = "dummy-rabbitmq-pw-51ce"
+    env = {
+        **SECRETS,
+        "RABBITMQ_PASSWORD": password,
+        "CELERY_BROKER_URL": f"amqp://ollamamax:{password}@rabbitmq:5672/ollamamax",
+    }
+    done = run_compose("config", "--format", "json", profiles=("gpu", "rabbitmq"), env=env)
+    assert done.returncode == 0, done.stderr
+    stack = json.loads(done.stdout)["services"]
+    rabbit = stack["rabbitmq"]["environment"]
+    for name in ("web", "beat", "flower", "worker-gpu0", "worker-gpu1"):
+        url = urlsplit(stack[name]["environment"]["CELERY_BROKER_URL"])
+        assert (url.scheme, url.hostname, url.port) == ("amqp", "rabbitmq", 5672), name
+        assert (url.username, url.password) == (rabbit["RABBITMQ_DEFAULT_USER"], password), name
+        assert url.path == "/" + rabbit["RABBITMQ_DEFAULT_VHOST"], name
+        dependency = stack[name]["depends_on"]["rabbitmq"]
+        assert (dependency["condition"], dependency["required"]) == ("service_healthy", False)
+    assert rabbit["RABBITMQ_DEFAULT_PASS"] == password
+    # Without the profile's variables the broker is Redis (an empty URL means REDIS_URL).
+    assert services()["web"]["environment"]["CELERY_BROKER_URL"] == ""
+
+    # RabbitMQ must never take back a job's message from a worker still generating it.
+    mounts = {volume["target"]: volume["source"] for volume in stack["rabbitmq"]["volumes"]}
+    conf = Path(mounts["/etc/rabbitmq/conf.d/90-ollamamax.conf"]).read_text()
+    found = re.search(r"^consumer_timeout\s*=\s*(\d+)$", conf, re.M)
+    assert found is not None
+    web = stack["web"]["environment"]
+    settings = Settings(_env_file=None, max_generation_s=web["MAX_GENERATION_S"])  # type: ignore[call-arg]
+    assert int(found.group(1)) >= redelivery_timeout_s(settings) * 1000
 
 
 def test_gpu_pairs_are_written_once_with_anchors() -> None:
@@ -205,7 +240,13 @@ def test_prometheus_scrapes_the_api_flower_workers_and_exporters() -> None:
         for static in job.get("static_configs", [])
         for target in static["targets"]
     }
-    assert {"web:11400", "flower:5555", "postgres-exporter:9187", "redis-exporter:9121"} <= targets
+    assert {
+        "web:11400",
+        "webhooks:9102",
+        "flower:5555",
+        "postgres-exporter:9187",
+        "redis-exporter:9121",
+    } <= targets
     workers = next(job for job in config["scrape_configs"] if job["job_name"].endswith("workers"))
     assert set(workers["dns_sd_configs"][0]["names"]) == {
         "worker-gpu0",

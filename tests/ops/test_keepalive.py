@@ -33,6 +33,8 @@ runs = len(open(starts).read().split())
 if runs <= int(sys.argv[2]):
     sys.exit(3)
 def stop(*_):
+    # honcho's SIGTERM reaches the whole group and keepalive passes its own on: note one stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     open(starts + ".stopped", "a").write(f"{os.getpid()}\\n")
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)

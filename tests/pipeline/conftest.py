@@ -1,7 +1,14 @@
 """Real processes for pipeline tests: the Ollama double, Celery workers (`python -m workers
 run`), beat. They share the test database and Redis with the test, so these tests commit
 for real; the rows they make are truncated after each test (the fleet's rows stay: running
-workers own them)."""
+workers own them).
+
+The broker is a fixture, `broker`: Redis (the test Redis database) unless a module or a test
+asks for both with `both_brokers`, which runs it once on Redis and once on RabbitMQ (a
+virtual host of the module's own on the machine's RabbitMQ, deleted afterwards). Every
+process the module starts (the API app `api` publishes through, workers, beat) then uses
+that broker; events, cancel flags and caches stay in Redis either way.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,8 @@ from tests.conftest import (
 )
 from tests.factories import TEST_PASSWORD
 from tests.support.identity import bearer
+from tests.support.rabbitmq import add_vhost, amqp_url, delete_vhost, unavailable_reason
+from web import create_app
 
 MODELS = ("llama3.2:latest", "qwen3:8b")
 
@@ -81,11 +91,13 @@ class Double:
             tool_arguments=None,
             missing_from_registry=[],
             stall_s=30.0,
+            load_delay_s=0.0,
             models=list(MODELS),
         )
 
 
-def start_double(models: tuple[str, ...] = MODELS) -> Double:
+def start_double(models: tuple[str, ...] = MODELS, *extra: str) -> Double:
+    """`extra`: more of the double's command line (--load-delay-s, --loaded, --size-vram)."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -96,6 +108,7 @@ def start_double(models: tuple[str, ...] = MODELS) -> Double:
             str(port),
             "--models",
             ",".join(models),
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -122,11 +135,50 @@ def double() -> Iterator[Double]:
     server.process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def pipeline_env(settings_overrides: dict[str, Any]) -> dict[str, str]:
-    """Environment for worker and beat processes: the test's database and Redis, and short
-    intervals so that leases, sweeps and heartbeats happen within a test."""
+BROKERS = ("redis", "amqp")
+# Runs a module (pytestmark) or a test once per broker; the processes are started per broker.
+both_brokers = pytest.mark.parametrize("broker", BROKERS, indirect=True, scope="module")
+
+
+@dataclass(frozen=True)
+class Broker:
+    kind: str  # "redis" or "amqp"
+    url: str
+
+
+@pytest.fixture(scope="module")
+def broker(request: pytest.FixtureRequest, settings_overrides: dict[str, Any]) -> Iterator[Broker]:
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        yield Broker("redis", settings_overrides["redis_url"])
+        return
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"RabbitMQ: {reason}")
+    vhost = add_vhost()
+    try:
+        yield Broker("amqp", amqp_url(vhost))
+    finally:
+        delete_vhost(vhost)
+
+
+@pytest.fixture(scope="module")
+def broker_app(broker: Broker, base_app: Flask, settings_overrides: dict[str, Any]) -> Flask:
+    """The API app, publishing to the module's broker."""
+    if broker.kind == "redis":
+        return base_app
+    return create_app({**settings_overrides, "celery_broker_url": broker.url})
+
+
+@pytest.fixture(scope="module")
+def pipeline_env(settings_overrides: dict[str, Any], broker: Broker) -> dict[str, str]:
+    """Environment for worker and beat processes: the test's database and Redis, the
+    module's broker, and short intervals so that leases, sweeps and heartbeats happen within
+    a test."""
     env = {key.upper(): str(value) for key, value in settings_overrides.items()}
+    if broker.kind == "amqp":
+        # On Redis the broker stays "REDIS_URL's", so a test that moves REDIS_URL moves it too.
+        env["CELERY_BROKER_URL"] = broker.url
     env.update(
         LEASE_TTL_S="3",
         SWEEP_INTERVAL_S="0.5",
@@ -242,8 +294,8 @@ def fresh_double(double: Double) -> None:
 
 
 @pytest.fixture
-def api(base_app: Flask, committed: Database, redis_client: Any) -> FlaskClient:
-    return base_app.test_client()
+def api(broker_app: Flask, committed: Database, redis_client: Any) -> FlaskClient:
+    return broker_app.test_client()
 
 
 @pytest.fixture

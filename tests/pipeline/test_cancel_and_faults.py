@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from db.session import Database
 from tests.ollama_double.behaviour import tokens_for
-from tests.pipeline.conftest import Double, Worker, wait_for
+from tests.pipeline.conftest import Double, Worker, both_brokers, wait_for
 from tests.pipeline.jobs import (
     events_of,
     finished,
@@ -36,6 +36,7 @@ def cancel(api: FlaskClient, headers: dict[str, str], request_id: str) -> dict[s
     return response.get_json()  # type: ignore[no-any-return]
 
 
+@both_brokers
 def test_cancel_running_closes_the_engine_stream_and_keeps_partial_output(
     api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
 ) -> None:
@@ -54,6 +55,7 @@ def test_cancel_running_closes_the_engine_stream_and_keeps_partial_output(
     assert events_of(api, job["id"])[-1]["status"] == "cancelled"
 
 
+@both_brokers
 def test_cancel_queued_never_reaches_the_engine(
     api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
 ) -> None:

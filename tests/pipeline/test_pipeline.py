@@ -9,10 +9,10 @@ from flask.testing import FlaskClient
 
 from db.session import Database
 from tests.ollama_double.behaviour import tokens_for
-from tests.pipeline.conftest import Double, Worker, wait_for
+from tests.pipeline.conftest import Broker, Double, Worker, both_brokers, wait_for
 from tests.pipeline.jobs import events_of, finished, submit
 
-pytestmark = pytest.mark.usefixtures("beat", "fresh_double")
+pytestmark = [pytest.mark.usefixtures("beat", "fresh_double"), both_brokers]
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +93,23 @@ def test_idempotency_key_replays_or_conflicts(
 
 
 def test_a_model_that_appears_on_the_engine_is_served_without_a_restart(
-    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double, broker: Broker
 ) -> None:
+    newcomer = f"newcomer-{broker.kind}:7b"  # new to the fleet on each broker's run
     refused = api.post(
         "/api/v1/inference/generate",
         headers=user_headers,
-        json={"model": "newcomer:7b", "prompt": "hello"},
+        json={"model": newcomer, "prompt": "hello"},
     )
     assert refused.status_code == 409
 
-    double.configure(models=["llama3.2:latest", "qwen3:8b", "newcomer:7b"])
+    double.configure(models=["llama3.2:latest", "qwen3:8b", newcomer])
 
     def accepted() -> dict[str, Any] | None:
         response = api.post(
             "/api/v1/inference/generate",
             headers=user_headers,
-            json={"model": "newcomer:7b", "prompt": "hello"},
+            json={"model": newcomer, "prompt": "hello"},
         )
         return response.get_json() if response.status_code == 202 else None
 

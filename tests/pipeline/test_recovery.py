@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,18 +13,21 @@ from sqlalchemy import select
 
 from db.models import InferenceRequest
 from db.session import Database
-from tests.conftest import free_port, make_committed_user
+from tests.conftest import make_committed_user
 from tests.factories import TEST_PASSWORD
 from tests.ollama_double.behaviour import tokens_for
-from tests.pipeline.conftest import Double, start_beat, wait_for
+from tests.pipeline.conftest import Double, both_brokers, start_beat, wait_for
 from tests.pipeline.jobs import events_of, finished, read, submit, tokens_seen, wait_status
 from tests.support.identity import bearer
+from tests.support.rabbitmq import ThrowawayRabbitMQ, unavailable_reason
+from tests.support.throwaway import Throwaway, ThrowawayRedis
 from web import create_app
 from workers.dispatch import publish_inference
 
 pytestmark = pytest.mark.usefixtures("fresh_double")
 
 
+@both_brokers
 def test_higher_priority_jobs_start_first_when_one_slot_frees(
     api: FlaskClient,
     user_headers: dict[str, str],
@@ -54,6 +56,7 @@ def test_higher_priority_jobs_start_first_when_one_slot_frees(
         worker.stop()
 
 
+@both_brokers
 def test_a_killed_worker_hands_its_job_to_another_without_duplicated_text(
     api: FlaskClient,
     user_headers: dict[str, str],
@@ -93,47 +96,23 @@ def test_a_killed_worker_hands_its_job_to_another_without_duplicated_text(
 
 
 @pytest.fixture
-def own_broker(tmp_path: Any) -> Iterator[tuple[str, Any]]:
-    """A Redis of its own for the broker, so it can stop while the rest of Redis stays."""
-    port = free_port()
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(
-            lambda: (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).stdout.strip()
-                == b"PONG"
-            ),
-            timeout=10,
-        )
-        return process
-
-    holder = {"process": start()}
-    yield f"redis://127.0.0.1:{port}/0", (holder, start)
-    holder["process"].terminate()
-    holder["process"].wait(timeout=10)
+def own_broker(request: pytest.FixtureRequest) -> Iterator[Throwaway]:
+    """A broker of its own (Redis, or RabbitMQ with `amqp`), so it can stop while the rest
+    of Redis stays."""
+    if request.param == "amqp":
+        reason = unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"RabbitMQ: {reason}")
+        with ThrowawayRabbitMQ() as rabbit:
+            yield rabbit
+    else:
+        with ThrowawayRedis(persist=False) as redis:
+            yield redis
 
 
+@pytest.mark.parametrize("own_broker", ["redis", "amqp"], indirect=True)
 def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
-    own_broker: tuple[str, Any],
+    own_broker: Throwaway,
     settings_overrides: dict[str, Any],
     pipeline_env: dict[str, str],
     start_worker: Any,
@@ -141,7 +120,7 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
     committed: Database,
     tmp_path: Any,
 ) -> None:
-    broker_url, (holder, restart) = own_broker
+    broker_url = own_broker.url
     env = {"CELERY_BROKER_URL": broker_url}
     worker = start_worker(double.url, name="w-broker@test", slots=1, env=env)
     beat = start_beat({**pipeline_env, **env}, tmp_path)
@@ -154,8 +133,7 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
     ).get_json()
     headers = bearer(token["access_token"])
     try:
-        holder["process"].terminate()
-        holder["process"].wait(timeout=10)
+        own_broker.stop()
 
         celery = app.extensions["celery"]
         assert publish_inference(celery, uuid.uuid4(), "llama3.2:latest", 5) is False
@@ -166,7 +144,7 @@ def test_jobs_accepted_while_the_broker_is_down_run_when_it_returns(
             assert row is not None
             assert row.dispatched_at is None  # accepted and stored, not yet handed over
 
-        holder["process"] = restart()
+        own_broker.start()
         result = finished(client, headers, accepted["id"], timeout=60)
         assert result["status"] == "completed"
         assert result["output"] == "".join(tokens_for("waits for the broker", 8))

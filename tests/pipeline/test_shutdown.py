@@ -13,7 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import start_live_server, stop_live_server
-from tests.pipeline.conftest import Double, Worker, wait_for
+from tests.pipeline.conftest import Double, Worker, both_brokers, wait_for
 from tests.pipeline.jobs import events_of, finished, read, submit
 from tests.support.ws import connect, read_until_closed, token_of
 
@@ -24,6 +24,7 @@ def _running(api: FlaskClient, headers: dict[str, str], ids: list[str]) -> bool:
     return all(read(api, headers, i)["status"] == "running" for i in ids)
 
 
+@both_brokers
 def test_a_stopped_worker_finishes_what_fits_in_the_grace_period(
     api: FlaskClient,
     user_headers: dict[str, str],
@@ -42,6 +43,7 @@ def test_a_stopped_worker_finishes_what_fits_in_the_grace_period(
     assert done["eval_count"] == 40
 
 
+@both_brokers
 def test_a_stopped_worker_hands_back_what_does_not_fit_and_another_runs_it(
     api: FlaskClient,
     user_headers: dict[str, str],

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ollama
 import pytest
 import requests
 from sqlalchemy import text
@@ -48,6 +49,7 @@ def stack(
         "API_PORT": str(api_port),
         "FLOWER_PORT": str(flower_port),
         "EMBEDDED_ENGINE_PORT": str(free_port()),
+        "EMBEDDED_EMBEDDING_PORT": str(free_port()),
         "WORKER_METRICS_PORT": str(free_port()),
         "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",  # nothing answers there
         "STACK_STATE_DIR": str(folder / "state"),
@@ -117,6 +119,27 @@ def test_it_comes_up_with_an_admin_and_streams_a_first_answer(stack: Stack) -> N
     assert first["status"] == "completed"
     assert first["model"] == "gemma3-270m:latest"
     assert first["eval_count"] == 48
+
+
+def test_it_serves_embeddings_out_of_the_box(stack: Stack) -> None:
+    """A second engine (all-MiniLM-L6-v2) behind a worker of its own: the official client's
+    embed answers, and /api/show says which model embeds and which completes."""
+    password = (stack.state / "admin-password").read_text().strip()
+    login = requests.post(
+        f"{stack.api}/api/v1/auth/login",
+        json={"username": "admin", "password": password},
+        timeout=10,
+    )
+    client = ollama.Client(
+        host=stack.api, headers={"Authorization": f"Bearer {login.json()['access_token']}"}
+    )
+    wait_for(
+        lambda: "all-minilm" in {m.model.split(":")[0] for m in client.list().models if m.model}
+    )
+    vectors = client.embed(model="all-minilm", input=["The sky is blue", "Grass is green"])
+    assert [len(vector) for vector in vectors.embeddings] == [384, 384]
+    assert client.show("all-minilm").capabilities == ["embedding"]
+    assert client.show("gemma3-270m").capabilities == ["completion"]
 
 
 def test_the_console_ends_on_the_first_answer_and_the_banner_without_sweeps(stack: Stack) -> None:

@@ -60,7 +60,8 @@ class Throwaway:
 
     name = "server"
 
-    def __init__(self, prefix: str, port: int | None = None) -> None:
+    def __init__(self, prefix: str, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host  # where it listens and is reached (a cluster host's address)
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
         self.log = self.folder / f"{self.name}.log"
@@ -162,12 +163,13 @@ class ThrowawayPostgres(Throwaway):
         port: int | None = None,
         bin_dir: Path = PG_BIN,
         settings: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """`settings`: server settings (`-c name=value`) on top of a scratch cluster's."""
-        super().__init__("omx-throwaway-pg-", port)
+        super().__init__("omx-throwaway-pg-", port, host)
         self.bin_dir = bin_dir
         self.settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": host,
             "unix_socket_directories": str(self.folder),
             "fsync": "off",  # a scratch cluster: durability across a crash is not tested here
             **(settings or {}),
@@ -180,11 +182,11 @@ class ThrowawayPostgres(Throwaway):
             self.as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def url(self, database: str) -> str:
         """The SQLAlchemy URL the application takes (TCP, as it reaches a real server)."""
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
 
     def migrated(self, database: str) -> str:
         """Create `database` and migrate it to head, as tests/conftest.py does; its URL."""
@@ -207,6 +209,9 @@ class ThrowawayPostgres(Throwaway):
                 capture_output=True,
                 **self.as_account,
             )
+            if not self.host.startswith("127."):  # a cluster host: its neighbours connect
+                with (self.data / "pg_hba.conf").open("a") as hba:
+                    hba.write(f"host all all {self.host}/24 trust\n")
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port)]
         for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
@@ -231,17 +236,20 @@ class ThrowawayRedis(Throwaway):
 
     name = "redis"
 
-    def __init__(self, port: int | None = None, *, persist: bool = True) -> None:
-        super().__init__("omx-throwaway-redis-", port)
+    def __init__(
+        self, port: int | None = None, *, persist: bool = True, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__("omx-throwaway-redis-", port, host)
         self.persist = persist
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self, **kwargs: Any) -> Redis:
         """A client that does not retry: a test of faults wants to see them."""
         return Redis(
+            host=self.host,
             port=self.port,
             socket_connect_timeout=1,
             socket_timeout=5,
@@ -250,9 +258,11 @@ class ThrowawayRedis(Throwaway):
         )
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv = ["redis-server", "--port", str(self.port), "--bind", self.host]
         argv += ["--dir", str(self.folder), "--save", ""]
         argv += ["--appendonly", "yes" if self.persist else "no"]
+        if not self.host.startswith("127."):  # a cluster host's address: no password there
+            argv += ["--protected-mode", "no"]
         argv += ["--daemonize", "no", "--logfile", ""]  # the log to stdout, so to self.log
         return self._popen(argv)
 

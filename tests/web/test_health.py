@@ -6,8 +6,10 @@ import socket
 import time
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
+from tests.support.rabbitmq import add_vhost, amqp_url, delete_vhost, unavailable_reason
 from web import create_app
 
 CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"
@@ -95,3 +97,39 @@ def test_a_hanging_dependency_times_out_instead_of_hanging_the_probe(
     assert response.get_json()["checks"]["postgres"]["error"] == "Timeout"
     assert response.get_json()["checks"]["redis"]["ok"] is True
     assert elapsed < 3  # generous: the point is "not the 5 s connect timeout, not forever"
+
+
+def test_ready_and_not_ready_on_a_rabbitmq_broker(
+    settings_overrides: dict[str, Any], redis_client: Any
+) -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"RabbitMQ: {reason}")
+    vhost = add_vhost()
+    try:
+        app = create_app({**settings_overrides, "celery_broker_url": amqp_url(vhost)})
+        body = app.test_client().get("/health/ready").get_json()
+        assert body["checks"]["broker"]["ok"] is True
+    finally:
+        delete_vhost(vhost)
+    # A vhost nobody may use: the broker refuses the login, and readiness says so.
+    closed = create_app({**settings_overrides, "celery_broker_url": amqp_url(vhost)})
+    body = closed.test_client().get("/health/ready").get_json()
+    assert body["error"]["details"] == {"failed": ["broker"]}
+
+
+def test_a_silent_rabbitmq_broker_times_out(settings_overrides: dict[str, Any]) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        app = create_app(
+            {
+                **settings_overrides,
+                "celery_broker_url": f"amqp://guest:guest@127.0.0.1:{port}//",
+                "health_check_timeout_s": 0.5,
+            }
+        )
+        body = app.test_client().get("/health/ready").get_json()
+    assert body["checks"]["broker"]["ok"] is False
+    assert body["checks"]["redis"]["ok"] is True

@@ -427,6 +427,7 @@ def _validate(run: Run, case: Any, response: Any, headers: dict[str, str]) -> No
 class FuzzTally:
     cases: Counter[str]
     oversized: Counter[str]  # generated, not sent (see _oversized)
+    seconds: Counter[str]  # spent per operation, to say where the run's time goes
 
 
 @pytest.fixture
@@ -434,7 +435,7 @@ def fuzz_cases(api_schema: Any, run: Run) -> Iterator[FuzzTally]:
     """Cases per operation (one test runs them all, as subtests); once every operation has
     run, there must be enough of them, and the run must still have been an admin's at its end
     (see _keep_the_run_alive)."""
-    tally = FuzzTally(Counter(), Counter())
+    tally = FuzzTally(Counter(), Counter(), Counter())
     started = time.monotonic()
     yield tally
     _assert_still_admin(run)
@@ -445,7 +446,8 @@ def fuzz_cases(api_schema: Any, run: Run) -> Iterator[FuzzTally]:
         f"\nschemathesis fuzzing: {total} cases over {len(counts)} operations "
         f"in {time.monotonic() - started:.1f}s (per operation: fewest {min(counts.values())}, "
         f"median {statistics.median(counts.values()):.0f}, most {max(counts.values())}); "
-        f"bodies over {OVERSIZED_BODY} bytes not sent: {dict(tally.oversized) or 'none'}"
+        f"bodies over {OVERSIZED_BODY} bytes not sent: {dict(tally.oversized) or 'none'}; "
+        f"slowest operations (s): {[(op, round(s, 1)) for op, s in tally.seconds.most_common(5)]}"
     )
     if len(counts) == operations:  # not when -k picked a few
         assert total >= MIN_FUZZ_CASES
@@ -508,9 +510,11 @@ def test_every_operation_answers_as_documented(case: Any, run: Run, fuzz_cases: 
     if _oversized(case.body):
         fuzz_cases.oversized[label] += 1
         return
+    started = time.monotonic()
     _keep_the_run_alive(case, run.actors)
     headers = run.credential(case.operation)
     _validate(run, case, _call(run, case, headers), headers)
+    fuzz_cases.seconds[label] += time.monotonic() - started
 
 
 class Workflows:

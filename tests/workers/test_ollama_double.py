@@ -4,6 +4,7 @@ our engine code tested against it will accept a real Ollama."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -25,7 +26,9 @@ def server() -> Iterator[OllamaDouble]:
 
 @pytest.fixture
 def client(server: OllamaDouble) -> ollama.Client:
-    server.state.configure({"fault": None, "token_delay_s": 0.0, "default_tokens": 8})
+    server.state.configure(
+        {"fault": None, "token_delay_s": 0.0, "default_tokens": 8, "load_delay_s": 0.0}
+    )
     return ollama.Client(host=f"http://127.0.0.1:{server.server_address[1]}")
 
 
@@ -135,3 +138,46 @@ def test_embed_refuses_an_input_over_the_context_when_told_not_to_truncate(
         client.embed(model="llama3.2", input=long, truncate=False)
     assert raised.value.status_code == 400
     assert "exceeds the context length" in str(raised.value.error)
+
+
+def test_a_cold_model_loads_once_reports_it_and_stays_until_keep_alive(
+    client: ollama.Client, server: OllamaDouble
+) -> None:
+    """The first request for a model not in memory sleeps the load delay and says so in
+    load_duration; the next finds it loaded; /api/ps tells what is in memory, its size and
+    when it goes; keep_alive 0 unloads it after the answer."""
+    server.state.configure({"loaded": [], "load_delay_s": 0.3, "size_vram": 123456})
+    loads_before = len(server.state.loads)
+    cold = client.generate(model="qwen3:8b", prompt="first", keep_alive="10m")
+    assert (cold.load_duration or 0) >= 300_000_000
+    [shown] = client.ps().models
+    assert (shown.model, shown.size_vram) == ("qwen3:8b", 123456)
+    assert shown.expires_at is not None
+    warm = client.generate(model="qwen3:8b", prompt="second")
+    assert (warm.load_duration or 0) < 300_000_000
+    assert server.state.loads[loads_before:] == ["qwen3:8b"]  # loaded once
+    client.generate(model="qwen3:8b", prompt="last", keep_alive=0)
+    assert client.ps().models == []
+
+
+def test_a_model_unloads_when_its_keep_alive_runs_out(
+    client: ollama.Client, server: OllamaDouble
+) -> None:
+    server.state.configure({"loaded": []})
+    client.generate(model="llama3.2", prompt="brief", keep_alive="200ms")
+    assert [m.model for m in client.ps().models] == ["llama3.2:latest"]
+    deadline = time.monotonic() + 5
+    while client.ps().models and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.ps().models == []
+
+
+def test_loaded_models_and_the_load_delay_are_knobs(server: OllamaDouble) -> None:
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    answer = httpx.post(f"{base}/_double/config", json={"loaded": ["llama3.2"], "load_delay_s": 0})
+    assert answer.status_code == 200
+    assert [m["model"] for m in httpx.get(f"{base}/api/ps").json()["models"]] == ["llama3.2:latest"]
+    bad = httpx.post(
+        f"{base}/api/generate", json={"model": "qwen3:8b", "prompt": "x", "keep_alive": "soon"}
+    )
+    assert bad.status_code == 400

@@ -432,3 +432,12 @@ def test_a_tool_name_repeated_in_every_fragment_is_kept_once() -> None:
     assert final.message_extras["tool_calls"] == [
         {"id": "call_1", "function": {"name": "Joke", "arguments": {"a": 1}}}
     ]
+
+
+def test_what_its_models_can_do_is_what_the_operator_said_or_unknown() -> None:
+    client = httpx2.Client(transport=httpx2.MockTransport(lambda _: httpx2.Response(404)))
+    said = OpenAIEngine(
+        "http://engine:8000", stall_timeout_s=5, capabilities=["embedding"], http_client=client
+    )
+    assert said.describe("m") == {"capabilities": ["embedding"]}
+    assert _engine(lambda _: httpx2.Response(404)).describe("m") is None  # not guessed

@@ -42,6 +42,7 @@ from web.compat.jobs import (
 )
 from web.database import get_session
 from web.errors import APIError, ServiceUnavailable
+from web.inference.views import IDEMPOTENCY
 from web.openapi.metadata import Reply, documented
 from web.schemas.inference import ChatRequest, EmbedRequest, GenerateRequest
 from web.schemas.ollama import (
@@ -295,6 +296,7 @@ def show() -> Response:
     "Generate: a queued, tracked job, framed as Ollama frames it",
     tags=["ollama_compat"],
     body=OllamaGenerateBody,
+    headers=IDEMPOTENCY,
     responses=INFERENCE_ANSWERS,
     error_body=OllamaError,
 )
@@ -314,6 +316,7 @@ def generate() -> Response:
     "Chat: a queued, tracked job, framed as Ollama frames it",
     tags=["ollama_compat"],
     body=OllamaChatBody,
+    headers=IDEMPOTENCY,
     responses=INFERENCE_ANSWERS,
     error_body=OllamaError,
 )
@@ -447,6 +450,7 @@ EMBED_ANSWERS = {
     "answers no vectors without a job, as Ollama does.",
     tags=["ollama_compat"],
     body=EmbedRequest,
+    headers=IDEMPOTENCY,
     responses={200: OllamaEmbedReply, **EMBED_ANSWERS},
     error_body=OllamaError,
 )
@@ -472,6 +476,7 @@ def embed() -> Response:
     "older call left it as the model made it).",
     tags=["ollama_compat"],
     body=OllamaLegacyEmbedBody,
+    headers=IDEMPOTENCY,
     responses={200: OllamaLegacyEmbedReply, **EMBED_ANSWERS},
     error_body=OllamaError,
 )

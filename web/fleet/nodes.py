@@ -21,6 +21,7 @@ from web.pagination import paginate
 from web.request_audit import audit
 from web.schemas.common import Page
 from web.schemas.fleet import (
+    LoadedModelRead,
     NodeDecommissionQuery,
     NodeHealth,
     NodeListQuery,
@@ -53,7 +54,10 @@ def _with_load(items: list[dict[str, object]]) -> list[dict[str, object]]:
     for item, node_id in zip(items, ids, strict=True):
         load = loads[node_id]
         item.update(
-            loaded_models=load.loaded_models, queue_depth=load.queue_depth, running=load.running
+            loaded_models=load.loaded_models,
+            loaded=[LoadedModelRead(**held).model_dump(mode="json") for held in load.loaded],
+            queue_depth=load.queue_depth,
+            running=load.running,
         )
     return items
 

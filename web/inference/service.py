@@ -38,6 +38,7 @@ from web.inference.policy import police
 from web.schemas.inference import ChatRequest, EmbedRequest, GenerateRequest, RequestRead
 from web.security.policy import Permission
 from web.security.principal import Principal, authenticated
+from web.webhooks.guard import checked_webhook
 from workers.dispatch import publish_inference
 from workers.events import EventLog
 from workers.metrics import INFERENCE_REQUESTS
@@ -45,6 +46,7 @@ from workers.watch import cancel_key
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_HEADER = "X-OllamaMax-Webhook"
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 Submission = GenerateRequest | ChatRequest | EmbedRequest
 
@@ -71,6 +73,15 @@ def idempotency_key() -> str | None:
     return key
 
 
+def webhook_url(body: Submission, principal: Principal) -> str | None:
+    """Where the job's end is POSTed: the body's `webhook_url`, else the WEBHOOK_HEADER
+    header (every door), else the API key's default. A URL given with the job is checked
+    here (400, in the door's shape): http(s), no credentials, no internal address. The key's
+    default was checked when it was set; every URL is checked again at delivery."""
+    given = getattr(body, "webhook_url", None) or request.headers.get(WEBHOOK_HEADER)
+    return principal.key_webhook_url if given is None else checked_webhook(given)
+
+
 def _request_hash(kind: RequestKind, model: str, body: Submission, fields: dict[str, Any]) -> str:
     """What an Idempotency-Key promises: the same key again means the same request."""
     described = {"kind": kind, "model": model, "priority": body.priority, "options": body.options}
@@ -86,7 +97,9 @@ def accept(kind: RequestKind, body: Submission, source: str = "api") -> Accepted
     config = current_runtime_config()
     model_name = canonical_model_name(body.model)
     fields = body.model_dump(
-        mode="json", exclude_none=True, exclude={"model", "options", "priority"}
+        mode="json",
+        exclude_none=True,
+        exclude={"model", "options", "priority", "webhook_url"},
     )
     # The engine-option policy (web/inference/policy.py): stored clamped, or refused (400).
     # The Idempotency-Key's hash stays that of the request as sent.
@@ -109,6 +122,7 @@ def accept(kind: RequestKind, body: Submission, source: str = "api") -> Accepted
         api_key_id=principal.api_key_id,
         running_cap=mine.max_running_jobs,
         key_running_cap=key.max_running_jobs,
+        webhook_url=webhook_url(body, principal),
     )
     # Whatever the request read or wrote so far (a caller resolved from the database) is
     # committed first, so that a request never holds two pooled connections at once.

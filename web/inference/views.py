@@ -12,6 +12,7 @@ from web.database import get_session
 from web.errors import Conflict, NotFound
 from web.inference.service import (
     IDEMPOTENCY_KEY,
+    WEBHOOK_HEADER,
     Accepted,
     accept,
     cancel,
@@ -40,7 +41,8 @@ bp = Blueprint("inference", __name__, url_prefix="/api/v1/inference")
 SUBMIT_ANSWERS = {
     202: Submitted,
     200: Submitted,
-    400: "The Idempotency-Key is malformed.",
+    400: "The Idempotency-Key is malformed, or the webhook URL is refused "
+    "(invalid_webhook_url: not http(s), too long, credentials, an internal address).",
     409: "The model is disabled, no online node serves it (unless the system queues while "
     "unavailable), or the Idempotency-Key was used with a different request.",
 }
@@ -48,7 +50,13 @@ IDEMPOTENCY = {
     "Idempotency-Key": Header(
         "Send the same key again to get the job it created (200) instead of a second one.",
         {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
-    )
+    ),
+    # On every submitting operation of every door (docs/webhooks.md).
+    WEBHOOK_HEADER: Header(
+        "Where to POST the job, signed, when it ends (a body's webhook_url wins; default: "
+        "the API key's). http(s), no credentials, no internal address: else 400.",
+        {"type": "string", "maxLength": 2048},
+    ),
 }
 SUBMIT_NOTE = (
     "The job is persisted, then queued; follow it over `links.ws` or read it at "

@@ -55,6 +55,7 @@ TAG_DESCRIPTIONS = {
     "users": "The caller's own account: profile, sessions, API keys, export, deletion.",
     "users_admin": "Admins manage accounts.",
     "inference": "Submit, list, read and cancel jobs.",
+    "webhooks": "Completion webhooks: delivery logs, redelivery, the signing secret.",
     "models": "The model registry and its distribution onto nodes.",
     "nodes": "GPU hosts: what they hold, their load; drain, resize, decommission.",
     "system": "Run-time config, stats and the audit trail.",

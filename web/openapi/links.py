@@ -54,6 +54,8 @@ def _jobs() -> Iterator[Link]:
         ("inference_read_request", "ReadRequest", "The job: its state, output and metrics."),
         ("inference_cancel_request", "CancelRequest", "Cancel the job."),
         ("realtime_request_stream", "FollowRequest", "Follow the job's events (WebSocket)."),
+        ("webhooks_delivery_log", "ReadWebhookLog", "The job's webhook deliveries."),
+        ("webhooks_redeliver_webhook", "RedeliverWebhook", "Deliver the job's webhook again."),
     ]
     yield from _fan_out(
         [
@@ -201,6 +203,8 @@ def _accounts() -> Iterator[Link]:
             ("users_update_profile", "UpdateProfile", "Change the caller's email or password."),
             ("users_quotas_my_usage", "ReadMyUsage", "The caller's usage and limits."),
             ("users_export_me", "ExportMe", "Everything held about the caller."),
+            ("webhooks_webhook_secret", "ReadWebhookSecret", "The webhook signing secret."),
+            ("webhooks_rotate_webhook_secret", "RotateWebhookSecret", "Rotate that secret."),
         ):
             if target != source:
                 yield Link(source, status, name, target, description)
@@ -214,6 +218,14 @@ def _accounts() -> Iterator[Link]:
             "RevokeApiKey",
             "users_revoke_api_key",
             "Revoke the key.",
+            {"path.key_id": pointer},
+        )
+        yield Link(
+            source,
+            status,
+            "UpdateApiKey",
+            "webhooks_update_api_key",
+            "Change the key's default webhook.",
             {"path.key_id": pointer},
         )
     yield Link(

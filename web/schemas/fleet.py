@@ -126,6 +126,9 @@ class ReplicaRead(BaseModel):
     last_seen_at: datetime | None
     pull_completed_bytes: int | None
     pull_total_bytes: int | None
+    size_vram_bytes: int | None = None
+    expires_at: datetime | None = None
+    fits: bool | None = None
 
 
 class PullRequest(BaseModel):
@@ -149,6 +152,28 @@ class PullAccepted(BaseModel):
 class ReplicaRemovalAccepted(BaseModel):
     model: str
     node: NodeRef
+
+
+class LoadedModelRead(BaseModel):
+    """A model in a node's engine memory now (Ollama's /api/ps, at the last heartbeat)."""
+
+    model: str
+    size_vram_bytes: int | None = None
+    expires_at: datetime | None = None
+
+
+class RoutingDecision(BaseModel):
+    """What the node's worker did with a job it received (warm-model-first routing):
+    warm (its model loaded here), handed_in (sent here by `node`), handed (sent to `node`,
+    which had it loaded and a slot free), cold_after_wait (every warm node stayed busy for
+    WARM_ROUTING_WAIT_S), cold_none_warm (no node had it loaded), unrouted (routing off)."""
+
+    request_id: str
+    model: str | None
+    decision: str
+    node: str | None = None
+    waited_s: float = 0.0
+    at: datetime
 
 
 class NodeRead(BaseModel):
@@ -175,6 +200,10 @@ class NodeRead(BaseModel):
     last_heartbeat_at: datetime | None
     created_at: datetime
     loaded_models: list[str] = Field(default_factory=list)
+    # The same, with the GPU memory each takes and when the engine unloads it.
+    loaded: list[LoadedModelRead] = Field(default_factory=list)
+    # The worker's last routing decisions, newest first (written with its heartbeat).
+    routing: list[RoutingDecision] = Field(default_factory=list)
     queue_depth: int = 0
     running: int = 0
 

@@ -42,6 +42,18 @@ Format = Literal["json"] | dict[str, Any] | None
 KeepAlive = float | str | None
 
 
+def webhook_field() -> Any:
+    """The optional webhook URL of a submission. Checked by the service (a 400 saying why,
+    as for the X-OllamaMax-Webhook header), not here: a schema error would be a 422."""
+    return Field(
+        default=None,
+        description="POST the job, signed (Standard Webhooks), when it ends: http(s), at "
+        "most 2048 characters, no credentials, no internal address (docs/webhooks.md). "
+        "Default: the X-OllamaMax-Webhook header, else the API key's webhook_url.",
+        json_schema_extra={"maxLength": 2048},
+    )
+
+
 class SubmitBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,6 +65,7 @@ class SubmitBase(BaseModel):
     priority: int | None = Field(
         default=None, ge=0, le=9, description="9 runs first; default: the system's default."
     )
+    webhook_url: str | None = webhook_field()
 
     _model_fits = field_validator("model")(fits_with_its_tag)
 
@@ -86,6 +99,7 @@ class EmbedRequest(BaseModel):
     priority: int | None = Field(
         default=None, ge=0, le=9, description="9 runs first; default: the system's default."
     )
+    webhook_url: str | None = webhook_field()
 
     _model_fits = field_validator("model")(fits_with_its_tag)
 
@@ -210,6 +224,7 @@ class RequestRead(BaseModel):
     started_at: datetime | None
     first_token_at: datetime | None
     completed_at: datetime | None
+    webhook_url: str | None = Field(description="Where its end is POSTed (docs/webhooks.md).")
 
 
 class RequestDetail(RequestRead):

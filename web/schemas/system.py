@@ -75,10 +75,25 @@ class DashboardStats(BaseModel):
     age_s: float = Field(description="Seconds between refreshed_at and the live figures' `at`.")
 
 
+class UserQueueStats(BaseModel):
+    user: str = Field(
+        description='A username; "_other": the users past the top N, summed; '
+        '"_erased": jobs of accounts erased since.'
+    )
+    queued: int
+    oldest_wait_s: float = Field(description="How long the longest-waiting job has waited.")
+    mean_wait_s: float
+
+
 class QueueStats(BaseModel):
     total: int
     by_model: dict[str, int]
     by_priority: dict[int, int] = Field(description="Priority (9 runs first) -> queued jobs.")
+    by_user: list[UserQueueStats] = Field(
+        default_factory=list,
+        description="The FAIR_SHARE_METRICS_TOP_USERS users with the most waiting jobs, "
+        'deepest first, then "_other" (docs/pipeline.md, Fair share).',
+    )
 
 
 class RunningStats(BaseModel):

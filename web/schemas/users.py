@@ -66,6 +66,11 @@ class UserRead(BaseModel):
     is_active: bool
     created_at: datetime
     last_login_at: datetime | None
+    fair_share_weight: float | None = Field(
+        default=None,
+        description="Its share of a contended model against other accounts' (docs/pipeline.md, "
+        "Fair share); null: the run-time default, fair_share_default_weight.",
+    )
 
 
 class ProfileUpdate(BaseModel):
@@ -171,6 +176,12 @@ class ApiKeyCreate(BaseModel):
     scopes: list[Scope] = Field(min_length=1)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     limits: ApiKeyLimits | None = None
+    webhook_url: str | None = Field(
+        default=None,
+        description="The webhook of the key's jobs that name none (docs/webhooks.md); "
+        "checked like a job's (400).",
+        json_schema_extra={"maxLength": 2048},
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -190,6 +201,19 @@ class ApiKeyRead(BaseModel):
     last_used_at: datetime | None
     revoked_at: datetime | None
     limits: dict[str, int] = Field(description="The key's own limits (ApiKeyLimits).")
+    webhook_url: str | None = Field(
+        default=None, description="The default webhook of the key's jobs."
+    )
+
+
+class ApiKeyUpdate(BaseModel):
+    """What may change on a live key: its default webhook (null removes it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(
+        description="null: none.", json_schema_extra={"maxLength": 2048}
+    )
 
 
 class ApiKeyCreated(ApiKeyRead):
@@ -213,11 +237,19 @@ class UserAdminUpdate(BaseModel):
     role: Role | None = None
     is_active: bool | None = None
     unlock: bool | None = Field(default=None, description="Clear a login lockout.")
+    fair_share_weight: float | None = Field(
+        default=None,
+        ge=0.1,
+        le=100,
+        description="Fair-share weight, 0.1 to 100 (2: twice the starts of a weight-1 "
+        "account when both wait); null: back to the run-time default.",
+    )
 
     @model_validator(mode="after")
     def _something_changes(self) -> Self:
-        if self.role is None and self.is_active is None and not self.unlock:
-            raise ValueError("give role, is_active or unlock")
+        changes = self.role is not None or self.is_active is not None or self.unlock
+        if not changes and "fair_share_weight" not in self.model_fields_set:
+            raise ValueError("give role, is_active, unlock or fair_share_weight")
         return self
 
 

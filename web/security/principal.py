@@ -45,6 +45,8 @@ class Principal:
     # The account's own quotas and the key's narrower limits, by name (web/inference/quotas.py).
     quotas: Mapping[str, int] = field(default_factory=dict, compare=False)
     key_limits: Mapping[str, int] = field(default_factory=dict, compare=False)
+    # The key's default webhook URL, for jobs that name none (docs/webhooks.md).
+    key_webhook_url: str | None = field(default=None, compare=False)
 
     @property
     def user(self) -> User:
@@ -130,6 +132,7 @@ def _load_api_key(key: str) -> _KeyGrant:
         api_key_id=row.id,
         quotas=dict(user.quotas or {}),
         key_limits=dict(row.limits or {}),
+        key_webhook_url=row.webhook_url,
     )
     return _KeyGrant(principal, row.expires_at)
 

@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 from config.runtime import RuntimeConfig
 from config.settings import Settings
 from db.audit_trail import NEWEST_FIRST, AuditFilters, entries_query
-from db.stats import THROUGHPUT_WINDOW, LiveStats, dashboard, live_stats, refresh_dashboard
+from db.stats import (
+    THROUGHPUT_WINDOW,
+    LiveStats,
+    UserQueue,
+    dashboard,
+    live_stats,
+    queue_by_user,
+    refresh_dashboard,
+)
 from db.system_config import delete_values, store_values, stored_values
 from web.database import after_commit, get_session
 from web.errors import ValidationFailed, validation_details
@@ -34,6 +42,7 @@ from web.schemas.system import (
     StatsQuery,
     StatsRead,
     ThroughputStats,
+    UserQueueStats,
 )
 from web.security.policy import Permission
 from web.security.principal import authenticated, require
@@ -151,7 +160,9 @@ def update_config() -> Response:
     return jsonify(_config_body(session))
 
 
-def _stats_body(row: dict[str, Any] | None, live: LiveStats) -> dict[str, Any]:
+def _stats_body(
+    row: dict[str, Any] | None, live: LiveStats, by_user: list[UserQueue]
+) -> dict[str, Any]:
     window_s = int(THROUGHPUT_WINDOW.total_seconds())
     tokens, duration_ns = live.completion_tokens_1m, live.eval_duration_ns_1m
     view = None
@@ -166,6 +177,7 @@ def _stats_body(row: dict[str, Any] | None, live: LiveStats) -> dict[str, Any]:
                 total=sum(live.queued_by_model.values()),
                 by_model=live.queued_by_model,
                 by_priority=dict(sorted(live.queued_by_priority.items(), reverse=True)),
+                by_user=[UserQueueStats(**vars(entry)) for entry in by_user],
             ),
             running=RunningStats(
                 total=sum(live.running_by_model.values()), by_model=live.running_by_model
@@ -198,7 +210,9 @@ def read_stats() -> Response:
     session = get_session()
     refresh_dashboard(session=session, older_than_s=0 if query.refresh else DASHBOARD_MAX_AGE_S)
     live = live_stats(session=session)
-    return jsonify(_stats_body(dashboard(session=session), live))
+    top = current_settings().fair_share_metrics_top_users
+    by_user = queue_by_user(session=session, top=top)
+    return jsonify(_stats_body(dashboard(session=session), live, by_user))
 
 
 @bp.get("/audit")

@@ -60,7 +60,7 @@ def list_users() -> Response:
 
 @bp.put("/<uuid:user_id>")
 @documented(
-    "Change an account's role or state, or unlock it",
+    "Change an account's role, state or fair-share weight, or unlock it",
     description="Disabling an account ends its logins and revokes its API keys.",
     body=UserAdminUpdate,
     responses={200: UserRead, 409: "It is the last active admin (demote or disable)."},
@@ -73,7 +73,13 @@ def update_user(user_id: uuid.UUID) -> Response:
     disabled = change.is_active is False
     if demoted or disabled:
         refuse_removing_last_admin(user)
-    before = {"role": user.role, "is_active": user.is_active}
+    before = {
+        "role": user.role,
+        "is_active": user.is_active,
+        "fair_share_weight": user.fair_share_weight,
+    }
+    if "fair_share_weight" in change.model_fields_set:
+        user.fair_share_weight = change.fair_share_weight
     if change.role is not None:
         user.role = change.role
     if change.is_active is not None:
@@ -91,9 +97,14 @@ def update_user(user_id: uuid.UUID) -> Response:
             resource_type="users",
             resource_id=user.id,
         )
-    after = {"role": user.role, "is_active": user.is_active}
-    if before != after:
+    after = {
+        "role": user.role,
+        "is_active": user.is_active,
+        "fair_share_weight": user.fair_share_weight,
+    }
+    if before["role"] != after["role"] or before["is_active"] != after["is_active"]:
         forget_credentials(user_ids=[user.id])
+    if before != after:
         audit(
             "user.role_changed" if before["role"] != after["role"] else "user.updated",
             user_id=authenticated().user_id,

@@ -47,6 +47,7 @@ from web.users.accounts import (
     revoke_all_api_keys,
 )
 from web.validation import load_body
+from web.webhooks.guard import checked_webhook
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
@@ -183,6 +184,7 @@ def update_profile() -> Response:
     body=ApiKeyCreate,
     responses={
         201: ApiKeyCreated,
+        400: "The webhook_url is refused (docs/webhooks.md).",
         401: "The current password is incorrect (counts toward the login lockout).",
         409: f"The caller already has {MAX_LIVE_API_KEYS} live keys.",
         429: LOCKED,
@@ -218,6 +220,7 @@ def create_api_key() -> tuple[Response, int]:
         scopes=[str(scope) for scope in request_body.scopes],
         expires_at=expires_at,
         limits=request_body.limits.stored() if request_body.limits else None,
+        webhook_url=checked_webhook(request_body.webhook_url),
     )
     audit(
         "api_key.created",

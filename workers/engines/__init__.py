@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from config.settings import Settings
 from workers.engines.base import Engine
 
 
-def make_engine(kind: str, url: str, settings: Settings) -> Engine:
-    """The client for an engine of `kind` ("ollama" or "openai") at `url`."""
+def make_engine(
+    kind: str, url: str, settings: Settings, *, capabilities: Sequence[str] = ()
+) -> Engine:
+    """The client for an engine of `kind` ("ollama" or "openai") at `url`. `capabilities`:
+    what an OpenAI-compatible server's models can do, as the operator says (its protocol
+    says nothing); Ollama reports its own."""
     if kind == "openai":
         from workers.engines.openai import OpenAIEngine
 
@@ -17,6 +23,7 @@ def make_engine(kind: str, url: str, settings: Settings) -> Engine:
             stall_timeout_s=settings.engine_stall_timeout_s,
             listing_timeout_s=settings.engine_probe_timeout_s,
             api_key=key,
+            capabilities=capabilities,
         )
     from workers.engines.ollama import OllamaEngine
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -35,6 +36,16 @@ class EngineModel:
     record: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model in the engine's memory now (Ollama's /api/ps): how much GPU memory it takes
+    and when it unloads; None where the engine does not say (OpenAI-compatible servers)."""
+
+    name: str  # canonical name:tag
+    size_vram: int | None = None
+    expires_at: datetime | None = None
+
+
 class Engine(Protocol):
     kind: str
 
@@ -43,6 +54,10 @@ class Engine(Protocol):
     def models(self) -> list[EngineModel]: ...
 
     def loaded(self) -> set[str]: ...
+
+    def loaded_models(self) -> dict[str, LoadedModel]:
+        """The models in memory, by canonical name, with their size and expiry."""
+        ...
 
     def describe(self, name: str) -> dict[str, Any] | None:
         """What the engine says about a model (Ollama's /api/show: modelfile, template,

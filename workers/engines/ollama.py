@@ -21,7 +21,7 @@ import ollama
 from pydantic import ConfigDict
 
 from db.fleet import canonical_model_name
-from workers.engines.base import Chunk, EngineError, EngineModel, answered_once
+from workers.engines.base import Chunk, EngineError, EngineModel, LoadedModel, answered_once
 
 METRICS = (
     "total_duration",
@@ -113,9 +113,16 @@ class OllamaEngine:
         return described
 
     def loaded(self) -> set[str]:
+        return set(self.loaded_models())
+
+    def loaded_models(self) -> dict[str, LoadedModel]:
         with _faults():
             running = self.listing.ps().models
-        return {canonical_model_name(m.model or "") for m in running if m.model}
+        return {
+            name: LoadedModel(name, m.size_vram, m.expires_at)
+            for m in running
+            if m.model and (name := canonical_model_name(m.model))
+        }
 
     def stream(self, kind: str, body: dict[str, Any]) -> Generator[Chunk, None, None]:
         if kind == "embed":

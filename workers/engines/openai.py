@@ -15,7 +15,7 @@ import binascii
 import json
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -24,7 +24,14 @@ import httpx2
 import openai
 
 from db.fleet import canonical_model_name
-from workers.engines.base import Chunk, EngineError, EngineModel, answered_once, unit_length
+from workers.engines.base import (
+    Chunk,
+    EngineError,
+    EngineModel,
+    LoadedModel,
+    answered_once,
+    unit_length,
+)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 # Ollama option -> OpenAI parameter of the same meaning.
@@ -56,9 +63,11 @@ class OpenAIEngine:
         api_key: str | None = None,
         connect_timeout_s: float = 5.0,
         listing_timeout_s: float = 5.0,
+        capabilities: Sequence[str] = (),
         http_client: httpx2.Client | None = None,  # tests hand in a scripted transport
     ) -> None:
         self.url = url.rstrip("/")
+        self.capabilities = tuple(capabilities)
         base = self.url if self.url.endswith("/v1") else f"{self.url}/v1"
         self.client = openai.OpenAI(
             base_url=base,
@@ -109,11 +118,17 @@ class OpenAIEngine:
         return self._listing
 
     def describe(self, name: str) -> dict[str, Any] | None:
-        return None  # the protocol lists models and says nothing more about them
+        # The protocol lists models and says nothing more about them: what they can do is
+        # what the operator said (`--capabilities`), or unknown.
+        return {"capabilities": list(self.capabilities)} if self.capabilities else None
 
     def loaded(self) -> set[str]:
         # A server of this kind serves what it lists: every model is loaded.
         return {model.name for model in self.models()}
+
+    def loaded_models(self) -> dict[str, LoadedModel]:
+        # Loaded for good, at a size the protocol does not tell.
+        return {name: LoadedModel(name) for name in self.loaded()}
 
     def pull(self, name: str) -> Iterator[dict[str, Any]]:
         raise EngineError(

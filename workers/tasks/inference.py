@@ -28,14 +28,15 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.inference import AtRunningCap, ClaimedJob, Outcome, claim, finish
+from db.inference import AtRunningCap, ClaimedJob, FairShare, Outcome, claim, finish
 from db.models import RequestStatus
 from db.recovery import hand_back
-from workers import metrics, runtime
-from workers.dispatch import republish
+from workers import metrics, routing, runtime
+from workers.dispatch import hand_to_node, republish
 from workers.engines.base import EngineError
 from workers.events import Event, event
 from workers.job_events import EventsOnHold, JobEvents
+from workers.routing import model_of_queue
 from workers.runtime import Runtime
 from workers.watch import JobWatch, cancel_key
 
@@ -293,6 +294,20 @@ def _name_tool_calls(extras: dict[str, Any], job_id: uuid.UUID) -> None:
         call["function"] = {"index": index, **function}
 
 
+def _fair_share(rt: Runtime) -> FairShare | None:
+    """How the claim orders a model's waiting jobs; None (FAIR_SHARE=false): the message's
+    own job, as before fair share."""
+    settings = rt.settings
+    if not settings.fair_share:
+        return None
+    return FairShare(
+        window=timedelta(seconds=settings.fair_share_window_s),
+        aging_s=settings.fair_share_aging_s,
+        priority_credit=settings.fair_share_priority_credit,
+        default_weight=rt.runtime_config.current().fair_share_default_weight,
+    )
+
+
 def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
     with rt.database.unit_of_work() as session:
         return claim(
@@ -301,6 +316,7 @@ def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
             worker_name=rt.worker_name,
             node_id=rt.node_id,
             lease=timedelta(seconds=rt.settings.lease_ttl_s),
+            fair=_fair_share(rt),
         )
 
 
@@ -385,13 +401,20 @@ def _store(
     while True:
         try:
             with rt.database.unit_of_work() as session:
-                return finish(
+                stored = finish(
                     session=session,
                     job=job,
                     worker_name=rt.worker_name,
                     outcome=outcome,
                     first_token_at=first_token_at,
                 )
+            if not stored:  # the fence: swept, handed on or ended while this attempt ran
+                log.warning(
+                    "request %s: outcome of attempt %d refused: the job is no longer ours",
+                    job.id,
+                    job.attempt,
+                )
+            return stored
         except (OperationalError, InterfaceError) as error:
             left = watch.renewed_at + rt.settings.lease_ttl_s - time.monotonic()
             if left <= 0:
@@ -474,6 +497,32 @@ def _hand_back(
     republish(rt.celery, rt.database, [(job.id, job.model_name, job.priority)])
 
 
+def _routed_elsewhere(task: Task, rt: Runtime, request_id: str, routed: dict[str, Any]) -> bool:
+    """Warm-model-first routing (workers/routing.py), before the claim and without a round
+    trip unless the job moves: True when it went to a node that has its model loaded;
+    raises Retry to offer it again while every such node is busy (its wait bounded)."""
+    delivery = task.request.delivery_info or {}
+    model = model_of_queue(delivery.get("routing_key"))
+    since = float(routed.get("since") or routing.clock())
+    waited = max(0.0, routing.clock() - since)
+    decision = rt.router.decide(model, routed.get("handed_by"), waited)
+    if decision.kind == routing.WAITING:
+        kept = {k: v for k, v in (task.request.kwargs or {}).items() if k != "request_id"}
+        again = {**kept, "routed": {"since": since}}
+        raise task.retry(countdown=decision.retry_in, args=[request_id], kwargs=again)
+    if decision.kind == routing.HANDED:
+        assert decision.node is not None
+        handed = {"since": since, "handed_by": rt.node_name}
+        if hand_to_node(rt.celery, request_id, decision.node, handed, delivery.get("priority")):
+            rt.router.record(request_id, model, decision, waited)
+            return True
+        decision = routing.Decision(routing.COLD_NONE_WARM)  # the broker refused: run it here
+    rt.router.record(request_id, model, decision, waited)
+    if model is not None:
+        rt.router.note_loaded(model)
+    return False
+
+
 @shared_task(
     name="inference.run",
     bind=True,
@@ -486,7 +535,12 @@ def _hand_back(
     # own retries are bounded below, by a count of their own.
     max_retries=None,
 )
-def run(self: Task, request_id: str, claim_failures: int = 0) -> None:
+def run(
+    self: Task,
+    request_id: str,
+    claim_failures: int = 0,
+    routed: dict[str, Any] | None = None,
+) -> None:
     rt = runtime.current()
     job_id = uuid.UUID(request_id)
     if rt.engine_health.waiting():
@@ -494,6 +548,8 @@ def run(self: Task, request_id: str, claim_failures: int = 0) -> None:
         # its attempt unspent, and look again after a probe (bounded by ENGINE_DOWN_GRACE_S:
         # then `waiting` is over and the job runs, or fails as it always did).
         raise self.retry(countdown=rt.settings.engine_probe_s)
+    if _routed_elsewhere(self, rt, request_id, routed or {}):
+        return
     try:
         job = _claim(rt, job_id)
     except AtRunningCap:
@@ -511,8 +567,22 @@ def run(self: Task, request_id: str, claim_failures: int = 0) -> None:
         again = {"request_id": request_id, "claim_failures": claim_failures + 1}
         raise self.retry(exc=error, countdown=countdown, kwargs=again) from error
     if job is None:
-        log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
+        if (self.request.delivery_info or {}).get("redelivered"):
+            # RabbitMQ gave it again: its first worker's connection closed, or that worker
+            # held it past the server's consumer_timeout (docs/deploy.md).
+            log.warning(
+                "request %s was delivered again but is not waiting to run; if it is still "
+                "running, the broker's consumer_timeout is shorter than the job",
+                job_id,
+            )
+        else:
+            log.info("request %s is not waiting to run (duplicate delivery or ended)", job_id)
         return
+    if job.id != job_id:
+        # Fair share: the message woke this worker for its model, and the claim took the
+        # fair-first job; the message's own job waits for a later one (docs/pipeline.md).
+        # From here on every use is the claimed job's.
+        log.info("request %s: message of request %s claimed it (fair share)", job.id, job_id)
     rt.job_started()
     metrics.job_claimed(job.model_name, job.priority, job.attempt, job.queued_at, job.started_at)
     watch = rt.watcher.watch(job.id, job.attempt)

@@ -4,6 +4,6 @@ take the place of tests/ops/conftest.py's `double`, which serves the PgBouncer s
 
 from __future__ import annotations
 
-from tests.pipeline.conftest import double, pipeline_env, start_worker
+from tests.pipeline.conftest import broker, double, pipeline_env, start_worker
 
-__all__ = ["double", "pipeline_env", "start_worker"]
+__all__ = ["broker", "double", "pipeline_env", "start_worker"]

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from db.session import Database
+from ops.smoke.context import generates
 from ops.smoke.scenarios import SCENARIOS
 from ops.smoke.scenarios.system import revert_body
 from tests.conftest import ROOT, LiveServer, free_port, start_live_server, stop_live_server
@@ -205,6 +206,15 @@ def test_a_config_change_is_reverted_to_what_get_showed() -> None:
     assert revert_body({"value": 90, "default": 90, "overridden": False}) == {
         "retention_days": None
     }
+
+
+def test_it_asks_a_model_that_generates_never_an_embedding_only_one() -> None:
+    def listed(capabilities: object) -> dict[str, Any]:
+        return {"name": "m", "parameters": {"show": {"capabilities": capabilities}}}
+
+    assert not generates(listed(["embedding"]))
+    assert generates(listed(["completion", "tools"]))
+    assert generates({"name": "m", "parameters": {}})  # unknown: worth a try
 
 
 def _imports(path: Path) -> set[str]:

@@ -5,10 +5,19 @@ from __future__ import annotations
 from datetime import date
 
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey, AuditLogEntry, InferenceRequest, ModelUsageStats, Role, User
+from db.models import (
+    ApiKey,
+    AuditLogEntry,
+    InferenceRequest,
+    ModelUsageStats,
+    Role,
+    User,
+    WebhookDelivery,
+    WebhookSecret,
+)
 from tests.factories import TEST_PASSWORD, InferenceRequestFactory
 from tests.support.identity import audit_actions, auth_headers, bearer, error_code, login, make_user
 
@@ -79,6 +88,32 @@ def test_disabling_a_user_ends_their_sessions(client: FlaskClient) -> None:
     assert client.get(f"{USERS}/profile", headers=user_headers).status_code == 401
 
 
+def test_admin_sets_and_clears_a_fair_share_weight(
+    client: FlaskClient, db_session: Session
+) -> None:
+    admin, user = make_user(Role.ADMIN), make_user()
+    headers = auth_headers(client, admin)
+    url = f"{USERS}/{user.id}"
+
+    set_ = client.put(url, headers=headers, json={"fair_share_weight": 2.5})
+    assert set_.status_code == 200
+    assert set_.get_json()["fair_share_weight"] == 2.5
+    assert "user.updated" in audit_actions(db_session, admin.id)
+    listed = client.get(f"{USERS}?q={user.username}", headers=headers).get_json()["items"]
+    assert listed[0]["fair_share_weight"] == 2.5
+
+    cleared = client.put(url, headers=headers, json={"fair_share_weight": None})
+    assert cleared.status_code == 200
+    assert cleared.get_json()["fair_share_weight"] is None
+
+    for bad in (0, -1, 0.05, 101, "heavy"):
+        refused = client.put(url, headers=headers, json={"fair_share_weight": bad})
+        assert refused.status_code == 422, bad
+        assert error_code(refused) == "validation_error"
+    user_headers = auth_headers(client, user)
+    assert client.put(url, headers=user_headers, json={"fair_share_weight": 9}).status_code == 403
+
+
 def test_admin_update_and_delete_validate_and_404(client: FlaskClient) -> None:
     headers = auth_headers(client, make_user(Role.ADMIN))
     user = make_user()
@@ -136,11 +171,15 @@ def test_deleting_oneself_erases_personal_data_and_keeps_aggregates(
         user_id=user.id,
         input={"prompt": "private"},
         output="answer",
-        status="completed",
+        status="running",
         eval_count=12,
+        webhook_url="https://hooks.ann-smith.example/done",
     )
+    job.status = "completed"  # the trigger queues its webhook delivery
     db_session.add(ModelUsageStats(model_name="m:latest", day=date(2026, 1, 1), requests=1))
     db_session.flush()
+    assert client.get(f"{USERS}/webhook-secret", headers=headers).status_code == 200
+    assert db_session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
 
     assert (
         client.delete(
@@ -162,6 +201,10 @@ def test_deleting_oneself_erases_personal_data_and_keeps_aggregates(
     request_row = db_session.get(InferenceRequest, job.id)
     assert request_row is not None
     assert (request_row.input, request_row.output, request_row.eval_count) == ({}, None, 12)
+    assert request_row.webhook_url is None
+    # Its webhooks go: their URLs may say who the user was, and no one is left to sign for.
+    assert db_session.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+    assert db_session.get(WebhookSecret, user.id) is None
     assert db_session.scalar(select(ModelUsageStats.requests)) == 1
     assert all(k.revoked_at is not None for k in db_session.scalars(select(ApiKey)))
     for credential in (tokens["access_token"], key):

@@ -69,6 +69,17 @@ MATRIX: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/inference/requests"): SIGNED_IN,
     ("GET", "/api/v1/inference/requests/<uuid:request_id>"): OWNER_OR_STAFF,
     ("POST", "/api/v1/inference/requests/<uuid:request_id>/cancel"): OWNER_OR_STAFF,
+    ("GET", "/api/v1/inference/requests/<uuid:request_id>/webhook"): OWNER_OR_STAFF,
+    # Allowed, but this job has no webhook delivery to make again.
+    ("POST", "/api/v1/inference/requests/<uuid:request_id>/webhook/redeliver"): {
+        **OWNER_OR_STAFF,
+        "owner": 409,
+        "operator": 409,
+        "admin": 409,
+    },
+    ("GET", "/api/v1/users/webhook-secret"): SIGNED_IN,
+    ("POST", "/api/v1/users/webhook-secret"): SIGNED_IN,
+    ("PATCH", "/api/v1/users/api-keys/<uuid:key_id>"): OWNER_ONLY,
     **FLEET_MATRIX,
     **SYSTEM_MATRIX,
     **COMPAT_MATRIX,
@@ -140,7 +151,7 @@ def test_route_answers_each_caller_as_the_policy_says(
         chosen = callers[caller]
         headers = chosen() if callable(chosen) else chosen
 
-    body = {} if method in ("POST", "PUT", "DELETE") else None
+    body = {} if method in ("POST", "PUT", "PATCH", "DELETE") else None
     response = client.open(url, method=method, headers=headers, json=body)
 
     expected = MATRIX[(method, rule)][caller]

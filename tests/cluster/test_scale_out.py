@@ -1,0 +1,38 @@
+"""Tried as an operator would: a fourth GPU host brought up beside a running fleet takes jobs,
+and nothing else is restarted or told about it."""
+
+from __future__ import annotations
+
+from tests.cluster.harness import Cluster
+from tests.pipeline.jobs import finished, submit
+
+
+def _pids(cluster: Cluster) -> dict[str, int]:
+    return {
+        f"{host.name}/{label}": process.pid
+        for host in cluster.hosts
+        for label, process in host.processes.items()
+        if process.poll() is None
+    }
+
+
+def test_a_fourth_gpu_host_added_to_a_running_fleet_takes_jobs(fresh: Cluster) -> None:
+    cluster, client = fresh, fresh.client
+    before = _pids(cluster)
+
+    added = cluster.add_gpu_host()  # its engine and its worker, nothing else
+
+    for gpu in cluster.gpus:  # every slot busy for a while, so the newcomer gets its share
+        gpu.configure(token_delay_s=0.05, default_tokens=20)
+    users = [client.login() for _ in range(3)]
+    jobs = [
+        (headers, submit(client.api, headers, prompt=f"scale out {k}")["id"])
+        for k in range(12)
+        for headers in [users[k % 3]]
+    ]
+    results = [finished(client.api, headers, job, timeout=60) for headers, job in jobs]
+
+    assert {result["status"] for result in results} == {"completed"}
+    assert added.node in {result["worker"] for result in results}
+    after = _pids(cluster)
+    assert {name: after[name] for name in before} == before  # nobody else restarted

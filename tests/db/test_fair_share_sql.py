@@ -1,0 +1,187 @@
+"""The fair claim in SQL (db/inference.py, docs/pipeline.md "Fair share"): a message of a
+model claims the fair-first waiting job of that model, which may be another one. Orders
+are asserted from which job each claim takes; times are inputs here (how long ago a job was
+queued or started), never measured."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from db.inference import AtRunningCap, ClaimedJob, FairShare, claim
+from db.models import InferenceRequest, User
+from tests.factories import InferenceRequestFactory, UserFactory
+
+MODEL = "fair-model:latest"
+FAIR = FairShare(
+    window=timedelta(seconds=300), aging_s=60.0, priority_credit=0.5, default_weight=1.0
+)
+
+
+def _ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def _queued(user: User | None, *, waited_s: float = 0.0, **fields: Any) -> InferenceRequest:
+    return InferenceRequestFactory(
+        user_id=user.id if user else None,
+        model_name=MODEL,
+        status="queued",
+        queued_at=_ago(waited_s),
+        **fields,
+    )
+
+
+def _started(user: User, count: int, *, ago_s: float = 30.0, status: str = "completed") -> None:
+    for _ in range(count):
+        InferenceRequestFactory(
+            user_id=user.id,
+            model_name=MODEL,
+            status=status,
+            queued_at=_ago(ago_s + 1),
+            started_at=_ago(ago_s),
+            lease_until=_ago(-30) if status == "running" else None,
+            worker_name="w" if status == "running" else None,
+        )
+
+
+def _claim(session: Session, message: InferenceRequest, fair: FairShare | None = FAIR) -> Any:
+    return claim(
+        session=session,
+        request_id=message.id,
+        worker_name="w",
+        node_id=None,
+        lease=timedelta(seconds=30),
+        fair=fair,
+    )
+
+
+def _order(session: Session, message: InferenceRequest, count: int) -> list[uuid.UUID]:
+    taken = []
+    for _ in range(count):
+        job: ClaimedJob | None = _claim(session, message)
+        assert job is not None
+        taken.append(job.id)
+    return taken
+
+
+def test_a_newcomer_goes_before_a_user_with_recent_starts(db_session: Session) -> None:
+    flooder, newcomer = UserFactory(), UserFactory()
+    _started(flooder, 3)
+    flood = [_queued(flooder, waited_s=20 - i) for i in range(10)]
+    late = [_queued(newcomer, waited_s=1 - i * 0.1) for i in range(2)]
+    # The flooder's oldest message wakes the worker: the newcomer's jobs start first.
+    assert _order(db_session, flood[0], 2) == [job.id for job in late]
+    # Then the flooder's, oldest first.
+    assert _claim(db_session, flood[0]).id == flood[0].id
+
+
+def test_five_behind_a_thousand_all_start_before_the_floods_next_five(
+    db_session: Session,
+) -> None:
+    flooder, other = UserFactory(), UserFactory()
+    _started(flooder, 2, status="running")
+    flood = [_queued(flooder, waited_s=60 - i * 0.01) for i in range(1000)]
+    five = {_queued(other, waited_s=0.5 - i * 0.01).id for i in range(5)}
+    taken = _order(db_session, flood[500], 10)
+    flood_ids = {job.id for job in flood}
+    assert set(taken) >= five
+    # The other user's fifth start comes before the flood's fifth after their arrival.
+    fifth_other = max(taken.index(job_id) for job_id in five)
+    fifth_flood = [i for i, job_id in enumerate(taken) if job_id in flood_ids][4]
+    assert fifth_other < fifth_flood
+
+
+def test_within_a_user_priority_then_age(db_session: Session) -> None:
+    user = UserFactory()
+    old_low = _queued(user, waited_s=30, priority=3)
+    new_high = _queued(user, waited_s=1, priority=7)
+    old_high = _queued(user, waited_s=5, priority=7)
+    assert _order(db_session, old_low, 3) == [old_high.id, new_high.id, old_low.id]
+
+
+def test_weights_share_starts_in_proportion(db_session: Session) -> None:
+    heavy, light = UserFactory(fair_share_weight=3.0), UserFactory()
+    _started(heavy, 2)  # 2 / 3 starts per weight
+    _started(light, 1)  # 1 / 1
+    heavy_job = _queued(heavy, waited_s=1)
+    light_job = _queued(light, waited_s=1)
+    assert _claim(db_session, light_job).id == heavy_job.id
+
+
+def test_waiting_earns_credit_so_nothing_starves(db_session: Session) -> None:
+    busy, fresh = UserFactory(), UserFactory()
+    _started(busy, 2)
+    old = _queued(busy, waited_s=200)  # 2 starts - 200 / 60 of credit < 0
+    new = _queued(fresh, waited_s=0)
+    assert _claim(db_session, new).id == old.id
+
+
+@pytest.mark.parametrize(("starts", "urgent_first"), [(1, True), (3, False)])
+def test_priority_across_users_is_worth_a_bounded_number_of_starts(
+    db_session: Session, starts: int, urgent_first: bool
+) -> None:
+    urgent, plain = UserFactory(), UserFactory()
+    _started(urgent, starts + 2)  # priority 9 is worth 4 x 0.5 = 2 starts
+    _started(plain, 2)
+    high = _queued(urgent, waited_s=1, priority=9)
+    normal = _queued(plain, waited_s=1, priority=5)
+    first = _claim(db_session, normal).id
+    assert first == (high.id if urgent_first else normal.id)
+
+
+def test_an_owner_at_their_cap_is_passed_over(db_session: Session) -> None:
+    capped, other = UserFactory(), UserFactory()
+    _started(other, 5)
+    _started(capped, 1, status="running")
+    held = _queued(capped, waited_s=10, running_cap=1)
+    free = _queued(other, waited_s=1, running_cap=4)
+    # The capped owner's score is better, but they run their cap: the other job starts.
+    assert _claim(db_session, held).id == free.id
+    # Nothing else may start: the message is offered again, the held job still waits.
+    with pytest.raises(AtRunningCap):
+        _claim(db_session, held)
+    db_session.refresh(held)
+    assert held.status == "queued"
+
+
+def test_a_capped_pick_below_its_cap_is_claimed(db_session: Session) -> None:
+    user = UserFactory()
+    job = _queued(user, running_cap=2)
+    claimed = _claim(db_session, job)
+    assert claimed.id == job.id
+
+
+def test_no_waiting_job_drops_the_message(db_session: Session) -> None:
+    job = _queued(UserFactory())
+    assert _claim(db_session, job).id == job.id
+    assert _claim(db_session, job) is None
+
+
+def test_cancel_asked_and_other_models_are_not_picked(db_session: Session) -> None:
+    user, other = UserFactory(), UserFactory()
+    _started(user, 3)
+    mine = _queued(user)
+    _queued(other, cancel_requested_at=_ago(0))
+    InferenceRequestFactory(user_id=other.id, model_name="elsewhere", status="queued")
+    assert _claim(db_session, mine).id == mine.id
+
+
+def test_jobs_of_erased_accounts_are_one_owner(db_session: Session) -> None:
+    orphan = _queued(None, waited_s=5)
+    user = UserFactory()
+    _started(user, 1)
+    mine = _queued(user)
+    assert _claim(db_session, mine).id == orphan.id
+
+
+def test_off_claims_the_messages_own_job(db_session: Session) -> None:
+    flooder, newcomer = UserFactory(), UserFactory()
+    _started(flooder, 3)
+    flood = _queued(flooder, waited_s=10)
+    _queued(newcomer)
+    assert _claim(db_session, flood, fair=None).id == flood.id
