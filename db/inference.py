@@ -15,7 +15,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
-    Float,
     Integer,
     Interval,
     Numeric,
@@ -23,18 +22,18 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
+    column,
     exists,
     func,
     literal,
     select,
     text,
-    true,
     tuple_,
     type_coerce,
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -46,7 +45,6 @@ from db.models import (
     ModelStatus,
     ModelUsageStats,
     RequestStatus,
-    User,
     UserTokenUsage,
 )
 
@@ -344,11 +342,12 @@ def claim(
     transaction.
 
     With `fair`, the message is a wake-up token for its model: the job claimed is the
-    fair-first waiting job of `request_id`'s model (`_fair_pick`), which may be another
-    one. One statement picks it once and claims it if uncapped, or takes its owner's lock
-    if capped, and then the counting claim follows (two statements). When nothing may be
-    picked (every waiting job's owner is at a cap, or being claimed by another worker),
-    AtRunningCap if a job still waits, so the message is offered again; None if none does.
+    fair-first waiting job of `request_id`'s model, which may be another one. The
+    `fair_claim` function (migration 0008) picks it and claims it in one round trip,
+    capped or not: for a capped pick it takes the owner's lock, then counts in a snapshot
+    taken after it. When nothing may be picked (every waiting job's owner is at a cap, or
+    being claimed by another worker), AtRunningCap if a job still waits, so the message is
+    offered again; None if none does.
 
     Times come from the database's clock, never a worker's: leases set here are compared
     by a sweeper that may run on another host.
@@ -375,31 +374,22 @@ def claim(
 
 
 def _fair_claim(connection: Any, params: dict[str, Any], fair: FairShare) -> ClaimedJob | None:
-    params = {
-        **params,
-        "fair_window": fair.window,
-        "fair_aging_s": fair.aging_s,
-        "fair_priority_credit": fair.priority_credit,
-        "fair_default_weight": fair.default_weight,
-    }
-    row = connection.execute(_fair_claim_statement(), params).first()
-    if row is None:
-        if connection.execute(_model_waits_statement(), params).first() is None:
-            return None
-        raise AtRunningCap(params["request_id"])
-    picked_id, capped = row[0], row[1]
-    if not capped:
-        claimed = row[_PICKED_WIDTH:]
-        if claimed[0] is None:  # not claimed after all: the message is offered again
-            raise AtRunningCap(picked_id)
-        return ClaimedJob(*claimed)
-    # Its owner's lock is held, and the row too (the pick locked it): the counting claim of
-    # that one job, in a snapshot taken after the lock, as without fair share.
-    counted = connection.execute(_claim_statement(capped=True), {**params, "request_id": picked_id})
-    claimed = counted.first()
-    if claimed is None:
-        raise AtRunningCap(picked_id)
-    return ClaimedJob(*claimed)
+    row = connection.execute(
+        _FAIR_CLAIM,
+        {
+            **params,
+            "fair_window": fair.window,
+            "fair_aging_s": fair.aging_s,
+            "fair_priority_credit": fair.priority_credit,
+            "fair_default_weight": fair.default_weight,
+        },
+    ).one()
+    outcome, picked = row[0], row[1]
+    if outcome == "claimed":
+        return ClaimedJob(*row[2:])
+    if outcome == "wait":
+        raise AtRunningCap(picked)
+    return None
 
 
 def _waiting() -> Any:
@@ -479,171 +469,25 @@ _CLAIMED_COLUMNS = (
 )
 
 
-_NO_OWNER = sql_cast(literal(str(uuid.UUID(int=0))), UUID(as_uuid=True))
-
-
-def _model_of_message() -> Any:
-    """The model of the message's job: the set a fair claim picks from."""
-    return (
-        select(_REQUESTS.c.model_name)
-        .where(_REQUESTS.c.id == bindparam("request_id"))
-        .scalar_subquery()
+# The fair claim is a function (migration 0008 has its SQL and says why): one round trip
+# for a capped job as for an uncapped one, and its statements planned once per connection.
+_FAIR_CLAIM = (
+    text(
+        "SELECT * FROM fair_claim(:request_id, :worker, :node, :lease, :fair_window,"
+        " :fair_aging_s, :fair_priority_credit, :fair_default_weight)"
     )
-
-
-def _counts_by(owner: Any, condition: Any) -> Any:
-    """{owner id as text: jobs} of the rows meeting `condition`, as one JSON object: an
-    uncorrelated subquery, computed once per statement whatever the plan (a derived table
-    joined to the candidates could be aggregated again for each of them)."""
-    counted = _REQUESTS.alias()
-    key = sql_cast(func.coalesce(counted.c[owner], _NO_OWNER), String)
-    per_owner = (
-        select(key.label("owner"), func.count().label("n"))
-        .where(condition(counted))
-        .group_by(key)
-        .subquery()
+    .bindparams(
+        bindparam("request_id", type_=InferenceRequest.id.type),
+        bindparam("node", type_=InferenceRequest.node_id.type),
+        bindparam("lease", type_=Interval),
+        bindparam("fair_window", type_=Interval),
     )
-    return select(
-        func.coalesce(
-            func.jsonb_object_agg(per_owner.c.owner, per_owner.c.n),
-            sql_cast(literal("{}"), JSONB),
-        )
-    ).scalar_subquery()
-
-
-def _count_of(counts: Any, owner: Any) -> Any:
-    key = sql_cast(func.coalesce(owner, _NO_OWNER), String)
-    return func.coalesce(sql_cast(counts.op("->>")(key), Integer), 0)
-
-
-def _fair_pick() -> Any:
-    """The fair-first job of the message's model that may start now (id, owner, capped), locked
-    (FOR UPDATE SKIP LOCKED: concurrent claims take the next ones). Candidates: waiting,
-    no cancel asked, the owner (and key) below its running cap as this statement's snapshot
-    counts (the cap itself is enforced under the owner's lock, as always). First the owner:
-    the lowest score (FairShare), then the highest head priority, the oldest job; then that
-    owner's job by priority and age. Every per-owner figure is computed once per statement:
-    the running and recent-start counts as JSON objects, the owners' heads as one
-    aggregate over the model's waiting jobs (partial index)."""
-    model = _model_of_message()
-    now = func.now()
-
-    def running(table: Any) -> Any:
-        return table.c.status == RequestStatus.RUNNING
-
-    def may_start(table: Any) -> Any:
-        # As _below_caps counts: a job with no owner (or key) row runs nobody's jobs.
-        by_user = _counts_by("user_id", running)
-        by_key = _counts_by("api_key_id", running)
-
-        def below(cap: Any, owner: Any, counts: Any) -> Any:
-            return cap.is_(None) | owner.is_(None) | (_count_of(counts, owner) < cap)
-
-        return (
-            (table.c.model_name == model)
-            & (table.c.status == RequestStatus.QUEUED)
-            & table.c.cancel_requested_at.is_(None)
-            & below(table.c.running_cap, table.c.user_id, by_user)
-            & below(table.c.key_running_cap, table.c.api_key_id, by_key)
-        )
-
-    other = _REQUESTS.alias("other")
-    owner = func.coalesce(other.c.user_id, _NO_OWNER)
-    heads = (
-        select(
-            owner.label("owner"),
-            func.min(other.c.queued_at).label("oldest"),
-            func.max(other.c.priority).label("top"),
-        )
-        .where(may_start(other))
-        .group_by(owner)
-        .subquery("heads")
+    .columns(
+        column("outcome", String),
+        column("picked", InferenceRequest.id.type),
+        *(column(c.key, c.type) for c in _CLAIMED_COLUMNS),
     )
-    starts = _counts_by(
-        "user_id",
-        lambda began: (
-            (began.c.model_name == model)
-            & (
-                (began.c.started_at >= now - bindparam("fair_window", type_=Interval))
-                | running(began)
-            )
-        ),
-    )
-    users = cast(Table, User.__table__)
-    weight = func.coalesce(users.c.fair_share_weight, bindparam("fair_default_weight", type_=Float))
-    waited_s = sql_cast(func.extract("epoch", now - heads.c.oldest), Float)
-    score = (
-        sql_cast(_count_of(starts, heads.c.owner), Float) / weight
-        - waited_s / bindparam("fair_aging_s", type_=Float)
-        - sql_cast(heads.c.top - 5, Float) * bindparam("fair_priority_credit", type_=Float)
-    )
-    first_owner = (
-        select(heads.c.owner)
-        .select_from(heads.outerjoin(users, users.c.id == heads.c.owner))
-        .order_by(score, heads.c.top.desc(), heads.c.oldest, heads.c.owner)
-        .limit(1)
-        .scalar_subquery()
-    )
-    job = _REQUESTS.alias("job")
-    return (
-        select(job.c.id, job.c.user_id, _has_cap(job).label("capped"))
-        .where(may_start(job), func.coalesce(job.c.user_id, _NO_OWNER) == first_owner)
-        .order_by(job.c.priority.desc(), job.c.queued_at, job.c.id)
-        .limit(1)
-        .with_for_update(of=job, skip_locked=True)
-    )
-
-
-# The fair claim's row: the pick's id, capped and held, then the claimed job's columns.
-_PICKED_WIDTH = 3
-
-
-@cache
-def _fair_claim_statement() -> Any:
-    """Pick the fair-first job once, then in the same statement: claim it if it has no
-    running cap (as a plain claim), or take the lock on its owner's claims if it has one (the
-    row stays locked by the pick; the counting claim follows in a snapshot taken after the
-    lock). One row: the pick's id, whether it is capped, whether the lock was taken, then the
-    claimed job's columns (NULL unless claimed); no row when nothing may be picked."""
-    pick = _fair_pick().cte("pick")
-    claimed = (
-        update(_REQUESTS)
-        .where(
-            _REQUESTS.c.id == pick.c.id,
-            ~pick.c.capped,
-            _REQUESTS.c.status == RequestStatus.QUEUED,
-            _REQUESTS.c.cancel_requested_at.is_(None),
-        )
-        .values(**_running_values())
-        .returning(*(_REQUESTS.c[column.key] for column in _CLAIMED_COLUMNS))
-        .cte("claimed")
-    )
-    owner = func.hashtext(sql_cast(pick.c.user_id, String))
-    # Referenced below, so it runs (PostgreSQL skips an unreferenced SELECT in WITH); at
-    # most one row, the capped pick's.
-    locked = (
-        select(func.pg_advisory_xact_lock(RUNNING_LOCK, owner).is_not(None).label("held"))
-        .where(pick.c.capped)
-        .cte("locked")
-    )
-    return select(pick.c.id, pick.c.capped, locked.c.held, *claimed.c).select_from(
-        pick.outerjoin(claimed, true()).outerjoin(locked, true())
-    )
-
-
-@cache
-def _model_waits_statement() -> Any:
-    """Whether any job of the message's model still waits (held back by a cap, or being
-    claimed by another worker): then the message is offered again rather than dropped."""
-    return (
-        select(literal(1))
-        .where(
-            InferenceRequest.model_name == _model_of_message(),
-            InferenceRequest.status == RequestStatus.QUEUED,
-            InferenceRequest.cancel_requested_at.is_(None),
-        )
-        .limit(1)
-    )
+)
 
 
 def ours(request_id: uuid.UUID, worker_name: str, attempt: int) -> Any:

@@ -19,6 +19,7 @@ from db.base import utcnow
 from db.inference import (
     Admission,
     AtRunningCap,
+    FairShare,
     NewRequest,
     Outcome,
     claim,
@@ -183,21 +184,40 @@ def _queued(committed: Database, user: User, count: int, **caps: Any) -> list[uu
     return ids
 
 
-def _claim(session: Any, job_id: uuid.UUID, worker: str = "w@test") -> Any:
-    return claim(session=session, request_id=job_id, worker_name=worker, node_id=None, lease=LEASE)
+def _claim(
+    session: Any, job_id: uuid.UUID, worker: str = "w@test", fair: FairShare | None = None
+) -> Any:
+    return claim(
+        session=session,
+        request_id=job_id,
+        worker_name=worker,
+        node_id=None,
+        lease=LEASE,
+        fair=fair,
+    )
 
 
+FAIR = FairShare(
+    window=timedelta(seconds=300), aging_s=60.0, priority_credit=0.5, default_weight=1.0
+)
+
+
+# The fair claim (one call of fair_claim()) picks the next job itself: the second claim's
+# pick skips the first's locked row, takes the owner's lock, and counts after it.
+@pytest.mark.parametrize("fair", [None, FAIR], ids=["exact", "fair"])
 def test_a_capped_claim_waits_for_the_owners_other_claim_then_holds_the_job(
-    committed: Database, user: User
+    fair: FairShare | None, committed: Database, user: User
 ) -> None:
     one, two = _queued(committed, user, 2, running_cap=1)
     first = committed.session_factory()
     try:
-        assert _claim(first, one) is not None  # running, not yet committed
+        held = _claim(first, one, fair=fair)  # running, not yet committed
+        assert held is not None
+        left = two if held.id == one else one  # the fair claim takes the older (by id)
 
         def second() -> Any:
             with committed.unit_of_work() as session:
-                return _claim(session, two, "w2@test")
+                return _claim(session, two, "w2@test", fair=fair)
 
         thread, outcome = _in_thread(second)
         _waiting_on_a_lock(committed)
@@ -208,7 +228,7 @@ def test_a_capped_claim_waits_for_the_owners_other_claim_then_holds_the_job(
 
     assert isinstance(outcome.get("error"), AtRunningCap)
     with committed.unit_of_work() as session:
-        assert session.get(InferenceRequest, two).status == RequestStatus.QUEUED  # type: ignore[union-attr]
+        assert session.get(InferenceRequest, left).status == RequestStatus.QUEUED  # type: ignore[union-attr]
 
 
 def test_a_held_job_is_claimed_once_a_running_one_ends(committed: Database, user: User) -> None:

@@ -3,8 +3,8 @@
 An accepted submission may cost the web process at most one PostgreSQL transaction of at
 most three statements and at most four Redis commands (it costs one statement, two with a
 waiting-jobs quota, and three commands: the budget script, the "queued" event, the broker's
-LPUSH); a job costs its worker two transactions (claim, of one statement or two with a
-running-jobs quota; finish with the usage upserts) and one Redis round trip per event
+LPUSH); a job costs its worker two transactions of one statement each (the fair claim, a
+running-jobs quota or not; finish with the usage upserts) and one Redis round trip per event
 batch; no pool ping or new connection on the way. A change that adds a round trip fails
 here, with the count. docs/benchmarks.md has what the same path costs in CPU
 (`python -m bench.cost`).
@@ -221,12 +221,13 @@ def test_twenty_callers_churn_no_connection_and_ping_none(
 @pytest.mark.parametrize(
     ("caps", "claim"),
     [
-        # The fair claim: one statement picks the model's fair-first job and claims it.
-        ({}, ["WITH"]),
-        # A capped job: the pick takes its owner's lock instead, then the counting claim.
-        ({"running_cap": 4}, ["WITH", "UPDATE"]),
+        # The fair claim: one call of fair_claim() picks the model's fair-first job and
+        # claims it.
+        ({}, ["SELECT"]),
+        # A capped job too: the function takes its owner's lock, then counts and claims.
+        ({"running_cap": 4}, ["SELECT"]),
         # A webhook costs no statement: the trigger on the finish queues its delivery.
-        ({"webhook_url": WEBHOOK}, ["WITH"]),
+        ({"webhook_url": WEBHOOK}, ["SELECT"]),
     ],
 )
 def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batch(
