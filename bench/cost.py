@@ -400,11 +400,18 @@ def summarize(
         "per_job": {
             "transactions": xacts / n,
             "statements": statements / n,
+            # PostgreSQL's own time for them (pg_stat_statements, track_planning on).
+            "statement_plan_ms": sum(changed["plan_ms"].values()) / n,
+            "statement_exec_ms": sum(changed["exec_ms"].values()) / n,
             "new_connections": sessions / n,
             "redis_commands": redis / n,
             "redis_requests": changed["redis_reads"] / n,
         },
         "statements_by_text": {text: calls / n for text, calls in top},
+        "statement_ms_by_text": {
+            text: {"plan": changed["plan_ms"][text] / n, "exec": changed["exec_ms"][text] / n}
+            for text, _ in top
+        },
         # pg_stat_statements keeps an IN list of each length as a statement of its own.
         "statements_elsewhere": {
             "texts": len(changed["statements"]) - len(top),

@@ -149,6 +149,20 @@ def table(runs: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def statement_time(b: dict[str, Any]) -> list[str]:
+    """PostgreSQL's planning and execution time per job (runs before track_planning have
+    none)."""
+    per_job = b["per_job"]
+    if "statement_plan_ms" not in per_job:
+        return []
+    return [
+        f"PostgreSQL's time in them per job: {per_job['statement_plan_ms']:.2f} ms planning,"
+        f" {per_job['statement_exec_ms']:.2f} ms executing (wall time in the backends, which"
+        " includes waits on locks).",
+        "",
+    ]
+
+
 def where_from(label: str, run: dict[str, Any]) -> list[str]:
     """Per path at its largest caller count: the statements and Redis commands per job."""
     lines = []
@@ -162,21 +176,25 @@ def where_from(label: str, run: dict[str, Any]) -> list[str]:
             f" {b['per_job']['statements']:.2f} statements,"
             f" {b['per_job']['redis_commands']:.1f} Redis commands",
             "",
-            "| calls/job | statement (pg_stat_statements, normalized) |",
-            "|---:|---|",
+            *statement_time(b),
+            "| calls/job | plan ms/job | exec ms/job | statement (pg_stat_statements, normalized) |",
+            "|---:|---:|---:|---|",
         ]
         listed = {text: calls for text, calls in b["statements_by_text"].items() if calls >= 0.05}
+        times = b.get("statement_ms_by_text", {})
         for text, calls in listed.items():
             short = " ".join(text.split())
             short = short if len(short) <= 110 else short[:107] + "..."
-            lines.append(f"| {calls:.2f} | `{short.replace('|', '¦')}` |")
+            spent = times.get(text)
+            plan, run = (f"{spent['plan']:.2f}", f"{spent['exec']:.2f}") if spent else ("", "")
+            lines.append(f"| {calls:.2f} | {plan} | {run} | `{short.replace('|', '¦')}` |")
         # The rest: rare statements, and beyond the top 15 (an IN list of each length is a
         # text of its own in pg_stat_statements: the batched dispatch mark, say).
         texts = len(b["statements_by_text"]) - len(listed)
         texts += b.get("statements_elsewhere", {"texts": 0})["texts"]
         if texts:
             rest = b["per_job"]["statements"] - sum(listed.values())
-            lines.append(f"| {rest:.2f} | {texts} other texts |")
+            lines.append(f"| {rest:.2f} | | | {texts} other texts |")
         commands = ", ".join(
             f"{cmd} {calls:.2f}" for cmd, calls in b["redis_by_command"].items() if calls >= 0.05
         )

@@ -103,6 +103,9 @@ class Roles:
 class Reading:
     cpu: dict[str, float]  # role -> CPU seconds so far
     statements: Counter[str] = field(default_factory=Counter)  # query text -> calls
+    # query text -> milliseconds PostgreSQL spent planning it, and executing it, so far
+    plan_ms: Counter[str] = field(default_factory=Counter)
+    exec_ms: Counter[str] = field(default_factory=Counter)
     redis: Counter[str] = field(default_factory=Counter)  # command -> calls
     own_info_calls: int = 0  # our INFO calls issued before this reading's own
     # Redis' total_reads_processed: requests as they arrive, a pipeline (or a MULTI block
@@ -163,16 +166,22 @@ class Meter:
             "steal": steal,
         }
 
-    def statements(self) -> Counter[str]:
-        """Calls per statement text in the application's database (pg_stat_statements is
-        updated as each statement ends: no lag)."""
+    def statements(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        """(calls, planning ms, execution ms) per statement text in the application's
+        database (pg_stat_statements is updated as each statement ends: no lag)."""
         with self.pg.cursor() as cursor:
             cursor.execute(
-                "SELECT s.query, sum(s.calls) FROM pg_stat_statements s"
-                " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s GROUP BY s.query",
+                "SELECT s.query, sum(s.calls), sum(s.total_plan_time), sum(s.total_exec_time)"
+                " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+                " WHERE d.datname = %s GROUP BY s.query",
                 (self.app_database,),
             )
-            return Counter({query: int(calls) for query, calls in cursor.fetchall()})
+            rows = cursor.fetchall()
+        return (
+            Counter({query: int(calls) for query, calls, _, _ in rows}),
+            Counter({query: float(plan) for query, _, plan, _ in rows}),
+            Counter({query: float(run) for query, _, _, run in rows}),
+        )
 
     def evicted(self) -> int:
         """Entries pg_stat_statements dropped for room (their calls would be lost)."""
@@ -198,9 +207,17 @@ class Meter:
     def read(self) -> Reading:
         """CPU, statements and Redis commands now."""
         cpu = self.cpu()
-        statements = self.statements()
+        statements, plan_ms, exec_ms = self.statements()
         redis, reads, own = self.redis_counts()
-        return Reading(cpu, statements, redis, own_info_calls=own, redis_reads=reads)
+        return Reading(
+            cpu,
+            statements,
+            plan_ms,
+            exec_ms,
+            redis=redis,
+            own_info_calls=own,
+            redis_reads=reads,
+        )
 
     def sql(self) -> SqlTotals:
         """Transactions and new sessions of the application's database so far. A backend
@@ -226,9 +243,14 @@ def difference(before: Reading, after: Reading) -> dict[str, Any]:
     redis["info"] -= ours
     statements = after.statements.copy()
     statements.subtract(before.statements)
+    plan_ms, exec_ms = after.plan_ms.copy(), after.exec_ms.copy()
+    plan_ms.subtract(before.plan_ms)
+    exec_ms.subtract(before.exec_ms)
     return {
         "cpu": {role: after.cpu[role] - before.cpu[role] for role in after.cpu},
         "statements": +statements,  # unary + drops the zeros
+        "plan_ms": +plan_ms,
+        "exec_ms": +exec_ms,
         "redis": +redis,
         "redis_reads": after.redis_reads - before.redis_reads - ours,  # one read per INFO
     }

@@ -22,6 +22,8 @@ MEASURED_SETTINGS = {
     "pg_stat_statements.max": "10000",
     "pg_stat_statements.track": "top",
     "pg_stat_statements.track_utility": "on",  # BEGIN, COMMIT, SET count as statements
+    # Planning apart from execution: a statement sent unprepared is planned at every call.
+    "pg_stat_statements.track_planning": "on",
 }
 
 
