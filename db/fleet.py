@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Exists, delete, exists, func, literal, select, update
+from sqlalchemy import Boolean, ColumnElement, delete, exists, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
@@ -268,20 +268,12 @@ class Availability:
     served: bool
 
 
-def served(heard_since: Any) -> Exists:
-    """The rule for "a node serves this model" (correlated to the `models` row being read):
-    an online, undrained node with a heartbeat after `heard_since` holds an available
-    replica that fits its GPU memory. Shared by the availability check and the submission's
-    insert."""
-    return exists().where(
-        ModelReplica.model_id == Model.id,
-        ModelReplica.status == ReplicaStatus.AVAILABLE,
-        ModelReplica.fits.is_not(False),
-        Node.id == ModelReplica.node_id,
-        Node.status == NodeStatus.ONLINE,
-        Node.drained.is_(False),
-        Node.last_heartbeat_at > heard_since,
-    )
+def served(heard_since: Any) -> ColumnElement[bool]:
+    """Whether a node serves the `models` row being read: the SQL function model_served
+    (migration 0009), the one statement of the rule, which the submission's admit() calls
+    too: an online, undrained node with a heartbeat after `heard_since` holds an available
+    replica that fits its GPU memory."""
+    return func.model_served(Model.id, heard_since, type_=Boolean)
 
 
 def availability(*, session: Session, model_name: str, stale_after: timedelta) -> Availability:

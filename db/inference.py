@@ -13,36 +13,28 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     Date,
-    Integer,
     Interval,
-    Numeric,
     String,
     Table,
     bindparam,
     case,
     column,
-    exists,
     func,
     literal,
     select,
     text,
     tuple_,
-    type_coerce,
     update,
 )
-from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.fleet import served
 from db.models import (
     ApiKeyTokenUsage,
     InferenceRequest,
-    Model,
-    ModelStatus,
     ModelUsageStats,
     RequestStatus,
     UserTokenUsage,
@@ -117,16 +109,18 @@ def insert_if_servable(
     queue_while_unavailable: bool,
     admission: Admission | None = None,
 ) -> Inserted | None:
-    """Insert the job as `queued` in one statement, if its model may take it (not disabled,
-    and served by an online, undrained node with a fresh heartbeat, or queueing for absent
-    models is allowed) and it fits its quotas. Returns what was inserted, or None when
-    nothing was (the model refused it, a quota did, or this Idempotency-Key already names a
-    job): the caller then looks up why, off the hot path.
+    """Insert the job as `queued` in one statement, a call of the admit() function
+    (migration 0009), if its model may take it (not disabled, and served by an online,
+    undrained node with a fresh heartbeat, or queueing for absent models is allowed) and it
+    fits its quotas; its options bounded by its model's limits on the way. Returns what was
+    inserted, or None when nothing was (the model refused it, a quota did, or this
+    Idempotency-Key already names a job): the caller then looks up why, off the hot path.
 
-    A limit on waiting jobs is counted under a lock on the owner, taken by a statement of
-    its own first (the insert's snapshot then sees every job committed before the lock):
-    two web processes admitting the same user's jobs take turns, so the limit holds exactly.
-    The daily tokens are read without it: a running job spends them after it was admitted.
+    A limit on waiting jobs is counted under a lock on the owner, taken inside the call
+    before the count (which then sees every job committed before the lock): two web
+    processes admitting the same user's jobs take turns, so the limit holds exactly. The
+    daily tokens are read without it: a running job spends them after it was admitted. One
+    statement either way, so the caller may send it in autocommit (`one_statement`).
 
     `dispatched_at` is set now: the caller publishes right after the commit, and clears it
     with `undo_dispatch` if that publish fails, so the outbox sweeper takes over. Marking in
@@ -139,23 +133,16 @@ def insert_if_servable(
         "queue_anyway": queue_while_unavailable,
         **{f"q_{name}": getattr(admission, name) for name in _ADMISSION_LIMITS},
     }
-    if admission.counts_jobs:
-        lock_owner(session=session, lock=QUEUED_LOCK, user_id=new.user_id)
-    row = session.connection().execute(_insert_statement(), params).first()
+    row = session.connection().execute(_ADMIT, params).first()
     return Inserted(row[0], row[1]) if row else None
 
 
 # Advisory-lock classes (the first key of pg_advisory_xact_lock's pair; the second is the
-# owner's hash): admissions of one user take turns, and so do capped claims of one user.
+# owner's hash): admissions of one user take turns (in admit()), and so do capped claims of
+# one user (in fair_claim(), or below for the exact claim). The functions write them as
+# numbers: 5197057 and 5197058.
 QUEUED_LOCK = 0x4F4D01
 RUNNING_LOCK = 0x4F4D02
-
-
-def lock_owner(*, session: Session, lock: int, user_id: uuid.UUID | None) -> None:
-    """Wait for, then hold until the end of the transaction, the lock of `user_id`'s jobs."""
-    session.connection().execute(
-        select(func.pg_advisory_xact_lock(lock, func.hashtext(str(user_id))))
-    )
 
 
 _ADMISSION_LIMITS = (
@@ -167,6 +154,16 @@ _ADMISSION_LIMITS = (
 )
 
 
+# admit()'s parameters after the job's columns, and their SQL types.
+_ADMISSION_PARAMETERS = (
+    ("stale_after", "interval"),
+    ("queue_anyway", "boolean"),
+    ("q_day", "date"),
+    ("q_max_queued_jobs", "integer"),
+    ("q_key_max_queued_jobs", "integer"),
+    ("q_tokens_per_day", "bigint"),
+    ("q_key_tokens_per_day", "bigint"),
+)
 _NEW_REQUEST_COLUMNS = (
     "id",
     "user_id",
@@ -193,105 +190,30 @@ _REQUESTS = cast(Table, InferenceRequest.__table__)
 _USAGE = cast(Table, ModelUsageStats.__table__)
 
 
-@cache
-def _insert_statement() -> Any:
-    now = func.now()
-    serving = served(now - bindparam("stale_after", type_=Interval))
-    model = (
-        select(Model.id, Model.status, serving.label("served"), Model.limits)
-        .where(Model.name == bindparam("v_model_name", type_=String))
-        .cte("model")
-    )
+def _admit_call() -> Any:
+    """SELECT * FROM admit(...), each parameter cast to the type the function declares
+    (PostgreSQL picks a function by its argument types: an integer is no smallint)."""
     table = InferenceRequest.__table__
-    columns = [
-        _within_model_limits(model)
-        if name == "options"
-        else bindparam(f"v_{name}", type_=table.c[name].type).label(name)
-        for name in _NEW_REQUEST_COLUMNS
+    columns = [(f"v_{name}", table.c[name].type) for name in _NEW_REQUEST_COLUMNS]
+    dialect = postgresql.dialect()
+    casts = [f"CAST(:{name} AS {type_.compile(dialect=dialect)})" for name, type_ in columns] + [
+        f"CAST(:{name} AS {sql_type})" for name, sql_type in _ADMISSION_PARAMETERS
     ]
-    may_take = (
-        ~exists(select(model.c.id).where(model.c.status == ModelStatus.DISABLED))
-        & (
-            bindparam("queue_anyway", type_=Boolean)
-            | exists(select(model.c.id).where(model.c.served))
-        )
-        & _fits_quotas()
-    )
-    source = select(
-        *columns,
-        literal(RequestStatus.QUEUED.value).label("status"),
-        literal(1).label("attempt"),
-        select(model.c.id).scalar_subquery().label("model_id"),
-        now.label("dispatched_at"),
-    ).where(may_take)
     return (
-        insert(_REQUESTS)
-        .from_select(
-            [*_NEW_REQUEST_COLUMNS, "status", "attempt", "model_id", "dispatched_at"], source
+        text(f"SELECT * FROM admit({', '.join(casts)})")
+        .bindparams(
+            *(bindparam(name, type_=type_) for name, type_ in columns),
+            bindparam("stale_after", type_=Interval),
+            bindparam("q_day", type_=Date),
         )
-        .on_conflict_do_nothing(
-            index_elements=["user_id", "idempotency_key"],
-            index_where=text("idempotency_key IS NOT NULL"),
-        )
-        .returning(InferenceRequest.id, InferenceRequest.model_id)
-    )
-
-
-# Per-model bounds (models.limits, set by operators) on the options the engine-option policy
-# already bounded fleet-wide: an option above its model's bound becomes the bound, and a job
-# naming no num_predict gets its model's bound as its length. num_ctx is only lowered, never
-# filled in: a context larger than the model's default would cost the node memory.
-_MODEL_BOUNDS = (("num_predict", "max_num_predict", True), ("num_ctx", "max_num_ctx", False))
-
-
-def _within_model_limits(model: Any) -> Any:
-    """The job's options, each bounded by its model's limits, in the insert itself (the
-    model's row is read there anyway: no round trip more)."""
-    options = bindparam("v_options", type_=JSONB)
-    limits = select(model.c.limits).scalar_subquery()
-    bounded: Any = options
-    for option, limit, fill in _MODEL_BOUNDS:
-        bound = sql_cast(limits.op("->>")(limit), Integer)
-        sent = sql_cast(options.op("->>")(option), Numeric)
-        over = sent > bound
-        needs_bound = bound.is_not(None) & ((sent.is_(None) | over) if fill else over)
-        replacement = case(
-            (needs_bound, func.jsonb_build_object(option, bound)),
-            else_=sql_cast(literal("{}"), JSONB),
-        )
-        bounded = bounded.op("||")(replacement)
-    return type_coerce(bounded, JSONB).label("options")
-
-
-def _fits_quotas() -> Any:
-    """The admission's limits as one condition; a limit given as NULL is no limit."""
-    day = bindparam("q_day", type_=Date)
-
-    def below(limit: str, used: Any) -> Any:
-        bound = bindparam(f"q_{limit}", type_=Integer)
-        return bound.is_(None) | (used < bound)
-
-    def waiting(owner: Any, value: str) -> Any:
-        return (
-            select(func.count())
-            .select_from(_REQUESTS)
-            .where(owner == bindparam(value), InferenceRequest.status == RequestStatus.QUEUED)
-            .scalar_subquery()
-        )
-
-    def spent(ledger: Any, owner: Any, value: str) -> Any:
-        tokens = select(ledger.tokens).where(owner == bindparam(value), ledger.day == day)
-        return func.coalesce(tokens.scalar_subquery(), 0)
-
-    return (
-        below("max_queued_jobs", waiting(InferenceRequest.user_id, "v_user_id"))
-        & below("key_max_queued_jobs", waiting(InferenceRequest.api_key_id, "v_api_key_id"))
-        & below("tokens_per_day", spent(UserTokenUsage, UserTokenUsage.user_id, "v_user_id"))
-        & below(
-            "key_tokens_per_day",
-            spent(ApiKeyTokenUsage, ApiKeyTokenUsage.api_key_id, "v_api_key_id"),
+        .columns(
+            column("id", InferenceRequest.id.type),
+            column("model_id", InferenceRequest.model_id.type),
         )
     )
+
+
+_ADMIT = _admit_call()
 
 
 def find_by_idempotency_key(

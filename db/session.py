@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -69,6 +69,16 @@ def _connect_within(timeout_s: float) -> Callable[..., Any]:
 class Database:
     engine: Engine
     session_factory: sessionmaker[Session]
+    # Sessions for `one_statement`: by default the same pool, each checkout in autocommit
+    # (reset when it goes back). A test bound to one connection's transaction passes its
+    # session_factory here too.
+    autocommit_sessions: sessionmaker[Session] | None = None
+    _autocommit: sessionmaker[Session] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._autocommit = self.autocommit_sessions or sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, pool_size: int | None = None) -> Database:
@@ -79,18 +89,32 @@ class Database:
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """A session that commits once if the block succeeds and rolls back if it raises."""
-        session = self.session_factory()
-        try:
+        with _committed_once(self.session_factory()) as session:
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+
+    @contextmanager
+    def one_statement(self) -> Iterator[Session]:
+        """A unit of work that is one statement, sent in autocommit: the statement is its
+        own transaction, so psycopg2 sends no BEGIN before it and no COMMIT after it (a unit
+        of work of one statement costs three round trips; this, one). For one statement
+        only: two statements here would be two transactions."""
+        with _committed_once(self._autocommit()) as session:
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _committed_once(session: Session) -> Iterator[Session]:
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 AUDIT_CONTEXT_KEY = "audit_context"

@@ -66,9 +66,13 @@ TRANSACTION_SCOPED = re.compile(
 )
 KNOWN_TRANSACTION_SCOPED = {
     ("db/credentials.py", "pg_advisory_xact_lock"),  # refresh-token rotation and revocation
-    # A plain user's quotas: admission and capped claims lock the owner (the end-to-end job
-    # test below runs both, its caller being a plain user with the default quotas).
+    # A plain user's quotas: admission and capped claims lock the owner, inside the admit()
+    # and fair_claim() functions (the end-to-end job test below runs both, its caller being
+    # a plain user with the default quotas, each call sent in autocommit), and in the exact
+    # claim (FAIR_SHARE=false) of db/inference.py.
     ("db/inference.py", "pg_advisory_xact_lock"),
+    ("db/migrations/versions/0008_fair_claim_function.py", "pg_advisory_xact_lock"),
+    ("db/migrations/versions/0009_admit_function.py", "pg_advisory_xact_lock"),
     ("db/session.py", "set_config"),  # the audit trigger's context
     ("db/stats.py", "pg_try_advisory_xact_lock"),  # one dashboard refresh at a time
     # The webhook trigger and a redeliver wake the deliverer: a NOTIFY is queued by its

@@ -139,7 +139,11 @@ def in_transaction(
     restore_runtime: None,
 ) -> Session:
     """Tasks run against the test's transaction (rolled back after it); returns its session."""
-    _install(settings_overrides, Database(connection.engine, session_factory), redis_client)
+    _install(
+        settings_overrides,
+        Database(connection.engine, session_factory, session_factory),
+        redis_client,
+    )
     return db_session
 
 

@@ -1,11 +1,12 @@
 """Round-trip budgets of the hot path, asserted by counting (never by timing).
 
 An accepted submission may cost the web process at most one PostgreSQL transaction of at
-most three statements and at most four Redis commands (it costs one statement, two with a
-waiting-jobs quota, and three commands: the budget script, the "queued" event, the broker's
-LPUSH); a job costs its worker two transactions of one statement each (the fair claim, a
-running-jobs quota or not; finish with the usage upserts) and one Redis round trip per event
-batch; no pool ping or new connection on the way. A change that adds a round trip fails
+most three statements and at most four Redis commands (it costs one statement, a call of
+admit() sent in autocommit, with a waiting-jobs quota or without, and three commands: the
+budget script, the "queued" event, the broker's LPUSH); a job costs its worker two
+transactions of one statement each, in autocommit (the fair claim, a running-jobs quota or
+not; finish with the usage upserts), and one Redis round trip per event batch; no pool ping
+or new connection on the way. A change that adds a round trip fails
 here, with the count. docs/benchmarks.md has what the same path costs in CPU
 (`python -m bench.cost`).
 """
@@ -53,6 +54,9 @@ def worker(start_worker: Any, double: Double) -> Worker:
 @dataclass
 class Counts:
     statements: list[str] = field(default_factory=list)
+    # Statements sent inside a transaction psycopg2 opened (BEGIN before, COMMIT after: two
+    # round trips more), rather than in autocommit.
+    in_transaction: int = 0
     transactions: int = 0
     connections: int = 0
     closed: int = 0
@@ -67,9 +71,10 @@ def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterato
     counts = Counts()
     lock = threading.Lock()
 
-    def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+    def statement(conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
         with lock:
             counts.statements.append(sql.split(None, 1)[0].upper())
+            counts.in_transaction += not conn.connection.dbapi_connection.autocommit
 
     def transaction(_conn: Any) -> None:
         with lock:
@@ -143,22 +148,13 @@ def _submit(api: FlaskClient, headers: dict[str, str], **extra: Any) -> str:
 
 @pytest.mark.parametrize("webhook", [False, True])
 @pytest.mark.parametrize("credential", ["jwt", "api_key"])
-@pytest.mark.parametrize(
-    ("caller", "statements"),
-    [
-        # A plain user has a waiting-jobs quota: the insert counts under the owner's lock,
-        # taken by a statement of its own (SELECT pg_advisory_xact_lock) in the same
-        # transaction.
-        ("user", ["SELECT", "WITH"]),
-        # No quota (operators and admins by default): WITH model AS (...) INSERT ... alone.
-        ("operator", ["WITH"]),
-    ],
-)
+# A plain user has a waiting-jobs quota (admit() counts under the owner's lock); operators
+# and admins have none by default. One call of admit() either way.
+@pytest.mark.parametrize("caller", ["user", "operator"])
 def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_commands(
     webhook: bool,
     credential: str,
     caller: str,
-    statements: list[str],
     api: FlaskClient,
     user_headers: dict[str, str],
     operator_headers: dict[str, str],
@@ -179,7 +175,8 @@ def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_comma
 
     assert counts.transactions <= 1, counts.statements
     assert len(counts.statements) <= 3, counts.statements
-    assert counts.statements == statements
+    assert counts.statements == ["SELECT"]  # SELECT * FROM admit(...)
+    assert counts.in_transaction == 0  # autocommit: no BEGIN or COMMIT on the wire
     assert counts.connections == 0
     assert len(counts.redis_commands) <= 4, counts.redis_commands
     assert finished(api, headers, request_id)["status"] == "completed"
@@ -210,12 +207,10 @@ def test_twenty_callers_churn_no_connection_and_ping_none(
         wave()
     assert counts.closed == 0  # nothing opened for one job and closed after it
     assert counts.connections <= 20 - 1  # at most growth to one per caller, never beyond
-    assert counts.statements.count("WITH") == 60
-    # Besides the inserts, the owner's lock before each (a plain user's waiting-jobs quota),
-    # and at most a re-read of the caller whose cache entry expired.
-    others = [s for s in counts.statements if s != "WITH"]
-    assert set(others) <= {"SELECT"}, others
-    assert len(others) <= 60 + 3, others
+    # The 60 calls of admit(), and at most a re-read of the caller whose cache entry
+    # expired.
+    assert set(counts.statements) == {"SELECT"}, counts.statements
+    assert 60 <= len(counts.statements) <= 60 + 3, counts.statements
 
 
 @pytest.mark.parametrize(
@@ -280,6 +275,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
     assert [e["type"] for e in stored][:2] == ["status", "token"]  # the first token at once
     assert counts.transactions == 2, counts.statements  # claim; finish with usage
     assert counts.statements == [*claim, "WITH"], counts.statements
+    assert counts.in_transaction == 0  # both in autocommit: one round trip each
     assert counts.connections == 0
     with committed.unit_of_work() as session:
         deliveries = session.scalar(

@@ -3,8 +3,9 @@ cancel, abandon, and who may see which job. The REST views, the WebSocket relay 
 Ollama and OpenAI doors all call these; none of them talks to the broker or the event log
 about jobs itself.
 
-Accepting costs one transaction of one statement (the insert checks the model and marks the
-job dispatched; db/inference.py) and two Redis commands (the "queued" event, the publish).
+Accepting costs one statement in autocommit, one round trip (admit() checks the model and
+the quotas, inserts, and marks the job dispatched; db/inference.py) and two Redis commands
+(the "queued" event, the publish).
 The row is committed before anything reaches the broker, so a job is never lost when the
 broker is down (the outbox sweeper publishes it later), and a publish never points at a
 row that was rolled back.
@@ -131,7 +132,9 @@ def accept(kind: RequestKind, body: Submission, source: str = "api") -> Accepted
     stale_after = timedelta(seconds=settings.node_stale_after_s)
     # A second try only when nothing explained the first refusal (a quota freed meanwhile).
     for _ in range(2):
-        with database.unit_of_work() as session:
+        # The insert is one statement (a call of admit()), the whole transaction: sent in
+        # autocommit, one round trip instead of three (BEGIN, the call, COMMIT).
+        with database.one_statement() as session:
             inserted = insert_if_servable(
                 session=session,
                 new=new,

@@ -309,14 +309,18 @@ def _fair_share(rt: Runtime) -> FairShare | None:
 
 
 def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
-    with rt.database.unit_of_work() as session:
+    fair = _fair_share(rt)
+    # The fair claim is one statement (a call of fair_claim()): sent in autocommit, it is
+    # one round trip; the exact claim of a capped job takes a lock first, in a transaction.
+    unit = rt.database.one_statement() if fair else rt.database.unit_of_work()
+    with unit as session:
         return claim(
             session=session,
             request_id=job_id,
             worker_name=rt.worker_name,
             node_id=rt.node_id,
             lease=timedelta(seconds=rt.settings.lease_ttl_s),
-            fair=_fair_share(rt),
+            fair=fair,
         )
 
 
@@ -400,7 +404,7 @@ def _store(
     pause = STORE_RETRY_S
     while True:
         try:
-            with rt.database.unit_of_work() as session:
+            with rt.database.one_statement() as session:  # one round trip, no BEGIN/COMMIT
                 stored = finish(
                     session=session,
                     job=job,
