@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -69,16 +69,9 @@ def _connect_within(timeout_s: float) -> Callable[..., Any]:
 class Database:
     engine: Engine
     session_factory: sessionmaker[Session]
-    # Sessions for `one_statement`: by default the same pool, each checkout in autocommit
-    # (reset when it goes back). A test bound to one connection's transaction passes its
-    # session_factory here too.
-    autocommit_sessions: sessionmaker[Session] | None = None
-    _autocommit: sessionmaker[Session] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._autocommit = self.autocommit_sessions or sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-        )
+    # False: `one_statement` runs in an ordinary transaction (a test bound to one
+    # connection's transaction, whose statements must stay in it).
+    autocommit: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, pool_size: int | None = None) -> Database:
@@ -97,9 +90,24 @@ class Database:
         """A unit of work that is one statement, sent in autocommit: the statement is its
         own transaction, so psycopg2 sends no BEGIN before it and no COMMIT after it (a unit
         of work of one statement costs three round trips; this, one). For one statement
-        only: two statements here would be two transactions."""
-        with _committed_once(self._autocommit()) as session:
-            yield session
+        only: two statements here would be two transactions.
+
+        The pooled connection's psycopg2 `autocommit` is switched on for the block and off
+        before it goes back, which sends nothing; SQLAlchemy's isolation_level="AUTOCOMMIT"
+        would reset the level at each check-in with a `SET default_transaction_isolation`,
+        a round trip of its own."""
+        with _committed_once(self.session_factory()) as session:
+            if not self.autocommit:
+                yield session
+                return
+            raw = session.connection().connection.dbapi_connection
+            assert raw is not None
+            raw.autocommit = True
+            try:
+                yield session
+            finally:
+                if not raw.closed:
+                    raw.autocommit = False
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -122,7 +122,7 @@ def app(
 ) -> Iterator[Flask]:
     """The app with its unit of work bound to the test's rolled-back transaction."""
     original = base_app.extensions["db"]
-    base_app.extensions["db"] = Database(connection.engine, session_factory, session_factory)
+    base_app.extensions["db"] = Database(connection.engine, session_factory, autocommit=False)
     yield base_app
     base_app.extensions["db"] = original
 
@@ -144,7 +144,7 @@ def app_factory(
 
     def build(**overrides: Any) -> Flask:
         app = create_app({**settings_overrides, **overrides})
-        app.extensions["db"] = Database(connection.engine, session_factory, session_factory)
+        app.extensions["db"] = Database(connection.engine, session_factory, autocommit=False)
         return app
 
     return build

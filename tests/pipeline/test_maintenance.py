@@ -141,7 +141,7 @@ def in_transaction(
     """Tasks run against the test's transaction (rolled back after it); returns its session."""
     _install(
         settings_overrides,
-        Database(connection.engine, session_factory, session_factory),
+        Database(connection.engine, session_factory, autocommit=False),
         redis_client,
     )
     return db_session

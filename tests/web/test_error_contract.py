@@ -80,7 +80,7 @@ def probe(probe_app: Flask, connection: Any, session_factory: Any) -> Iterator[F
     from db.session import Database
 
     original = probe_app.extensions["db"]
-    probe_app.extensions["db"] = Database(connection.engine, session_factory, session_factory)
+    probe_app.extensions["db"] = Database(connection.engine, session_factory, autocommit=False)
     yield probe_app.test_client()
     probe_app.extensions["db"] = original
 
