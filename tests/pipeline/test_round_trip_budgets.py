@@ -67,7 +67,8 @@ class Counts:
 @contextmanager
 def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterator[Counts]:
     """What this process sends: SQL statements, commits and rollbacks, and new connections
-    on `engine`; Redis commands (every client, or one named client's round trips)."""
+    on `engine`; Redis commands sent by this thread (a test client's request runs in it),
+    and one named client's round trips from any thread."""
     counts = Counts()
     lock = threading.Lock()
 
@@ -91,9 +92,14 @@ def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterato
     original_pack = PythonRespSerializer.pack
     original_send = Connection.send_packed_command
 
+    counting_thread = threading.get_ident()
+
     def pack(self: PythonRespSerializer, *args: Any) -> Any:
-        with lock:
-            counts.redis_commands.append(str(args[0]))
+        # The request's own commands: background threads of the process (a pub/sub
+        # listener's health-check PING) are not the submission's.
+        if threading.get_ident() == counting_thread:
+            with lock:
+                counts.redis_commands.append(str(args[0]))
         return original_pack(self, *args)
 
     def send(self: Connection, *args: Any, **kwargs: Any) -> Any:
