@@ -89,9 +89,29 @@ def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterato
         with lock:
             counts.closed += 1
 
+    listeners = [
+        ("before_cursor_execute", statement),
+        ("commit", transaction),
+        ("rollback", transaction),
+        ("connect", connected),
+        ("close", closed),
+    ]
+    for name, listener in listeners:
+        event.listen(engine.pool if name in POOL_EVENTS else engine, name, listener)
+    try:
+        with _counting_redis(counts, lock, redis_client_name):
+            yield counts
+    finally:
+        for name, listener in listeners:
+            event.remove(engine.pool if name in POOL_EVENTS else engine, name, listener)
+
+
+@contextmanager
+def _counting_redis(
+    counts: Counts, lock: threading.Lock, client_name: str | None
+) -> Iterator[None]:
     original_pack = PythonRespSerializer.pack
     original_send = Connection.send_packed_command
-
     counting_thread = threading.get_ident()
 
     def pack(self: PythonRespSerializer, *args: Any) -> Any:
@@ -103,29 +123,18 @@ def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterato
         return original_pack(self, *args)
 
     def send(self: Connection, *args: Any, **kwargs: Any) -> Any:
-        if self.client_name == redis_client_name:
+        if self.client_name == client_name:
             with lock:
                 counts.redis_round_trips += 1
         return original_send(self, *args, **kwargs)
 
-    listeners = [
-        ("before_cursor_execute", statement),
-        ("commit", transaction),
-        ("rollback", transaction),
-        ("connect", connected),
-        ("close", closed),
-    ]
-    for name, listener in listeners:
-        event.listen(engine.pool if name in POOL_EVENTS else engine, name, listener)
     PythonRespSerializer.pack = pack  # type: ignore[method-assign]
     Connection.send_packed_command = send  # type: ignore[method-assign]
     try:
-        yield counts
+        yield
     finally:
         PythonRespSerializer.pack = original_pack  # type: ignore[method-assign]
         Connection.send_packed_command = original_send  # type: ignore[method-assign]
-        for name, listener in listeners:
-            event.remove(engine.pool if name in POOL_EVENTS else engine, name, listener)
 
 
 def _api_key(api: FlaskClient, headers: dict[str, str]) -> dict[str, str]:
