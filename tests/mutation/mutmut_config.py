@@ -31,8 +31,9 @@ TARGETS: dict[str, Target] = {
         ),
         only=frozenset(
             {
+                # The admission's and the fair claim's rules are SQL in migrations 0008 and
+                # 0009 (admit(), fair_claim()), which mutmut does not mutate.
                 "insert_if_servable",
-                "_insert_statement",
                 "claim",
                 "_claim_statement",
                 "ours",
@@ -54,7 +55,8 @@ TARGETS: dict[str, Target] = {
             {"_requeued_unless_ended", "hand_back", "requeue_expired_leases", "undispatched"}
         ),
     ),
-    # The rule "a node serves this model", which the insert above runs in its statement.
+    # The rule "a node serves this model" (the SQL function model_served() of migration
+    # 0009, which admit() calls too).
     "db/fleet.py": Target(
         ("tests/db/test_inference_sql.py", "tests/web/test_accept.py"),
         only=frozenset({"served", "availability"}),
