@@ -102,8 +102,9 @@ class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):
             "status",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
-        # The fair claim (db/inference.py): a model's waiting jobs, by owner, and its
-        # recent starts, by owner (docs/pipeline.md, "Fair share").
+        # The fair claim (fair_claim(), migration 0008): a model's waiting jobs, by owner,
+        # and its starts by owner and time (jobs of erased accounts under one owner, as the
+        # pick groups them; docs/pipeline.md, "Fair share").
         Index(
             "ix_inference_requests_model_queued",
             "model_name",
@@ -113,10 +114,10 @@ class InferenceRequest(UUIDPrimaryKey, Timestamps, Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index(
-            "ix_inference_requests_model_started",
+            "ix_inference_requests_model_owner_started",
             "model_name",
+            text("coalesce(user_id, '00000000-0000-0000-0000-000000000000'::uuid)"),
             "started_at",
-            "user_id",
             postgresql_where=text("started_at IS NOT NULL"),
         ),
         # Retention cleanup of finished requests.

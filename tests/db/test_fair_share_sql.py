@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db.inference import AtRunningCap, ClaimedJob, FairShare, claim
@@ -94,6 +95,37 @@ def test_five_behind_a_thousand_all_start_before_the_floods_next_five(
     fifth_other = max(taken.index(job_id) for job_id in five)
     fifth_flood = [i for i, job_id in enumerate(taken) if job_id in flood_ids][4]
     assert fifth_other < fifth_flood
+
+
+def test_jobs_running_since_before_the_window_count_as_starts(db_session: Session) -> None:
+    long_runner, other = UserFactory(), UserFactory()
+    _started(long_runner, 2, ago_s=600, status="running")  # started 10 min ago, still on
+    _started(other, 1)  # one start in the window
+    mine = _queued(long_runner, waited_s=5)
+    theirs = _queued(other, waited_s=1)
+    assert _claim(db_session, mine).id == theirs.id
+
+
+def test_starts_are_counted_up_to_a_bound(db_session: Session) -> None:
+    """Past 1,000 (MAX_COUNTED_STARTS, migration 0008) an owner's count stops growing (the
+    claim's cost stays bounded): two owners beyond it are alike, and the older waiting job
+    goes first."""
+    heavier, heavy = UserFactory(), UserFactory()
+    db_session.flush()
+    for user, starts in ((heavier, 1500), (heavy, 1010)):
+        db_session.execute(
+            text(
+                "INSERT INTO inference_requests"
+                " (user_id, model_name, kind, input, status, queued_at, started_at)"
+                " SELECT :user, :model, 'generate', '{}'::jsonb, 'completed',"
+                " now() - interval '2 minutes', now() - interval '1 minute'"
+                " FROM generate_series(1, :starts)"
+            ),
+            {"user": user.id, "model": MODEL, "starts": starts},
+        )
+    older = _queued(heavier, waited_s=3)
+    newer = _queued(heavy, waited_s=1)
+    assert _claim(db_session, newer).id == older.id
 
 
 def test_within_a_user_priority_then_age(db_session: Session) -> None:
