@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
+from redis import Redis
 from sqlalchemy import func, select
 
 from db.base import utcnow
@@ -34,6 +35,7 @@ from tests.pipeline.conftest import Double, Worker
 from tests.pipeline.jobs import finished, submit
 from tests.support.identity import bearer
 from tests.support.ws import Received, connect, next_frame, next_non_heartbeat, send, token_of
+from web.realtime.seats import SEATS_KEY
 
 TRY_AGAIN_LATER = 1013
 
@@ -184,12 +186,21 @@ def test_admissions_racing_in_two_processes_admit_exactly_the_quota(
 
 
 def test_websockets_past_the_quota_are_refused_and_a_closed_one_frees_its_seat(
-    two_processes: LiveServer, committed: Database
+    two_processes: LiveServer, committed: Database, settings_overrides: dict[str, Any]
 ) -> None:
     user = _user_with(committed, max_websockets=2)
     token = token_of(_login(two_processes.url, user))
     held = [connect(two_processes.url, "/ws", token) for _ in range(2)]
     try:
+        # A quiet socket wakes once per heartbeat (WS_HEARTBEAT_S, 15 s) to renew its seat:
+        # the lease outlasts three of those, not three credential rechecks (0.5 s here),
+        # which a loaded machine overran (the third socket was admitted).
+        redis = Redis.from_url(settings_overrides["redis_url"])  # never flushed here
+        now_ms = redis.time()[0] * 1000
+        leases = redis.zrange(SEATS_KEY.format(user.id), 0, -1, withscores=True)
+        redis.close()
+        assert len(leases) == 2
+        assert min(score for _, score in leases) - now_ms > 30_000, leases
         refused = connect(two_processes.url, "/ws", token)
         received = Received()
         frame = next_frame(refused, received)

@@ -81,7 +81,11 @@ def _access(principal: Principal) -> Access:
     quota = min(
         (q for q in (mine.max_websockets, key.max_websockets) if q is not None), default=None
     )
-    seat = take_seat(redis, principal.user_id, quota, renew_s=settings.ws_access_recheck_s)
+    # A quiet socket wakes (and renews) once per heartbeat interval at least, not per
+    # recheck: its seat's lease must outlast the longer of the two, or a starved or quiet
+    # socket loses its seat and the quota admits one socket too many.
+    renew_s = max(settings.ws_access_recheck_s, settings.ws_heartbeat_s)
+    seat = take_seat(redis, principal.user_id, quota, renew_s=renew_s)
     return Access(
         principal,
         expires_at=principal.token_expires_at,
