@@ -131,26 +131,26 @@ def insert_if_servable(
         **{f"v_{name}": getattr(new, name) for name in _NEW_REQUEST_COLUMNS},
         "stale_after": stale_after,
         "queue_anyway": queue_while_unavailable,
-        **{f"q_{name}": getattr(admission, name) for name in _ADMISSION_LIMITS},
+        **{f"q_{name}": getattr(admission, name) for name, _ in _ADMISSION_LIMITS},
     }
     row = session.connection().execute(_ADMIT, params).first()
     return Inserted(row[0], row[1]) if row else None
 
 
 # Advisory-lock classes (the first key of pg_advisory_xact_lock's pair; the second is the
-# owner's hash): admissions of one user take turns (in admit()), and so do capped claims of
-# one user (in fair_claim(), or below for the exact claim). The functions write them as
-# numbers: 5197057 and 5197058.
-QUEUED_LOCK = 0x4F4D01
+# owner's hash). Capped claims of one user take turns under RUNNING_LOCK, in fair_claim()
+# (which writes it as 5197058) or below for the exact claim; admissions of one user take
+# turns in admit() under 0x4F4D01 (5197057), which no Python code takes.
 RUNNING_LOCK = 0x4F4D02
 
 
+# The admission's limits (Admission's fields), with the SQL types admit() declares for them.
 _ADMISSION_LIMITS = (
-    "day",
-    "max_queued_jobs",
-    "key_max_queued_jobs",
-    "tokens_per_day",
-    "key_tokens_per_day",
+    ("day", "date"),
+    ("max_queued_jobs", "integer"),
+    ("key_max_queued_jobs", "integer"),
+    ("tokens_per_day", "bigint"),
+    ("key_tokens_per_day", "bigint"),
 )
 
 
@@ -158,11 +158,7 @@ _ADMISSION_LIMITS = (
 _ADMISSION_PARAMETERS = (
     ("stale_after", "interval"),
     ("queue_anyway", "boolean"),
-    ("q_day", "date"),
-    ("q_max_queued_jobs", "integer"),
-    ("q_key_max_queued_jobs", "integer"),
-    ("q_tokens_per_day", "bigint"),
-    ("q_key_tokens_per_day", "bigint"),
+    *((f"q_{name}", sql_type) for name, sql_type in _ADMISSION_LIMITS),
 )
 _NEW_REQUEST_COLUMNS = (
     "id",

@@ -10,7 +10,7 @@ Create Date: 2026-12-06
   LANGUAGE sql and STABLE, so PostgreSQL inlines it into the statements that use it.
 - admit(...): inserts a job as `queued` if its model may take it and it fits its quotas
   (db/inference.py `insert_if_servable` says the rule). A waiting-jobs limit is counted
-  under a lock on the owner (class 0x4F4D01, db.inference.QUEUED_LOCK), by a statement
+  under a lock on the owner (class 0x4F4D01, beside db.inference.RUNNING_LOCK), by a statement
   that runs after it: a VOLATILE function's statements each take a fresh snapshot, so two
   admissions of one user take turns and the limit holds exactly. As statements sent by the
   web process, that cost a transaction of two (the lock, then the insert): four round trips
