@@ -37,7 +37,11 @@ def _configure(app: Celery, settings: Settings) -> None:
         **celery_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
+        # Celery's task events (received, started, succeeded) are Flower's task list and
+        # nobody else's: off until a monitor asks. Flower sends `enable_events` to every
+        # worker each few seconds while it runs (late workers included), so its task view
+        # fills as before; a fleet without Flower no longer pays for them (docs/benchmarks.md).
+        worker_send_task_events=False,
         task_send_sent_event=False,
         timezone="UTC",
         beat_schedule={

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,41 @@ def test_flower_runs_behind_basic_auth(stack: Stack) -> None:
     password = (stack.state / "flower-password").read_text().strip()
     shown = requests.get(f"{stack.flower}/workers", auth=("operator", password), timeout=10)
     assert shown.status_code == 200
+
+
+def test_flower_lists_the_jobs_it_watched(stack: Stack) -> None:
+    """Workers send Celery's task events only once a monitor asks (workers/celery_app.py):
+    Flower asks every few seconds, so a job run while it watches is in its task view. Jobs
+    are submitted until one shows (the first may run before Flower's first ask)."""
+    flower = ("operator", (stack.state / "flower-password").read_text().strip())
+    password = (stack.state / "admin-password").read_text().strip()
+    login = requests.post(
+        f"{stack.api}/api/v1/auth/login",
+        json={"username": "admin", "password": password},
+        timeout=10,
+    )
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+    def task_in_flower(task_id: str) -> dict[str, Any] | None:
+        shown = requests.get(f"{stack.flower}/api/task/info/{task_id}", auth=flower, timeout=10)
+        return shown.json() if shown.ok and shown.json().get("state") == "SUCCESS" else None
+
+    for _ in range(4):
+        submitted = requests.post(
+            f"{stack.api}/api/v1/inference/generate",
+            json={"model": "gemma3-270m", "prompt": "Hi", "options": {"num_predict": 2}},
+            headers=headers,
+            timeout=10,
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        try:
+            task = wait_for(partial(task_in_flower, job_id), timeout=15, interval=0.5)
+        except TimeoutError:
+            continue
+        assert task["name"] == "inference.run"
+        return
+    raise AssertionError("no job of this test reached Flower's task view")
 
 
 def test_metrics_answer(stack: Stack) -> None:
