@@ -128,6 +128,31 @@ def test_starts_are_counted_up_to_a_bound(db_session: Session) -> None:
     assert _claim(db_session, newer).id == older.id
 
 
+def _starts_read(session: Session) -> int:
+    """Entries of the owners' starts index read so far in this transaction."""
+    read = session.execute(
+        text(
+            "SELECT pg_stat_get_xact_tuples_returned("
+            "'ix_inference_requests_model_owner_started'::regclass)"
+        )
+    )
+    return int(read.scalar_one())
+
+
+def test_starts_are_counted_only_when_owners_compete(db_session: Session) -> None:
+    """The count orders owners: an owner waiting alone is first without it, and its claim
+    reads none of its starts (migration 0010); a second owner waiting brings the count back."""
+    busy, other = UserFactory(), UserFactory()
+    _started(busy, 5)
+    first, second = _queued(busy, waited_s=3), _queued(busy, waited_s=2)
+    before = _starts_read(db_session)
+    assert _claim(db_session, first).id == first.id
+    assert _starts_read(db_session) == before
+    theirs = _queued(other, waited_s=1)
+    assert _claim(db_session, second).id == theirs.id  # 6 starts against none
+    assert _starts_read(db_session) > before
+
+
 def test_within_a_user_priority_then_age(db_session: Session) -> None:
     user = UserFactory()
     old_low = _queued(user, waited_s=30, priority=3)

@@ -48,6 +48,27 @@ CREATE INDEX ix_inference_requests_model_owner_started ON inference_requests
     WHERE started_at IS NOT NULL
 """
 
+# The pick's count of each waiting owner's starts (a CTE of CREATE_FUNCTION; 0010 replaces
+# it).
+STARTS_IN_WINDOW = f"""\
+    ), starts AS (
+        -- Each waiting owner's starts in the window, counted up to {MAX_COUNTED_STARTS} by
+        -- the index on (model, owner, started_at): the cost follows the owners waiting, not
+        -- the model's throughput (a count of every start in the window read 20,000 rows a
+        -- claim at 70 jobs/s). The owner is written with the index's literal expression.
+        SELECT h.owner, coalesce(r.n, 0) + (
+            SELECT count(*) FROM (
+                SELECT 1 FROM inference_requests s
+                WHERE s.model_name = v_model
+                  AND coalesce(s.user_id, '{NO_OWNER}'::uuid) = h.owner
+                  AND s.started_at >= now() - p_window
+                LIMIT {MAX_COUNTED_STARTS}
+            ) recent
+        ) AS n
+        FROM heads h
+        LEFT JOIN long_running r ON r.owner = h.owner
+"""
+
 # The claimed job's columns of a row that claimed nothing.
 NOT_CLAIMED = (
     "NULL::uuid, NULL::varchar, NULL::varchar, NULL::jsonb, NULL::jsonb, NULL::integer, "
@@ -123,23 +144,7 @@ BEGIN
         WHERE s.status = 'running' AND s.model_name = v_model
           AND s.started_at < now() - p_window
         GROUP BY 1
-    ), starts AS (
-        -- Each waiting owner's starts in the window, counted up to {MAX_COUNTED_STARTS} by
-        -- the index on (model, owner, started_at): the cost follows the owners waiting, not
-        -- the model's throughput (a count of every start in the window read 20,000 rows a
-        -- claim at 70 jobs/s). The owner is written with the index's literal expression.
-        SELECT h.owner, coalesce(r.n, 0) + (
-            SELECT count(*) FROM (
-                SELECT 1 FROM inference_requests s
-                WHERE s.model_name = v_model
-                  AND coalesce(s.user_id, '{NO_OWNER}'::uuid) = h.owner
-                  AND s.started_at >= now() - p_window
-                LIMIT {MAX_COUNTED_STARTS}
-            ) recent
-        ) AS n
-        FROM heads h
-        LEFT JOIN long_running r ON r.owner = h.owner
-    ), first_owner AS (
+{STARTS_IN_WINDOW}    ), first_owner AS (
         SELECT h.owner
         FROM heads h
         LEFT JOIN users w ON w.id = h.owner
