@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # How long a query's packets may go unacknowledged before its connection fails (libpq's
     # tcp_user_timeout): a partition then costs a 503, not a request hung for minutes.
     db_tcp_user_timeout_s: float = Field(default=10.0, gt=0)
+    # The server's side of a dead link: a transaction whose client has gone silent (its host
+    # cut off between two statements) is ended after this long, and its row locks with it.
+    # Without it the server waits for the client for hours (its TCP keepalive) and every
+    # write to those rows (a node's heartbeat, the stale-node sweep) waits as long. 0: not
+    # asked (PgBouncer refuses the startup option; set it in postgresql.conf there).
+    db_idle_in_transaction_timeout_s: float = Field(default=30.0, ge=0)
     db_echo: bool = False
 
     # Redis serves four roles; each can move to its own instance.

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, or_, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from db.fleet import forget_loaded
@@ -34,16 +34,24 @@ def mark_stale_nodes_offline(
     """Mark offline every node still believed alive whose last heartbeat is older than
     `stale_after` by the database's clock (or that never beat); returns the nodes changed.
 
-    One UPDATE ... RETURNING: a concurrent run blocks on the same rows, re-checks them once
-    the first commits, finds them offline and returns nothing, so a node is reported once.
+    One UPDATE ... RETURNING whose rows are taken SKIP LOCKED: a row locked elsewhere is
+    left to the next sweep. Its node is beating right now, or a concurrent sweep has it (and
+    reports it, once), or a host cut off mid-heartbeat still holds it until the server ends
+    that transaction (DB_IDLE_IN_TRANSACTION_TIMEOUT_S). Waiting for it instead would hold
+    one of a worker's job slots for as long.
     """
     cutoff = func.now() - stale_after
-    rows = session.execute(
-        update(Node)
+    stale = (
+        select(Node.id)
         .where(
             Node.status != NodeStatus.OFFLINE,
             or_(Node.last_heartbeat_at < cutoff, Node.last_heartbeat_at.is_(None)),
         )
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(Node)
+        .where(Node.id.in_(stale))
         .values(status=NodeStatus.OFFLINE, status_reason=reason, slots_busy=0)
         .returning(Node.id, Node.name, Node.last_heartbeat_at)
         .execution_options(synchronize_session=False)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from config.settings import Settings
@@ -36,12 +36,28 @@ def build_engine(settings: Settings, pool_size: int | None = None) -> Engine:
             "keepalives_interval": 5,
             "keepalives_count": 3,
             "tcp_user_timeout": int(settings.db_tcp_user_timeout_s * 1000),
+            **_server_options(settings),
         },
         # Keep parameter values out of exception messages and logs.
         hide_parameters=True,
     )
     event.listen(engine, "do_connect", _connect_within(settings.db_connect_timeout_s))
     return engine
+
+
+def _server_options(settings: Settings) -> dict[str, str]:
+    """What each session asks of the server, for a client that vanishes. A host cut off
+    between two statements of a transaction leaves the server waiting on it with its row
+    locks held until the server's TCP keepalive (two hours by default) finds it gone: the
+    server ends such a transaction after DB_IDLE_IN_TRANSACTION_TIMEOUT_S. Sent as libpq's
+    startup `options`, after any in DATABASE_URL; PgBouncer refuses those, so behind it the
+    setting is 0 and the server's own configuration says it (docker/postgres)."""
+    if not settings.db_idle_in_transaction_timeout_s:
+        return {}
+    own = make_url(settings.database_url).query.get("options", "")
+    idle_ms = int(settings.db_idle_in_transaction_timeout_s * 1000)
+    ours = f"-c idle_in_transaction_session_timeout={idle_ms}"
+    return {"options": f"{own} {ours}".strip() if isinstance(own, str) else ours}
 
 
 def _connect_within(timeout_s: float) -> Callable[..., Any]:

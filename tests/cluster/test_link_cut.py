@@ -1,11 +1,17 @@
 """A GPU host's link cut mid-generation: its jobs finish on the other hosts, once each; when
-the link returns, the old worker's late writes are refused and its node comes back."""
+the link returns, the old worker's late writes are refused and its node comes back. A host
+cut off inside a transaction does not keep its row locks on the data host."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.cluster.harness import Cluster, wait_for
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from config.settings import Settings
+from db.session import build_engine
+from tests.cluster.harness import FAST, Cluster, wait_for
 from tests.ollama_double.behaviour import tokens_for
 from tests.pipeline.conftest import node_online
 from tests.pipeline.jobs import finished, read, submit
@@ -79,6 +85,54 @@ def test_jobs_of_a_host_cut_off_mid_generation_finish_elsewhere_once(fresh: Clus
     assert victim.host.processes["worker"].poll() is None
     for job in victim_jobs:
         assert read(client.api, owner[job], job) == results[job]  # what attempt 2 wrote stays
+
+
+def test_a_host_cut_off_inside_a_transaction_gives_its_row_locks_back(fresh: Cluster) -> None:
+    """A host cut off between two statements of a transaction (a heartbeat's: it locks its
+    node's row, then reads its orders) leaves the data host waiting on a client that will
+    not answer, for as long as its TCP keepalive takes (two hours by default). Our sessions
+    ask the server to end such a transaction after DB_IDLE_IN_TRANSACTION_TIMEOUT_S, so the
+    writers of that row (the stale-node sweep, the node's next heartbeat) wait that long, not
+    hours. The client host plays the cut-off one here, holding a GPU node's row."""
+    cluster, client = fresh, fresh.client
+    node = cluster.gpus[0].node
+    settings = Settings(
+        database_url=client.database_url,
+        db_idle_in_transaction_timeout_s=float(FAST["DB_IDLE_IN_TRANSACTION_TIMEOUT_S"]),
+    )
+    engine = build_engine(settings, pool_size=1)
+    with client.host.inside():  # its socket is the client host's
+        held = engine.connect()
+    held.begin()
+    pid = held.scalar(text("SELECT pg_backend_pid()"))
+    held.execute(text("SELECT 1 FROM nodes WHERE name = :node FOR UPDATE"), {"node": node})
+
+    cluster.wire.cut(client.host)
+    try:
+        with cluster.data.inside():  # the data host reaches its own database
+            seen = build_engine(settings)  # the data host's address is its own
+            wait_for(lambda: _row_free(seen, node), 20, "the cut-off transaction's lock released")
+            with seen.connect() as connection:
+                alive = connection.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                )
+            seen.dispose()
+        assert alive == 0  # the server ended that session, not only its transaction
+    finally:
+        cluster.wire.mend(client.host)
+        held.invalidate()
+        engine.dispose()
+
+
+def _row_free(engine: Engine, node: str) -> bool:
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(
+                text("SELECT 1 FROM nodes WHERE name = :node FOR UPDATE NOWAIT"), {"node": node}
+            )
+    except OperationalError:  # "could not obtain lock"
+        return False
+    return True
 
 
 def _online(cluster: Cluster, name: str) -> bool:

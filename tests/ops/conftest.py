@@ -47,7 +47,12 @@ def bouncer() -> Iterator[PgBouncer]:
 
 @pytest.fixture(scope="module")
 def overrides(settings_overrides: dict[str, Any], bouncer: PgBouncer) -> dict[str, Any]:
-    return {**settings_overrides, "database_url": bouncer.url()}
+    # PgBouncer refuses startup options: the server's configuration sets this there.
+    return {
+        **settings_overrides,
+        "database_url": bouncer.url(),
+        "db_idle_in_transaction_timeout_s": 0,
+    }
 
 
 @pytest.fixture(scope="module")
