@@ -55,9 +55,10 @@ def _server_options(settings: Settings) -> dict[str, str]:
     if not settings.db_idle_in_transaction_timeout_s:
         return {}
     own = make_url(settings.database_url).query.get("options", "")
+    if not isinstance(own, str):  # `options` given more than once
+        own = " ".join(own)
     idle_ms = int(settings.db_idle_in_transaction_timeout_s * 1000)
-    ours = f"-c idle_in_transaction_session_timeout={idle_ms}"
-    return {"options": f"{own} {ours}".strip() if isinstance(own, str) else ours}
+    return {"options": f"{own} -c idle_in_transaction_session_timeout={idle_ms}".strip()}
 
 
 def _connect_within(timeout_s: float) -> Callable[..., Any]:
