@@ -37,10 +37,7 @@ LAPSED = {
     "token_revoked": "The token has been revoked.",
     "invalid_api_key": "The API key is invalid, expired or revoked.",
 }
-# How long a close waits for the client's answering close frame. A client that reads late
-# (a busy process following many sockets) and wrote meanwhile (a pong) would otherwise meet
-# a closed socket: its kernel answers with a reset, which discards our close frame unread.
-CLOSE_HANDSHAKE_S = 5.0
+CLOSE_HANDSHAKE_S = 2.0  # how long a close waits for the client's answering close frame
 
 
 class _WholeWrites:
