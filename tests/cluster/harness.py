@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from db.models import Role
 from tests.cluster import netns
 from tests.cluster.client import ClientHost
 from tests.cluster.hosts import Host, Wire
@@ -67,6 +68,10 @@ FAST = {
     "DB_IDLE_IN_TRANSACTION_TIMEOUT_S": "3",
     "HEALTH_CHECK_TIMEOUT_S": "1",
     "REDIS_TIMEOUT_S": "2",
+    # Warm-model-first routing: a host whose engine lacks a job's model loads it itself once
+    # every warm host has stayed busy this long (5 s in production).
+    "WARM_ROUTING_WAIT_S": "1",
+    "WARM_ROUTING_RETRY_S": "0.2",
 }
 
 
@@ -95,6 +100,12 @@ class GpuHost:
 
     def worker_log(self) -> str:
         return self.host.log("worker")
+
+    def node_detail(self, client: ClientHost, headers: dict[str, str]) -> dict[str, Any]:
+        """GET /api/v1/nodes/<id> of this host's node, as an operator reads it."""
+        listed = client.api.get("/api/v1/nodes", headers=headers).get_json()["items"]
+        node_id = next(node["id"] for node in listed if node["name"] == self.node)
+        return client.api.get(f"/api/v1/nodes/{node_id}", headers=headers).get_json()
 
 
 _NUMBERS = itertools.count(1)
@@ -276,6 +287,30 @@ class Cluster:
         wait_for(ready, 60, f"worker on {gpu.host.name}")
         self.gpus.append(gpu)
         return gpu
+
+    def warm(self, model: str) -> None:
+        """Every GPU host's engine holds `model` in memory, and every worker knows it (a
+        heartbeat has carried it since): warm routing then runs a job where it lands."""
+        for gpu in self.gpus:
+            gpu.configure(loaded=[model])
+        operator = self.client.login(Role.OPERATOR)
+
+        def beats() -> dict[str, str] | None:
+            details = [gpu.node_detail(self.client, operator) for gpu in self.gpus]
+            if all(model in detail["loaded_models"] for detail in details):
+                return {detail["name"]: detail["last_heartbeat_at"] for detail in details}
+            return None
+
+        seen = wait_for(beats, 30, f"every node to report {model} loaded")
+        # The worker refreshes its router after writing the beat: one beat more settles it.
+        wait_for(
+            lambda: all(
+                gpu.node_detail(self.client, operator)["last_heartbeat_at"] != seen[gpu.node]
+                for gpu in self.gpus
+            ),
+            30,
+            "one more heartbeat from every node",
+        )
 
     # --- ending ---------------------------------------------------------------------
 

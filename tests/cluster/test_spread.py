@@ -15,6 +15,9 @@ from tests.pipeline.jobs import finished, submit
 
 def test_jobs_from_several_users_spread_over_every_gpu_host(fresh: Cluster) -> None:
     cluster, client = fresh, fresh.client
+    # Warm routing runs a job where its model is loaded: every host has it, so every host
+    # runs what it takes (a host added cold by another test would hand its jobs on).
+    cluster.warm("llama3.2:latest")
     for gpu in cluster.gpus:  # long enough that every slot fills while jobs wait
         gpu.configure(token_delay_s=0.05, default_tokens=12)
     users = [client.login() for _ in range(3)]

@@ -21,7 +21,7 @@ from config.settings import get_settings
 from db import migrate
 from tests.conftest import ROOT, LiveServer, start_live_server, stop_live_server
 from tests.ops.pgbouncer import MODEL, WORKER, PgBouncer, Statements, ensure_installed
-from tests.pipeline.conftest import Double, Worker, start_beat, start_double, wait_for
+from tests.pipeline.conftest import Double, Worker, start_beat, start_double, stop_beat, wait_for
 from web import create_app
 
 
@@ -134,8 +134,7 @@ def beat(
     folder = tmp_path_factory.mktemp("pgbouncer_beat")
     process = start_beat(process_env, folder)
     yield folder / "beat.log"
-    process.terminate()
-    process.wait(timeout=10)
+    stop_beat(process, folder)
 
 
 @pytest.fixture(scope="module")
