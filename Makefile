@@ -41,7 +41,12 @@ lint: install
 # The pipeline tests run on Redis and on RabbitMQ: a RabbitMQ must answer too.
 test: services lint
 	@PYTHON=$(BIN)/python bash docker/local-services.sh --for-tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# The schemathesis run at three times the depth `make test` gives it (about 11 min).
+.PHONY: fuzz
+fuzz: services
+	FUZZ_DEPTH=deep $(BIN)/python -m pytest tests/web/test_openapi_fuzz.py
 
 # Every benchmark and the report (bench/results/report.md); about 20 min. BENCH_ARGS=--quick for a smoke run.
 .PHONY: bench
