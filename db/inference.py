@@ -222,6 +222,23 @@ def find_by_idempotency_key(
     )
 
 
+@dataclass(frozen=True)
+class Standing:
+    owner: uuid.UUID | None
+    status: str
+
+
+def standing(*, session: Session, request_id: uuid.UUID) -> Standing | None:
+    """Whose request this is and where it stands, two columns rather than the row: what a
+    follower's handshake needs (the owner never changes)."""
+    row = session.execute(
+        select(InferenceRequest.user_id, InferenceRequest.status).where(
+            InferenceRequest.id == request_id
+        )
+    ).one_or_none()
+    return None if row is None else Standing(owner=row[0], status=row[1])
+
+
 class AtRunningCap(Exception):
     """The job waits: its owner (or its key) already has as many jobs running as its cap."""
 

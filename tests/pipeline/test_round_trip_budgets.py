@@ -33,6 +33,7 @@ from db.session import Database
 from tests.factories import TEST_PASSWORD
 from tests.pipeline.conftest import Double, Worker
 from tests.pipeline.jobs import finished, store_queued
+from web.inference.service import final_state, followed_request_finished
 from workers import runtime
 from workers.celery_app import create_celery_app
 from workers.engines import make_engine
@@ -195,6 +196,34 @@ def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_comma
     assert counts.connections == 0
     assert len(counts.redis_commands) <= 4, counts.redis_commands
     assert finished(api, headers, request_id)["status"] == "completed"
+
+
+def test_a_follower_costs_a_statement_to_admit_and_one_for_its_last_frame(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker
+) -> None:
+    """/ws/inference/<id> checks that the caller may follow the request, and whether it has
+    finished, with two columns read in autocommit; its last frame, the request as stored,
+    is one statement in autocommit too (the events between are Redis's).
+    tests/pipeline/test_relay_streams.py has who may follow whose request."""
+    app: Flask = api.application  # type: ignore[assignment]
+    engine = app.extensions["db"].engine
+    request_id = uuid.UUID(_submit(api, user_headers))
+    assert finished(api, user_headers, str(request_id))["status"] == "completed"
+    app.extensions["principal_cache"].listening.wait(5)
+    with app.test_request_context(headers=user_headers):
+        followed_request_finished(request_id)  # the caller remembered from here on
+
+    with app.test_request_context(headers=user_headers), counting(engine) as admitting:
+        assert followed_request_finished(request_id) is True
+    with app.app_context(), counting(engine) as ending:
+        state = final_state(request_id)
+
+    assert state is not None
+    assert state["status"] == "completed"
+    for counts in (admitting, ending):
+        assert counts.statements == ["SELECT"]
+        assert counts.in_transaction == 0
+        assert counts.connections == 0
 
 
 def test_twenty_callers_churn_no_connection_and_ping_none(

@@ -21,12 +21,11 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed, Server
 
-from db.models import TERMINAL_STATUSES
 from web.database import end_unit_of_work, get_db
 from web.errors import BadRequest, Forbidden
 from web.extensions import current_runtime_config, current_settings
 from web.inference.quotas import caller_limits
-from web.inference.service import visible_request
+from web.inference.service import followed_request_finished
 from web.openapi import SOCKET, documented
 from web.realtime.access import Access
 from web.realtime.relay import current_relay
@@ -170,9 +169,9 @@ def request_stream(ws: Server, request_id: uuid.UUID) -> None:
         principal = authenticated()
         if not principal.can(Permission.INFERENCE_READ_OWN):
             raise Forbidden()
-        row = visible_request(request_id)
+        finished = followed_request_finished(request_id)
         after = _after_seq()
-        return _access(principal), after, row.status in TERMINAL_STATUSES
+        return _access(principal), after, finished
 
     def handle(relay_socket: RelaySocket) -> None:
         admitted = _admit(relay_socket, check)
