@@ -10,6 +10,7 @@ in-memory storage also counts for this process while Redis is away.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Budget:
         self._fallback = FixedWindowRateLimiter(MemoryStorage())
 
     def spend(self, limits: str, caller: str, cost: int = 1) -> Verdict:
-        windows = parse_many(limits)
+        windows = _windows(limits)
         keys = [f"{self.prefix}:{window.key_for(caller)}" for window in windows]
         try:
             raw = self._script(keys, [*(w.get_expiry() for w in windows), cost])
@@ -76,6 +77,13 @@ class Budget:
             reset_at, remaining = self._fallback.get_window_stats(window, key)
             counts.append((window.amount - remaining, max(0, int(reset_at - time.time()))))
         return counts
+
+
+@functools.lru_cache(maxsize=256)
+def _windows(limits: str) -> list[RateLimitItem]:
+    """A limit string's windows, parsed once: the strings are few (the defaults, each
+    role's and key's), the requests many. Callers only read the list."""
+    return parse_many(limits)
 
 
 def _verdict(windows: list[RateLimitItem], counts: list[tuple[int, int]]) -> Verdict:
