@@ -101,12 +101,6 @@ class GpuHost:
     def worker_log(self) -> str:
         return self.host.log("worker")
 
-    def node_detail(self, client: ClientHost, headers: dict[str, str]) -> dict[str, Any]:
-        """GET /api/v1/nodes/<id> of this host's node, as an operator reads it."""
-        listed = client.api.get("/api/v1/nodes", headers=headers).get_json()["items"]
-        node_id = next(node["id"] for node in listed if node["name"] == self.node)
-        return client.api.get(f"/api/v1/nodes/{node_id}", headers=headers).get_json()
-
 
 _NUMBERS = itertools.count(1)
 
@@ -295,19 +289,21 @@ class Cluster:
             gpu.configure(loaded=[model])
         operator = self.client.login(Role.OPERATOR)
 
+        def ours() -> list[dict[str, Any]]:
+            listed = self.client.api.get("/api/v1/nodes", headers=operator).get_json()["items"]
+            names = {gpu.node for gpu in self.gpus}
+            return [node for node in listed if node["name"] in names]
+
         def beats() -> dict[str, str] | None:
-            details = [gpu.node_detail(self.client, operator) for gpu in self.gpus]
-            if all(model in detail["loaded_models"] for detail in details):
-                return {detail["name"]: detail["last_heartbeat_at"] for detail in details}
+            nodes = ours()
+            if len(nodes) == len(self.gpus) and all(model in n["loaded_models"] for n in nodes):
+                return {node["name"]: node["last_heartbeat_at"] for node in nodes}
             return None
 
         seen = wait_for(beats, 30, f"every node to report {model} loaded")
         # The worker refreshes its router after writing the beat: one beat more settles it.
         wait_for(
-            lambda: all(
-                gpu.node_detail(self.client, operator)["last_heartbeat_at"] != seen[gpu.node]
-                for gpu in self.gpus
-            ),
+            lambda: all(node["last_heartbeat_at"] != seen[node["name"]] for node in ours()),
             30,
             "one more heartbeat from every node",
         )
