@@ -197,6 +197,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive ports that are all free now, for a process that
+    derives ports from one (the supervisor gives its n-th worker WORKER_METRICS_PORT + n).
+    The port after a free one is often a client's: both come from the ephemeral range."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 class LiveServer:
     def __init__(
         self,

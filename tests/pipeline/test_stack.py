@@ -22,7 +22,7 @@ import requests
 from sqlalchemy import text
 
 from db.session import Database
-from tests.conftest import REQUEST_TABLES, ROOT, free_port
+from tests.conftest import REQUEST_TABLES, ROOT, free_port, free_ports_in_a_row
 from tests.pipeline.conftest import wait_for
 
 
@@ -51,7 +51,8 @@ def stack(
         "FLOWER_PORT": str(flower_port),
         "EMBEDDED_ENGINE_PORT": str(free_port()),
         "EMBEDDED_EMBEDDING_PORT": str(free_port()),
-        "WORKER_METRICS_PORT": str(free_port()),
+        # The CPU worker's metrics on this port, the embedding worker's on the next.
+        "WORKER_METRICS_PORT": str(free_ports_in_a_row(2)),
         "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",  # nothing answers there
         "STACK_STATE_DIR": str(folder / "state"),
         "WEB_CONCURRENCY": "1",
