@@ -25,6 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -161,6 +162,7 @@ def redis_client(settings_overrides: dict[str, Any]) -> Iterator[Redis]:
 
 # What tests that commit for real may leave behind; the fleet's rows stay, because running
 # workers own them.
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that ran out
 REQUEST_TABLES = (
     "inference_requests",
     "user_sessions",
@@ -177,8 +179,28 @@ REQUEST_TABLES = (
 def committed(database: Database) -> Iterator[Database]:
     """The real database: what the test writes is committed, and truncated afterwards."""
     yield database
-    with database.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(REQUEST_TABLES)} CASCADE"))
+    truncate_request_tables(database)
+
+
+def truncate_request_tables(database: Database, attempts: int = 40) -> None:
+    """TRUNCATE every request table, giving way to a worker that is still writing.
+
+    A worker may still be finishing the test's last job (a cancelled job's engine stream
+    ends at its next chunk). TRUNCATE locks the tables one by one and the worker's finish
+    takes them in another order: that is a deadlock, and PostgreSQL's detector could abort
+    the worker's side. A lock_timeout shorter than deadlock_timeout (1 s) makes this side
+    give up first, every time; the worker's write goes through and the TRUNCATE is retried.
+    """
+    for attempt in range(attempts):
+        try:
+            with database.engine.begin() as connection:
+                connection.execute(text("SET LOCAL lock_timeout = '300ms'"))
+                connection.execute(text(f"TRUNCATE {', '.join(REQUEST_TABLES)} CASCADE"))
+            return
+        except OperationalError as error:
+            if getattr(error.orig, "pgcode", None) != LOCK_NOT_AVAILABLE or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 def make_committed_user(database: Database, role: Role = Role.USER) -> User:
