@@ -123,12 +123,22 @@ class Api:
     def close(self) -> None:
         stop_background(self.app)
 
-    def all_ended(self, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    def all_ended(
+        self, ids: list[str], timeout: float, worker: Any = None
+    ) -> dict[str, dict[str, Any]]:
+        """Every job's row once all have ended; on a timeout, the failure names each job's
+        status and carries the end of `worker`'s log, which says where the rest stand."""
+
         def ended() -> dict[str, dict[str, Any]] | None:
             rows = {i: self.read(i) for i in ids}
             return rows if all(r.get("status") in TERMINAL for r in rows.values()) else None
 
-        return wait_for(ended, timeout=timeout, interval=0.3)  # type: ignore[no-any-return]
+        try:
+            return wait_for(ended, timeout=timeout, interval=0.3)  # type: ignore[no-any-return]
+        except TimeoutError:
+            statuses = {i: (r.get("status"), r.get("attempt")) for i, r in ((i, self.read(i)) for i in ids)}
+            tail = "\n".join(worker.log().splitlines()[-80:]) if worker is not None else ""
+            raise AssertionError(f"not all ended within {timeout}s: {statuses}\n{tail}") from None
 
 
 def assert_readers_saw_each_event_once(events: EventLog, request_id: str, output: str) -> None:
@@ -157,7 +167,7 @@ def test_an_engine_restart_fails_no_job(
 
         engine.restart(down_s=3)
 
-        rows = api.all_ended(ids, timeout=90)
+        rows = api.all_ended(ids, timeout=90, worker=worker)
         assert {i: r["status"] for i, r in rows.items()} == dict.fromkeys(ids, "completed"), rows
         for request_id, prompt in zip(ids, prompts, strict=True):
             assert rows[request_id]["output"] == "".join(tokens_for(prompt, TOKENS))
@@ -196,7 +206,7 @@ def test_a_redis_restart_mid_generation_fails_no_job_and_leaves_no_gap(
             time.sleep(3)
             redis.start()
 
-            rows = api.all_ended(ids, timeout=90)
+            rows = api.all_ended(ids, timeout=90, worker=worker)
             statuses = {i: r["status"] for i, r in rows.items()}
             assert statuses == dict.fromkeys(ids, "completed"), (statuses, worker.log()[-3000:])
             events: EventLog = api.app.extensions["events"]
@@ -299,7 +309,7 @@ def test_a_postgresql_outage_at_finish_keeps_the_result(
             time.sleep(TOKENS * TOKEN_DELAY_S + 1)
             postgres.start()
 
-            rows = api.all_ended(ids, timeout=60)
+            rows = api.all_ended(ids, timeout=60, worker=worker)
             for request_id, prompt in zip(ids, prompts, strict=True):
                 row = rows[request_id]
                 assert row["status"] == "completed", (row, worker.log()[-3000:])
