@@ -17,11 +17,13 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from config.settings import Settings
 
 
-def build_engine(settings: Settings, pool_size: int | None = None) -> Engine:
+def build_engine(
+    settings: Settings, pool_size: int | None = None, max_overflow: int | None = None
+) -> Engine:
     engine = create_engine(
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        max_overflow=settings.db_max_overflow if max_overflow is None else max_overflow,
         pool_recycle=settings.db_pool_recycle_s,
         pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=settings.db_pool_pre_ping,
@@ -91,9 +93,12 @@ class Database:
     autocommit: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Settings, pool_size: int | None = None) -> Database:
-        """`pool_size` overrides DB_POOL_SIZE for a process that knows its concurrency."""
-        engine = build_engine(settings, pool_size)
+    def from_settings(
+        cls, settings: Settings, pool_size: int | None = None, max_overflow: int | None = None
+    ) -> Database:
+        """`pool_size` overrides DB_POOL_SIZE for a process that knows its concurrency, and
+        `max_overflow` DB_MAX_OVERFLOW."""
+        engine = build_engine(settings, pool_size, max_overflow)
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
     @contextmanager
