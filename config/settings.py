@@ -67,9 +67,10 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     jwt_secret_key: str | None = None
 
-    # PostgreSQL and the pool: 20 connections kept per web process (a connection opened and
-    # closed per job costs more than the job's SQL), 10 more under bursts, recycled after
-    # 5 min. A worker keeps one per slot plus a few (workers/__main__.py). No ping before
+    # PostgreSQL and the pool: up to 30 connections per web process, each kept once opened
+    # (a connection opened and closed per job costs more than the job's SQL; web/app.py),
+    # recycled after 5 min. A worker keeps one per slot plus a few (workers/__main__.py)
+    # and closes DB_MAX_OVERFLOW more after a burst. No ping before
     # each checkout: it doubled the round trips of a one-statement transaction; a connection
     # found dead fails its request once and the pool replaces every connection of that age.
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ollamamax"
