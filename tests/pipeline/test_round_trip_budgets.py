@@ -236,15 +236,19 @@ def test_twenty_callers_churn_no_connection_and_ping_none(
     app.extensions["principal_cache"].listening.wait(5)
 
     def wave() -> None:
+        accepted: list[str] = []  # list.extend is atomic: the callers' threads share it
         clients = [app.test_client() for _ in range(20)]
         threads = [
-            threading.Thread(target=lambda c=c: [_submit(c, user_headers) for _ in range(3)])
+            threading.Thread(
+                target=lambda c=c: accepted.extend(_submit(c, user_headers) for _ in range(3))
+            )
             for c in clients
         ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        assert len(accepted) == 60  # a refused submission failed only its own thread
 
     wave()  # the pool grows to what 20 callers need at once
     with counting(engine) as counts:
