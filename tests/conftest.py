@@ -25,8 +25,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import get_settings

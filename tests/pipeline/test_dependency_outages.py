@@ -136,7 +136,8 @@ class Api:
         try:
             return wait_for(ended, timeout=timeout, interval=0.3)  # type: ignore[no-any-return]
         except TimeoutError:
-            statuses = {i: (r.get("status"), r.get("attempt")) for i, r in ((i, self.read(i)) for i in ids)}
+            rows = {i: self.read(i) for i in ids}
+            statuses = {i: (r.get("status"), r.get("attempt")) for i, r in rows.items()}
             tail = "\n".join(worker.log().splitlines()[-80:]) if worker is not None else ""
             raise AssertionError(f"not all ended within {timeout}s: {statuses}\n{tail}") from None
 
