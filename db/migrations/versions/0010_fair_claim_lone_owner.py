@@ -11,12 +11,11 @@ Create Date: 2026-12-06
   (bench.cost, docs/benchmarks.md). With two owners or more the pick is 0008's.
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from db.migrations.earlier import replacing, revision_module
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -24,19 +23,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _revision_0008() -> ModuleType:
-    """0008's module, whose function text this one changes in one place (the versions
-    folder is not a package: alembic loads its files by path, and so does this)."""
-    path = Path(__file__).with_name("0008_fair_claim_function.py")
-    spec = importlib.util.spec_from_file_location("_fair_claim_0008", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_0008 = _revision_0008()
+_0008 = revision_module("0008_fair_claim_function.py")
 
 STARTS_WHEN_OWNERS_COMPETE = f"""\
     ), starts AS (
@@ -59,15 +46,11 @@ STARTS_WHEN_OWNERS_COMPETE = f"""\
 """
 
 
-def _replacing(function_text: str) -> str:
-    return function_text.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
-
-
 def upgrade() -> None:
     assert _0008.STARTS_IN_WINDOW in _0008.CREATE_FUNCTION
     changed = _0008.CREATE_FUNCTION.replace(_0008.STARTS_IN_WINDOW, STARTS_WHEN_OWNERS_COMPETE)
-    op.execute(_replacing(changed))
+    op.execute(replacing(changed))
 
 
 def downgrade() -> None:
-    op.execute(_replacing(_0008.CREATE_FUNCTION))
+    op.execute(replacing(_0008.CREATE_FUNCTION))
