@@ -41,7 +41,7 @@ lint: install
 # The pipeline tests run on Redis and on RabbitMQ: a RabbitMQ must answer too.
 test: services lint
 	@PYTHON=$(BIN)/python bash docker/local-services.sh --for-tests
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m tests.lanes --durations=25
 
 # The schemathesis run at three times the depth `make test` gives it (about 11 min).
 .PHONY: fuzz
