@@ -74,8 +74,9 @@ def _web_database(settings: Settings) -> Database:
     SQLAlchemy closes an overflow connection when it comes back to a full pool. A gevent
     process's concurrency comes in bursts: at 64 concurrent submissions the overflow was
     closed and reopened all the time, a PostgreSQL backend started per request or so
-    (PostgreSQL's CPU per submission 2.05 ms, 1.56 without; bench.pipeline). The most this
-    process opens stays what the operator set; it keeps them, as it keeps DB_POOL_SIZE."""
+    (PostgreSQL's CPU per submission 1.0 ms with that churn, 0.6 without; bench.pipeline,
+    docs/benchmarks.md). The most this process opens stays what the operator set; it keeps
+    them, as it keeps DB_POOL_SIZE."""
     return Database.from_settings(
         settings, pool_size=settings.db_pool_size + settings.db_max_overflow, max_overflow=0
     )
