@@ -43,6 +43,11 @@ def _in_process_env() -> dict[str, str]:
 
 
 def main(options: list[str]) -> int:
+    if os.environ.get("TEST_REDIS_DB", "15") == IN_PROCESS_REDIS_DB:
+        sys.exit(
+            f"TEST_REDIS_DB and IN_PROCESS_REDIS_DB are both {IN_PROCESS_REDIS_DB}:"
+            " the lanes would flush each other's Redis database"
+        )
     pytest = [sys.executable, "-m", "pytest", *options]
     ignored = [f"--ignore={folder}" for folder in PROCESS_TESTS]
     started = time.monotonic()
