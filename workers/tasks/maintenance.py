@@ -9,6 +9,8 @@ still run it once at a time; a run that finds the lock taken does nothing.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -144,6 +146,27 @@ def cleanup() -> dict[str, int]:
         ", ".join(f"{item}: {count}" for item, count in removed.items()),
     )
     return removed
+
+
+@beat_init.connect
+def _stop_on_sigterm_outside_the_handler(sender: Any, **_: Any) -> None:
+    """Beat's own SIGTERM handler (celery.apps.beat, install_sync_handler) closes the
+    broker connection from inside the handler. When the signal lands while beat publishes on
+    RabbitMQ, the interrupted write holds py-amqp's frame-buffer lock and the handler's
+    close waits for that lock in the same thread, forever: a beat stopped by its supervisor
+    hung until SIGKILL (caught in CI by SIGABRT's stack: beat.sync inside
+    basic_publish_confirm's write_frame). Here the handler only raises SystemExit; the write
+    unwinds and lets go of the lock, and beat's loop saves the schedule and closes its
+    connection in its own `finally`, as after Ctrl-C. beat_init comes after Celery installs
+    its handler, in beat's main thread (an embedded beat's thread keeps Celery's)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise SystemExit()
+
+    for stopping in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stopping, stop)
 
 
 @beat_init.connect
