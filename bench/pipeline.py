@@ -110,14 +110,14 @@ class CpuRoots:
 
 
 def charged(
-    roots: CpuRoots, requests: float, load: Callable[[], dict[str, float]]
+    roots: CpuRoots, seconds: float, load: Callable[[], dict[str, float]]
 ) -> dict[str, Any]:
-    """Run `load`; add its CPU ms per request by process (`cpu_ms`) to what it returns.
-    `requests` is a function of the result: wrk reports a rate, not a count."""
+    """Run `load` for `seconds`; add its CPU ms per request by process (`cpu_ms`) to what it
+    returns. wrk reports a rate, so the count of requests is its rate times `seconds`."""
     before = roots.read()
     result = load()
     after = roots.read()
-    count = result["rps"] * requests
+    count = result["rps"] * seconds
     result["cpu_ms"] = {k: (after[k] - before[k]) * 1000 / count for k in after}
     return result
 

@@ -1,7 +1,6 @@
 """An earlier revision's module, for a migration that changes a function it created in one
 place: the new text is the old one with a part replaced, and the downgrade is the old text.
-The versions folder is not a package (alembic loads its files by path), and neither does
-this."""
+The versions folder is not a package: alembic loads its files by path, and so does this."""
 
 from __future__ import annotations
 

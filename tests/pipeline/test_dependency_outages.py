@@ -33,7 +33,7 @@ from tests.conftest import (
 )
 from tests.factories import TEST_PASSWORD
 from tests.ollama_double.behaviour import tokens_for
-from tests.pipeline.conftest import Double, wait_for
+from tests.pipeline.conftest import Double, Worker, wait_for
 from tests.support.apps import stop_background
 from tests.support.identity import bearer
 from tests.support.throwaway import ThrowawayPostgres, ThrowawayRedis
@@ -124,7 +124,7 @@ class Api:
         stop_background(self.app)
 
     def all_ended(
-        self, ids: list[str], timeout: float, worker: Any = None
+        self, ids: list[str], timeout: float, worker: Worker | None = None
     ) -> dict[str, dict[str, Any]]:
         """Every job's row once all have ended; on a timeout, the failure names each job's
         status and carries the end of `worker`'s log, which says where the rest stand."""
