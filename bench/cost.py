@@ -663,7 +663,7 @@ def main() -> None:
     result["meta"] = meta | result["meta"]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"cost-{args.label}.json").write_text(json.dumps(result, indent=1))
-    path = write(out)
+    path = write(out, args.label)
     progress(f"cost: {out / f'cost-{args.label}.json'} and {path}")
     print(path.read_text())
 

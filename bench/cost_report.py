@@ -64,9 +64,11 @@ ROWS: list[tuple[str, Figure | None, int]] = [
 ]
 
 
-def load(folder: Path) -> dict[str, dict[str, Any]]:
+def load(folder: Path, also: str | None = None) -> dict[str, dict[str, Any]]:
+    """The before and after runs in `folder`, and the run labelled `also` if it is neither
+    (a run kept under a name of its own is reported alone rather than not at all)."""
     found = {}
-    for label in LABELS:
+    for label in (*LABELS, *([also] if also and also not in LABELS else [])):
         path = folder / f"cost-{label}.json"
         if path.exists():
             found[label] = json.loads(path.read_text())
@@ -327,9 +329,9 @@ def repeats(folder: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def write(folder: Path) -> Path:
+def write(folder: Path, label: str | None = None) -> Path:
     path = folder / "cost.md"
-    runs = load(folder)
+    runs = load(folder, label)
     path.write_text(render(runs) + "\n".join(["", *repeats(folder, runs)]))
     return path
 
