@@ -90,4 +90,4 @@ def on_starting(server: object) -> None:
 
     from config.logging import configure_logging
 
-    configure_logging(_settings.log_level, _settings.log_format)
+    configure_logging(_settings.log_level, _settings.log_format, _settings.log_levels)

@@ -24,8 +24,9 @@ from pythonjsonlogger.json import JsonFormatter
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-# Loggers that speak at INFO on every periodic task; a console shows them only at DEBUG.
-CONSOLE_QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+# Celery's loggers that speak at INFO for every task (received, succeeded, beat's "Sending
+# due task"): heard only at DEBUG (configure_logging).
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
 
 MASK = "***"
 # Key names (normalised to snake_case) whose values are secrets. Anchored, so that
@@ -214,8 +215,11 @@ def build_handler(log_format: str) -> logging.Handler:
     return handler
 
 
-def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
-    """Route every logger (ours, Flask, Celery, SQLAlchemy) through one stdout handler."""
+def configure_logging(
+    level: str = "INFO", log_format: str = "json", logger_levels: Mapping[str, str] | None = None
+) -> None:
+    """Route every logger (ours, Flask, Celery, SQLAlchemy) through one stdout handler.
+    `logger_levels` (LOG_LEVELS) sets single loggers' levels over the defaults below."""
     logging.setLogRecordFactory(_record_with_request_id)
     root = logging.getLogger()
     for existing in list(root.handlers):
@@ -232,9 +236,12 @@ def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
     # httpx2 is the client the openai package brings.
     for name in ("httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # On a console, Celery's line per task ("received", "succeeded in") comes every few
-    # seconds for beat's sweeps and buries everything else; failures still log at ERROR.
-    # Kept in JSON, where they are searchable rather than read.
-    quiet = log_format == "console" and logging.getLevelName(level.upper()) > logging.DEBUG
-    for name in CONSOLE_QUIET_LOGGERS:
+    # Celery's two lines per task ("received", "succeeded in") say nothing the job's row,
+    # its events and the metrics do not, and at a hundred jobs a second they cost a tenth of
+    # a worker's CPU (docs/benchmarks.md); on a console they bury everything else under
+    # beat's sweeps. Only at DEBUG; a failed task still logs at ERROR.
+    quiet = logging.getLevelName(level.upper()) > logging.DEBUG
+    for name in PER_TASK_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+    for name, named_level in (logger_levels or {}).items():
+        logging.getLogger(name).setLevel(named_level)

@@ -10,11 +10,14 @@ import ipaddress
 import re
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS = get_args(LogLevel)
 
 # Development and tests only; as long as HS256 wants (32 bytes) so PyJWT does not warn.
 DEV_SECRET_KEY = "dev-secret-key-not-for-production-use"  # noqa: S105
@@ -280,8 +283,11 @@ class Settings(BaseSettings):
     # Deliveries the deliverer process makes at once (its own threads, never a worker slot).
     webhook_concurrency: int = Field(default=8, ge=1, le=256)
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: LogLevel = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
+    # Levels for single loggers, over LOG_LEVEL: "celery.app.trace=INFO,httpx=INFO" brings
+    # back Celery's line per task, or the engine client's line per HTTP call.
+    log_levels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     # Used by `flask create-admin` when no option or stdin gives them.
     admin_username: str | None = None
@@ -307,6 +313,22 @@ class Settings(BaseSettings):
         """Lists come from the environment as "a,b,c"."""
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("log_levels", mode="before")
+    @classmethod
+    def _logger_levels(cls, value: object) -> object:
+        """Pairs from the environment as "name=LEVEL,name=LEVEL"; every level a real one."""
+        if isinstance(value, str):
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            value = {name.strip(): level.strip().upper() for name, _, level in pairs}
+        if isinstance(value, dict):
+            for name, level in value.items():
+                if not name or level not in LOG_LEVELS:
+                    raise ValueError(
+                        f"{name}={level}: LOG_LEVELS takes logger=LEVEL pairs, the level one"
+                        f" of {', '.join(LOG_LEVELS)}"
+                    )
         return value
 
     @field_validator("trusted_proxies")

@@ -85,7 +85,7 @@ def _web_database(settings: Settings) -> Database:
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the API. `overrides` replace settings read from the environment (tests)."""
     settings = build_settings(overrides)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_levels)
 
     app = Flask(__name__)
     app.config.update(

@@ -108,7 +108,7 @@ def exit_status(worker: Any) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_levels)
     if args.gpu is not None:
         # For anything this process runs itself; the engine is pinned by its own environment.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from config.logging import (
-    CONSOLE_QUIET_LOGGERS,
+    PER_TASK_LOGGERS,
     ConsoleFormatter,
     build_formatter,
     build_handler,
@@ -198,14 +198,17 @@ def test_long_values_and_tracebacks_on_the_console(capsys: pytest.CaptureFixture
     assert "topsecret" not in "\n".join(traceback)
 
 
-def test_the_console_hears_celerys_per_task_lines_only_at_debug() -> None:
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_celerys_per_task_lines_are_heard_only_at_debug(log_format: str) -> None:
     try:
-        configure_logging("INFO", "console")
-        assert all(logging.getLogger(n).level == logging.WARNING for n in CONSOLE_QUIET_LOGGERS)
-        configure_logging("DEBUG", "console")
-        assert all(logging.getLogger(n).level == logging.NOTSET for n in CONSOLE_QUIET_LOGGERS)
-        configure_logging("INFO", "console")
-        configure_logging("INFO", "json")  # kept in JSON: searchable rather than read
-        assert all(logging.getLogger(n).level == logging.NOTSET for n in CONSOLE_QUIET_LOGGERS)
+        configure_logging("INFO", log_format)
+        assert all(logging.getLogger(n).level == logging.WARNING for n in PER_TASK_LOGGERS)
+        configure_logging("DEBUG", log_format)
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in PER_TASK_LOGGERS)
+        configure_logging("INFO", log_format)
+        assert all(logging.getLogger(n).level == logging.WARNING for n in PER_TASK_LOGGERS)
+        configure_logging("INFO", log_format, {"celery.app.trace": "INFO"})  # LOG_LEVELS
+        assert logging.getLogger("celery.app.trace").level == logging.INFO
+        assert logging.getLogger("celery.worker.strategy").level == logging.WARNING
     finally:
         configure_logging()

@@ -140,6 +140,19 @@ def test_invalid_values_are_validation_errors() -> None:
         Settings(_env_file=None, log_format="xml")  # type: ignore[call-arg]
 
 
+def test_log_levels_name_loggers_and_real_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).log_levels == {}  # type: ignore[call-arg]
+    monkeypatch.setenv("LOG_LEVELS", " celery.app.trace=info, httpx=WARNING ,")
+    assert Settings(_env_file=None).log_levels == {  # type: ignore[call-arg]
+        "celery.app.trace": "INFO",
+        "httpx": "WARNING",
+    }
+    for wrong in ("celery.app.trace", "celery.app.trace=LOUD", "=INFO"):
+        monkeypatch.setenv("LOG_LEVELS", wrong)
+        with pytest.raises(ValidationError, match="logger=LEVEL"):
+            Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 def test_plain_postgresql_urls_use_psycopg2() -> None:
     settings = Settings(_env_file=None, database_url="postgresql://u@h/db")  # type: ignore[call-arg]
     assert settings.database_url == "postgresql+psycopg2://u@h/db"

@@ -76,6 +76,8 @@ def process_env(overrides: dict[str, Any], migrated: str) -> dict[str, str]:
         HEARTBEAT_INTERVAL_S="1",
         TOKEN_COALESCE_MS="0",
         LOG_LEVEL="INFO",
+        # test_pgbouncer reads which tasks succeeded from Celery's line per task.
+        LOG_LEVELS="celery.app.trace=INFO",
     )
     return {**os.environ, **env}
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_levels)
     database = Database.from_settings(settings, pool_size=settings.webhook_concurrency + 2)
     deliverer = Deliverer(settings, database)
 
