@@ -67,7 +67,7 @@ from bench.meter import (
 from bench.services import measured_postgres, unpersisted_redis
 from bench.stack import RESULTS, ROOT, Stack, percentile, progress
 from tests.support.throwaway import ThrowawayPostgres, ThrowawayRedis
-from tests.support.ws import connect, next_frame
+from tests.support.ws import Received, connect, next_frame
 
 MODEL = "llama3.2"
 TOKENS = 20
@@ -154,9 +154,9 @@ def rest_job(base: str, credential: str) -> Job:
         if answer.status_code != 202:
             raise RuntimeError(f"submit answered {answer.status_code}: {answer.text[:200]}")
         ws = connect(base, f"/ws/inference/{answer.json()['id']}", header_token=credential)
-        status = None
+        status, closed = None, Received()
         try:
-            while status is None and (frame := next_frame(ws)) is not None:
+            while status is None and (frame := next_frame(ws, closed)) is not None:
                 if frame.get("type") == "token":
                     first = first or time.perf_counter()
                     text.append(frame["text"])
@@ -164,8 +164,13 @@ def rest_job(base: str, credential: str) -> Job:
                     status = frame["status"]
         finally:
             ws.close()
+        if status is None:
+            raise RuntimeError(
+                f"the socket closed before the final status ({closed.close_code}"
+                f" {closed.close_reason!r})"
+            )
         if status != "completed":
-            raise RuntimeError(f"job ended {status or 'without a final status'}")
+            raise RuntimeError(f"job ended {status}")
         return Outcome.of(started, first, "".join(text))
 
     return job
