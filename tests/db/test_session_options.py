@@ -1,4 +1,5 @@
-"""db/session.py: what each session asks of the server, checked on a real connection."""
+"""db/session.py: what each session asks of the server, and how the pool hands out its
+connections, checked on real connections."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from config.settings import Settings
 from db.session import build_engine
 
+# The test database must exist (and be migrated) even when this module runs alone.
+pytestmark = pytest.mark.usefixtures("database")
 
-def _engine(settings_overrides: dict[str, Any], **changes: Any) -> Any:
-    return build_engine(Settings(**{**settings_overrides, **changes}), pool_size=1)
+
+def _engine(settings_overrides: dict[str, Any], pool_size: int = 1, **changes: Any) -> Any:
+    return build_engine(Settings(**{**settings_overrides, **changes}), pool_size=pool_size)
 
 
 def test_the_server_ends_a_transaction_whose_client_went_quiet(
@@ -53,3 +57,28 @@ def test_options_in_the_database_url_are_kept_and_zero_sends_none(
     finally:
         engine.dispose()
         off.dispose()
+
+
+def test_a_request_after_a_quiet_spell_reopens_at_most_the_connection_it_takes(
+    settings_overrides: dict[str, Any],
+) -> None:
+    """A burst left two connections in the pool and both aged past DB_POOL_RECYCLE_S. The
+    first request after it replaces the one it takes; the next must reuse that one, not
+    take the other stale one and reopen it too (what a first-in, first-out pool did to a
+    counted request in CI)."""
+    engine = _engine(settings_overrides, pool_size=2, db_pool_recycle_s=1)
+    opened: list[object] = []
+    event.listen(engine.pool, "connect", lambda *_: opened.append(None))
+    try:
+        with engine.connect() as first, engine.connect() as second:  # the burst
+            first.scalar(text("SELECT 1"))
+            second.scalar(text("SELECT 1"))
+        time.sleep(1.2)  # both past recycling age
+        with engine.connect() as connection:
+            connection.scalar(text("SELECT 1"))
+        assert len(opened) == 3  # the burst's two and the replacement
+        with engine.connect() as connection:
+            connection.scalar(text("SELECT 1"))
+        assert len(opened) == 3
+    finally:
+        engine.dispose()
