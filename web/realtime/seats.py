@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from web.errors import TooManyRequests
@@ -26,8 +27,12 @@ SEATS_KEY = "omx:ws:seats:{}"
 SEAT_LEASES = 3  # a seat lapses after this many missed renewals
 
 # KEYS[1] the account's seats; ARGV: seat id, lease (ms), quota (0: none). Returns 1 if the
-# seat is held now, 0 if the quota is reached.
-_TAKE = """
+# seat is held now, 0 if the quota is reached. Sent by its SHA (EVALSHA; loaded again if the
+# server has not got it), as the other scripts are, not as its whole text at every handshake
+# and renewal. Bytes: its SHA needs no client's encoder, so any client can run it.
+_TAKE = Script(
+    None,  # type: ignore[arg-type]
+    b"""
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
@@ -39,7 +44,8 @@ end
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
-"""
+""",
+)
 
 
 @dataclass
@@ -59,7 +65,7 @@ class Seat:
         return int(self.renew_s * SEAT_LEASES * 1000)
 
     def take(self, quota: int | None) -> bool:
-        taken = bool(self.redis.eval(_TAKE, 1, self.key, self.id, self.lease_ms, quota or 0))
+        taken = bool(_TAKE([self.key], [self.id, self.lease_ms, quota or 0], client=self.redis))
         self.next_renewal = time.monotonic() + self.renew_s
         return taken
 
