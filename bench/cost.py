@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -95,6 +95,7 @@ class Outcome:
     total_ms: float = 0.0
     words: int = 0
     error: str | None = None
+    resumes: int = 0  # WebSockets opened again to resume (REST paths)
 
     @classmethod
     def of(cls, started: float, first: float | None, text: str) -> Outcome:
@@ -138,14 +139,64 @@ def openai_job(client: openai.OpenAI) -> Job:
     return job
 
 
+# Close codes after which a client reconnects and resumes with ?after=<last seq>: too slow to
+# keep up (or the event feed is down), and the server going away.
+RESUMABLE = {1013, 1001}
+MAX_RESUMES = 3
+
+
+@dataclass
+class Followed:
+    """What a REST job's WebSocket(s) brought: the terminal status, when the first token came,
+    the text, and how many times the socket was opened again."""
+
+    status: str | None = None
+    first: float | None = None
+    text: list[str] = field(default_factory=list)
+    last_seq: int = 0
+    resumes: int = 0
+
+
+def follow_socket(base: str, job_id: str, credential: str) -> Followed:
+    """Follow a job as a native client does: a socket closed with 1013 or 1001 is opened
+    again with ?after=<last seq>, and a `final` frame (the stored request, when its end was
+    not announced) ends it as its status would. The first token is the first `token` frame."""
+    got = Followed()
+    for resumes in range(MAX_RESUMES + 1):
+        got.resumes = resumes
+        after = f"?after={got.last_seq}" if got.last_seq else ""
+        ws = connect(base, f"/ws/inference/{job_id}{after}", header_token=credential)
+        closed = Received()
+        try:
+            while got.status is None and (frame := next_frame(ws, closed)) is not None:
+                got.last_seq = frame.get("seq", got.last_seq)
+                if frame.get("type") == "token":
+                    got.first = got.first or time.perf_counter()
+                    got.text.append(frame["text"])
+                elif frame.get("type") == "status" and frame.get("status") in TERMINAL:
+                    got.status = frame["status"]
+                elif frame.get("type") == "final":
+                    got.status, got.text = frame["request"]["status"], [frame["request"]["output"]]
+        finally:
+            ws.close()
+        if got.status is not None or closed.close_code not in RESUMABLE:
+            break
+    if got.status is None:
+        raise RuntimeError(
+            f"the socket closed before the final status ({closed.close_code}"
+            f" {closed.close_reason!r})"
+        )
+    return got
+
+
 def rest_job(base: str, credential: str) -> Job:
-    """Submit, then follow the job on its WebSocket to the final status, as a native client
-    does; the first token is the first `token` frame."""
+    """Submit, then follow the job on its WebSocket to the final status (`follow_socket`);
+    the batch counts the sockets opened again."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {credential}"
 
     def job(n: int) -> Outcome:
-        started, first, text = time.perf_counter(), None, []
+        started = time.perf_counter()
         answer = session.post(
             f"{base}/api/v1/inference/generate",
             json={"model": MODEL, "prompt": f"cost {n}", "options": {"num_predict": TOKENS}},
@@ -153,25 +204,10 @@ def rest_job(base: str, credential: str) -> Job:
         )
         if answer.status_code != 202:
             raise RuntimeError(f"submit answered {answer.status_code}: {answer.text[:200]}")
-        ws = connect(base, f"/ws/inference/{answer.json()['id']}", header_token=credential)
-        status, closed = None, Received()
-        try:
-            while status is None and (frame := next_frame(ws, closed)) is not None:
-                if frame.get("type") == "token":
-                    first = first or time.perf_counter()
-                    text.append(frame["text"])
-                elif frame.get("type") == "status" and frame.get("status") in TERMINAL:
-                    status = frame["status"]
-        finally:
-            ws.close()
-        if status is None:
-            raise RuntimeError(
-                f"the socket closed before the final status ({closed.close_code}"
-                f" {closed.close_reason!r})"
-            )
-        if status != "completed":
-            raise RuntimeError(f"job ended {status}")
-        return Outcome.of(started, first, "".join(text))
+        got = follow_socket(base, answer.json()["id"], credential)
+        if got.status != "completed":
+            raise RuntimeError(f"job ended {got.status}")
+        return replace(Outcome.of(started, got.first, "".join(got.text)), resumes=got.resumes)
 
     return job
 
@@ -390,6 +426,7 @@ def summarize(
         "callers": callers,
         "jobs": len(ok),
         "errors": len(outcomes) - len(ok),
+        "socket_resumes": sum(o.resumes for o in ok),
         "first_errors": sorted({o.error for o in outcomes if o.error})[:3],
         "words_per_job": statistics.fmean(o.words for o in ok) if ok else 0.0,
         "wall_s": wall,

@@ -26,9 +26,16 @@ def redis_requests(b: dict[str, Any]) -> float | str:
     return float(b["per_job"].get("redis_requests", float("nan")))
 
 
+def socket_resumes(b: dict[str, Any]) -> float | str:
+    """WebSockets the REST jobs opened again (closed with 1013 or 1001; the doors have none);
+    "-" for a run from before this figure existed."""
+    return cast(float | str, b.get("socket_resumes", "-"))
+
+
 ROWS: list[tuple[str, Figure | None, int]] = [
     ("jobs measured", lambda b: b["jobs"], -1),
     ("errors", lambda b: b["errors"], -1),
+    ("WebSockets resumed (?after=)", socket_resumes, -1),
     ("jobs/s", lambda b: b["jobs_per_s"], 1),
     ("**CPU ms per job**", None, 0),
     ("web: gunicorn master", lambda b: b["cpu_ms_per_job"]["web master"], 2),
