@@ -21,23 +21,19 @@ from sqlalchemy import (
     case,
     column,
     func,
-    literal,
     select,
     text,
     tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import (
-    ApiKeyTokenUsage,
     InferenceRequest,
-    ModelUsageStats,
     RequestStatus,
-    UserTokenUsage,
 )
 
 
@@ -179,11 +175,11 @@ _NEW_REQUEST_COLUMNS = (
 
 
 # The hot path's statements are built once, with parameters for their values: building one
-# costs more CPU than PostgreSQL spends running it (2-3 ms for the finish statement), and a
-# statement object reused keeps its cache key. They target the tables and run on the
-# session's connection (Core): an ORM statement given parameters would mean a bulk write.
+# costs more CPU than PostgreSQL spends running it (2-3 ms for the finish's CTEs when it was
+# a statement), and a statement object reused keeps its cache key. They target the tables and
+# run on the session's connection (Core): an ORM statement given parameters would mean a bulk
+# write.
 _REQUESTS = cast(Table, InferenceRequest.__table__)
-_USAGE = cast(Table, ModelUsageStats.__table__)
 
 
 def _admit_call() -> Any:
@@ -230,13 +226,21 @@ class Standing:
 
 def standing(*, session: Session, request_id: uuid.UUID) -> Standing | None:
     """Whose request this is and where it stands, two columns rather than the row: what a
-    follower's handshake needs (the owner never changes)."""
-    row = session.execute(
-        select(InferenceRequest.user_id, InferenceRequest.status).where(
-            InferenceRequest.id == request_id
-        )
-    ).one_or_none()
+    follower's handshake needs (the owner never changes). A call of request_standing()
+    (migration 0012): planned once per connection, where the lookup itself was planned at
+    every handshake for six times what it took to run."""
+    row = session.execute(_STANDING, {"request_id": request_id}).one_or_none()
     return None if row is None else Standing(owner=row[0], status=row[1])
+
+
+_STANDING = (
+    text("SELECT * FROM request_standing(:request_id)")
+    .bindparams(bindparam("request_id", type_=InferenceRequest.id.type))
+    .columns(
+        column("owner_id", InferenceRequest.user_id.type),
+        column("job_status", InferenceRequest.status.type),
+    )
+)
 
 
 class AtRunningCap(Exception):
@@ -483,27 +487,27 @@ def finish(
     outcome: Outcome,
     first_token_at: datetime | None = None,
 ) -> bool:
-    """Write the result once, if the job is still ours, and count it in the day's usage:
-    one statement (the usage upsert feeds on the update's RETURNING, so a job that is no
-    longer ours counts nowhere)."""
+    """Write the result once, if the job is still ours, and only then count it in the day's
+    usage (its model's, its owner's tokens, its API key's): one call of the finish_job()
+    function (migration 0012), one round trip, its statements planned once per
+    connection."""
     metrics = outcome.metrics or {}
     params = {
-        "f_request_id": job.id,
-        "f_worker": worker_name,
-        "f_attempt": job.attempt,
-        "f_status": str(outcome.status),
-        "f_output": outcome.output,
-        "f_output_message": outcome.output_message,
-        "f_done_reason": outcome.done_reason,
-        "f_error": outcome.error,
-        "f_error_code": outcome.error_code,
-        "f_first_token_at": first_token_at,
+        "request_id": job.id,
+        "worker": worker_name,
+        "attempt": job.attempt,
+        "status": str(outcome.status),
+        "output": outcome.output,
+        "output_message": outcome.output_message,
+        "done_reason": outcome.done_reason,
+        "error": outcome.error,
+        "error_code": outcome.error_code,
+        "first_token_at": first_token_at,
         **{f"m_{name}": metrics.get(name) for name in METRIC_COLUMNS},
+        "day": utcnow().date(),
         **{f"u_{name}": value for name, value in _usage_counts(job, outcome).items()},
-        "u_model_name": job.model_name,
-        "u_day": utcnow().date(),
     }
-    return bool(session.connection().execute(_finish_statement(), params).scalar())
+    return bool(session.connection().execute(_FINISH, params).scalar())
 
 
 USAGE_COUNTS = (
@@ -532,66 +536,35 @@ def _usage_counts(job: ClaimedJob, outcome: Outcome) -> dict[str, int]:
     }
 
 
-@cache
-def _finish_statement() -> Any:
-    finished = (
-        update(_REQUESTS)
-        .where(
-            InferenceRequest.id == bindparam("f_request_id"),
-            InferenceRequest.status == RequestStatus.RUNNING,
-            InferenceRequest.worker_name == bindparam("f_worker"),
-            InferenceRequest.attempt == bindparam("f_attempt"),
-        )
-        .values(
-            status=bindparam("f_status"),
-            output=bindparam("f_output"),
-            # SQL NULL for no message, as a plain None in values() would be (not JSON null).
-            output_message=bindparam("f_output_message", type_=JSONB(none_as_null=True)),
-            done_reason=bindparam("f_done_reason"),
-            error=bindparam("f_error"),
-            error_code=bindparam("f_error_code"),
-            completed_at=func.now(),
-            first_token_at=bindparam("f_first_token_at"),
-            lease_until=None,
-            **{name: bindparam(f"m_{name}") for name in METRIC_COLUMNS},
-        )
-        .returning(InferenceRequest.id, InferenceRequest.user_id, InferenceRequest.api_key_id)
-        .cte("finished")
+def _finish_call() -> Any:
+    """SELECT finish_job(...), each parameter cast to the type the function declares, in
+    the order it declares them (`finish` above names them)."""
+    table = InferenceRequest.__table__
+    job_columns = (
+        ("request_id", "id"),
+        ("worker", "worker_name"),
+        ("attempt", "attempt"),
+        ("status", "status"),
+        ("output", "output"),
+        ("output_message", "output_message"),
+        ("done_reason", "done_reason"),
+        ("error", "error"),
+        ("error_code", "error_code"),
+        ("first_token_at", "first_token_at"),
+        *((f"m_{name}", name) for name in METRIC_COLUMNS),
     )
-    # Add the job to its model's row for today (UTC), once per row the update returned.
-    table = ModelUsageStats.__table__
-    names = ["model_name", "day", *USAGE_COUNTS]
-    columns = [bindparam(f"u_{name}", type_=table.c[name].type).label(name) for name in names]
-    upsert = insert(_USAGE).from_select(names, select(*columns).select_from(finished))
-    usage = upsert.on_conflict_do_update(
-        index_elements=["model_name", "day"],
-        set_={name: table.c[name] + upsert.excluded[name] for name in USAGE_COUNTS}
-        | {"updated_at": func.now()},
-    ).cte("usage")
-    spent = bindparam("u_prompt_tokens", type_=BigInteger) + bindparam(
-        "u_completion_tokens", type_=BigInteger
-    )
-    by_user = _spend(UserTokenUsage, finished.c.user_id, spent, "by_user")
-    by_key = _spend(ApiKeyTokenUsage, finished.c.api_key_id, spent, "by_key")
-    return select(func.count()).select_from(finished).add_cte(usage, by_user, by_key)
+    dialect = postgresql.dialect()
+    typed = [(name, table.c[column].type) for name, column in job_columns]
+    typed.append(("day", Date()))
+    typed += [(f"u_{name}", BigInteger()) for name in USAGE_COUNTS]
+    casts = ", ".join(f"CAST(:{name} AS {type_.compile(dialect=dialect)})" for name, type_ in typed)
+    binds = [bindparam(name, type_=type_) for name, type_ in typed if name != "output_message"]
+    # SQL NULL for no message, as a plain None would be (not JSON null).
+    binds.append(bindparam("output_message", type_=JSONB(none_as_null=True)))
+    return text(f"SELECT finish_job({casts})").bindparams(*binds)
 
 
-def _spend(ledger: Any, owner: Any, tokens: Any, name: str) -> Any:
-    """Add a finished job's tokens to its owner's row of today in `ledger` (the daily token
-    quota reads it), if the job has such an owner."""
-    table = ledger.__table__
-    owner_column = table.primary_key.columns.values()[0].name
-    upsert = insert(table).from_select(
-        [owner_column, "day", "tokens", "jobs"],
-        select(owner, bindparam("u_day", type_=Date), tokens, literal(1)).where(owner.is_not(None)),
-    )
-    return upsert.on_conflict_do_update(
-        index_elements=[owner_column, "day"],
-        set_={
-            "tokens": table.c.tokens + upsert.excluded.tokens,
-            "jobs": table.c.jobs + upsert.excluded.jobs,
-        },
-    ).cte(name)
+_FINISH = _finish_call()
 
 
 def cancel(*, session: Session, request_id: uuid.UUID) -> str | None:

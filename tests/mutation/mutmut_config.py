@@ -31,8 +31,9 @@ TARGETS: dict[str, Target] = {
         ),
         only=frozenset(
             {
-                # The admission's and the fair claim's rules are SQL in migrations 0008 and
-                # 0009 (admit(), fair_claim()), which mutmut does not mutate.
+                # The admission's, the fair claim's and the finish's rules are SQL in
+                # migrations 0008, 0009 and 0012 (admit(), fair_claim(), finish_job()), which
+                # mutmut does not mutate.
                 "insert_if_servable",
                 "claim",
                 "_claim_statement",
@@ -40,7 +41,7 @@ TARGETS: dict[str, Target] = {
                 "renew_leases",
                 "finish",
                 "_usage_counts",
-                "_finish_statement",
+                "_finish_call",
                 "cancel",
             }
         ),

@@ -322,7 +322,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
     assert stored[-1]["status"] == "completed"
     assert [e["type"] for e in stored][:2] == ["status", "token"]  # the first token at once
     assert counts.transactions == 2, counts.statements  # claim; finish with usage
-    assert counts.statements == [*claim, "WITH"], counts.statements
+    assert counts.statements == [*claim, "SELECT"], counts.statements  # ..., finish_job(...)
     assert counts.in_transaction == 0  # both in autocommit: one round trip each
     assert counts.connections == 0
     with committed.unit_of_work() as session:
