@@ -15,7 +15,8 @@ tokens 2 ms apart with no extra delay before the first. LOG_LEVEL=INFO everywher
 production default), the rate limiter on (limits too high to refuse anything).
 
 Paths, each streamed to its end: `rest` (POST /api/v1/inference/generate with a JWT, then
-/ws/inference/<id> over a WebSocket until the final status), `rest-key` (the same with an
+/ws/inference/<id> over a WebSocket until the final status, resumed with ?after= after a
+1013 or 1001 close), `rest-key` (the same with an
 API key), `ollama` (the official `ollama` client's generate(stream=True) through the Ollama
 door, with an API key) and `openai` (the official `openai` client's
 chat.completions.create(stream=True) through the OpenAI door). Per path: a warm-up, then a
