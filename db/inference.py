@@ -31,10 +31,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import (
-    InferenceRequest,
-    RequestStatus,
-)
+from db.models import InferenceRequest, RequestStatus
 
 
 @dataclass(frozen=True)
@@ -175,10 +172,10 @@ _NEW_REQUEST_COLUMNS = (
 
 
 # The hot path's statements are built once, with parameters for their values: building one
-# costs more CPU than PostgreSQL spends running it (2-3 ms for the finish's CTEs when it was
-# a statement), and a statement object reused keeps its cache key. They target the tables and
-# run on the session's connection (Core): an ORM statement given parameters would mean a bulk
-# write.
+# costs more CPU than PostgreSQL spends running it (2-3 ms for the finish when it was one
+# statement of CTEs), and a statement object reused keeps its cache key. They target the
+# tables and run on the session's connection (Core): an ORM statement given parameters would
+# mean a bulk write.
 _REQUESTS = cast(Table, InferenceRequest.__table__)
 
 
