@@ -551,7 +551,12 @@ def _finish_call() -> Any:
         *((f"m_{name}", name) for name in METRIC_COLUMNS),
     )
     dialect = postgresql.dialect()
-    typed = [(name, table.c[column].type) for name, column in job_columns]
+    # Strings as plain VARCHAR, not the column's VARCHAR(n): a cast to VARCHAR(n) cuts a longer
+    # value short without a word, where the column refuses it (as the update always did).
+    typed = [
+        (name, String() if type(table.c[column].type) is String else table.c[column].type)
+        for name, column in job_columns
+    ]
     typed.append(("day", Date()))
     typed += [(f"u_{name}", BigInteger()) for name in USAGE_COUNTS]
     casts = ", ".join(f"CAST(:{name} AS {type_.compile(dialect=dialect)})" for name, type_ in typed)

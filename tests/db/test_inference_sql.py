@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -511,6 +512,16 @@ def test_a_result_without_a_message_stores_sql_null(db_session: Session) -> None
         select(InferenceRequest.output_message.is_(None)).where(InferenceRequest.id == row.id)
     )
     assert is_null is True
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut_short(db_session: Session) -> None:
+    """The finish's parameters are plain VARCHAR: a cast to the column's VARCHAR(32) would
+    store the first 32 characters of an engine's done_reason and say nothing."""
+    row = _running()
+    outcome = Outcome(status=RequestStatus.COMPLETED, output="done", done_reason="x" * 40)
+    with pytest.raises(DataError, match="too long"), db_session.begin_nested():
+        finish(session=db_session, job=_claimed(row), worker_name="w", outcome=outcome)
+    assert _row(db_session, row.id).status == RequestStatus.RUNNING
 
 
 def test_finish_touches_only_its_own_job(db_session: Session) -> None:

@@ -97,6 +97,23 @@ BEGIN
         RETURN false;  -- no longer ours (swept, handed back, or another attempt's): no usage
     END IF;
 
+    -- The rows in the order the statement this replaces wrote them (its CTEs ran last
+    -- first; seen on PostgreSQL 15 with triggers logging each insert): the key's, the
+    -- owner's, then the model's day, which every finish of the model shares, held for the
+    -- shortest time. Workers of both versions, during a rolling update, lock in one order.
+    IF v_api_key_id IS NOT NULL THEN
+        INSERT INTO api_key_token_usage AS t (api_key_id, day, tokens, jobs)
+        VALUES (v_api_key_id, p_day, v_spent, 1)
+        ON CONFLICT (api_key_id, day) DO UPDATE SET
+            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
+    END IF;
+    IF v_user_id IS NOT NULL THEN
+        INSERT INTO user_token_usage AS t (user_id, day, tokens, jobs)
+        VALUES (v_user_id, p_day, v_spent, 1)
+        ON CONFLICT (user_id, day) DO UPDATE SET
+            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
+    END IF;
+
     INSERT INTO model_usage_stats AS u (
         model_name, day, requests, completed, errors, cancelled,
         prompt_tokens, completion_tokens, total_duration_ns, queue_wait_ms
@@ -114,19 +131,6 @@ BEGIN
         total_duration_ns = u.total_duration_ns + excluded.total_duration_ns,
         queue_wait_ms = u.queue_wait_ms + excluded.queue_wait_ms,
         updated_at = now();
-
-    IF v_user_id IS NOT NULL THEN
-        INSERT INTO user_token_usage AS t (user_id, day, tokens, jobs)
-        VALUES (v_user_id, p_day, v_spent, 1)
-        ON CONFLICT (user_id, day) DO UPDATE SET
-            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
-    END IF;
-    IF v_api_key_id IS NOT NULL THEN
-        INSERT INTO api_key_token_usage AS t (api_key_id, day, tokens, jobs)
-        VALUES (v_api_key_id, p_day, v_spent, 1)
-        ON CONFLICT (api_key_id, day) DO UPDATE SET
-            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
-    END IF;
     RETURN true;
 END
 $$
