@@ -15,8 +15,8 @@ tokens 2 ms apart with no extra delay before the first. LOG_LEVEL=INFO everywher
 production default), the rate limiter on (limits too high to refuse anything).
 
 Paths, each streamed to its end: `rest` (POST /api/v1/inference/generate with a JWT, then
-/ws/inference/<id> over a WebSocket until the final status, resumed with ?after= after a
-1013 or 1001 close), `rest-key` (the same with an
+/ws/inference/<id> over a WebSocket until the final status, resumed with ?after= when
+closed for being too slow or by a shutdown), `rest-key` (the same with an
 API key), `ollama` (the official `ollama` client's generate(stream=True) through the Ollama
 door, with an API key) and `openai` (the official `openai` client's
 chat.completions.create(stream=True) through the OpenAI door). Per path: a warm-up, then a
@@ -140,9 +140,10 @@ def openai_job(client: openai.OpenAI) -> Job:
     return job
 
 
-# Close codes after which a client reconnects and resumes with ?after=<last seq>: too slow to
-# keep up (or the event feed is down), and the server going away.
-RESUMABLE = {1013, 1001}
+# Closes after which a client reconnects at once and resumes with ?after=<last seq>, by code
+# and reason (web/realtime/socket.py): too slow to keep up, and the server going away. Other
+# 1013s are refusals (a quota, a dependency down) that a client should not retry at once.
+RESUMABLE = {(1013, "slow_consumer"), (1001, "server_shutdown")}
 MAX_RESUMES = 3
 
 
@@ -159,8 +160,8 @@ class Followed:
 
 
 def follow_socket(base: str, job_id: str, credential: str) -> Followed:
-    """Follow a job as a native client does: a socket closed with 1013 or 1001 is opened
-    again with ?after=<last seq>, and a `final` frame (the stored request, when its end was
+    """Follow a job as a native client does: a socket closed for being too slow, or by a
+    server shutting down, is opened again with ?after=<last seq>, and a `final` frame (the stored request, when its end was
     not announced) ends it as its status would. The first token is the first `token` frame."""
     got = Followed()
     for resumes in range(MAX_RESUMES + 1):
@@ -177,15 +178,16 @@ def follow_socket(base: str, job_id: str, credential: str) -> Followed:
                 elif frame.get("type") == "status" and frame.get("status") in TERMINAL:
                     got.status = frame["status"]
                 elif frame.get("type") == "final":
-                    got.status, got.text = frame["request"]["status"], [frame["request"]["output"]]
+                    stored = frame["request"]
+                    got.status, got.text = stored["status"], [stored.get("output") or ""]
         finally:
             ws.close()
-        if got.status is not None or closed.close_code not in RESUMABLE:
+        if got.status is not None or (closed.close_code, closed.close_reason) not in RESUMABLE:
             break
     if got.status is None:
         raise RuntimeError(
             f"the socket closed before the final status ({closed.close_code}"
-            f" {closed.close_reason!r})"
+            f" {closed.close_reason!r}, after {got.resumes} resume(s))"
         )
     return got
 
