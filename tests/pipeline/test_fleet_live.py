@@ -46,6 +46,9 @@ def _model_id(api: FlaskClient, headers: dict[str, str], name: str) -> str | Non
 
 
 def _events(redis: Redis, topic: str) -> Any:
+    """The topic's news as published. Redis pub/sub channels are shared by every logical
+    database of the server: the in-process lane (tests/lanes.py), on a database of its own,
+    publishes model news of its own here too. Match events by their model, not only by type."""
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"omx:topic:{topic}")
     return pubsub
@@ -62,6 +65,11 @@ def _collect(pubsub: Any, until: Callable[[dict[str, Any]], bool], timeout: floa
         if until(seen[-1]):
             return seen
     raise AssertionError(f"no matching event; saw {seen[-5:]}")
+
+
+def ended(model: str) -> Callable[[dict[str, Any]], bool]:
+    """The end of a pull of `model`, as its worker announces it."""
+    return lambda e: e["type"] in ("pulled", "pull_failed") and e.get("model") == model
 
 
 def test_models_on_a_workers_engine_appear_by_themselves(
@@ -92,7 +100,9 @@ def test_a_pull_streams_progress_and_the_replica_becomes_available(
     )
     assert pulled.status_code == 202
 
-    seen = _collect(news, lambda e: e["type"] in ("pulled", "pull_failed"))
+    seen = [
+        e for e in _collect(news, ended("phi4-mini:latest")) if e.get("model") == "phi4-mini:latest"
+    ]
     assert seen[-1]["type"] == "pulled"
     progress = [e for e in seen if e["type"] == "pull_progress" and e.get("total")]
     assert progress
@@ -132,8 +142,11 @@ def test_a_worker_refuses_a_pull_from_a_registry_not_allowed(
     news = _events(redis_client, "model_update")
     node_id = _node_id(api, operator_headers, "fleet-w1")
     celery = api.application.extensions["celery"]
-    assert publish_to_node(celery, MODEL_PULL, ["evil.example/ns/model", node_id], "fleet-w1")
-    seen = _collect(news, lambda e: e["type"] in ("pull_failed", "pull_started"))
+    model = "evil.example/ns/model"
+    assert publish_to_node(celery, MODEL_PULL, [model, node_id], "fleet-w1")
+    seen = _collect(
+        news, lambda e: e["type"] in ("pull_failed", "pull_started") and e.get("model") == model
+    )
     assert seen[-1]["type"] == "pull_failed"
     assert "evil.example" in seen[-1]["error"]
     assert "refusing to pull evil.example/ns/model" in node.log()
