@@ -16,9 +16,9 @@ production default), the rate limiter on (limits too high to refuse anything).
 
 Paths, each streamed to its end: `rest` (POST /api/v1/inference/generate with a JWT, then
 /ws/inference/<id> over a WebSocket until the final status, resumed with ?after= when
-closed for being too slow or by a shutdown), `rest-key` (the same with an
-API key), `ollama` (the official `ollama` client's generate(stream=True) through the Ollama
-door, with an API key) and `openai` (the official `openai` client's
+closed for being too slow or by a shutdown), `rest-key` (the same with an API key),
+`ollama` (the official `ollama` client's generate(stream=True) through the Ollama door,
+with an API key) and `openai` (the official `openai` client's
 chat.completions.create(stream=True) through the OpenAI door). Per path: a warm-up, then a
 batch at each caller count; before each batch, the double called directly with the same
 client (the `ollama` client for `rest`) at the same concurrency, for the time to first token
@@ -161,8 +161,9 @@ class Followed:
 
 def follow_socket(base: str, job_id: str, credential: str) -> Followed:
     """Follow a job as a native client does: a socket closed for being too slow, or by a
-    server shutting down, is opened again with ?after=<last seq>, and a `final` frame (the stored request, when its end was
-    not announced) ends it as its status would. The first token is the first `token` frame."""
+    server shutting down, is opened again with ?after=<last seq>, and a `final` frame (the
+    stored request, when its end was not announced) ends it as its status would. The first
+    token is the first `token` frame."""
     got = Followed()
     for resumes in range(MAX_RESUMES + 1):
         got.resumes = resumes

@@ -27,8 +27,8 @@ def redis_requests(b: dict[str, Any]) -> float | str:
 
 
 def socket_resumes(b: dict[str, Any]) -> float | str:
-    """WebSockets the REST jobs opened again (closed with 1013 or 1001; the doors have none);
-    "-" for a run from before this figure existed."""
+    """WebSockets the REST jobs opened again (closed for being too slow or by a shutdown;
+    the doors have none); "-" for a run from before this figure existed."""
     return cast(float | str, b.get("socket_resumes", "-"))
 
 

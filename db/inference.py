@@ -550,20 +550,24 @@ def _finish_call() -> Any:
         ("first_token_at", "first_token_at"),
         *((f"m_{name}", name) for name in METRIC_COLUMNS),
     )
-    dialect = postgresql.dialect()
-    # Strings as plain VARCHAR, not the column's VARCHAR(n): a cast to VARCHAR(n) cuts a longer
-    # value short without a word, where the column refuses it (as the update always did).
-    typed = [
-        (name, String() if type(table.c[column].type) is String else table.c[column].type)
-        for name, column in job_columns
-    ]
+    typed = [(name, _as_parameter(table.c[column].type)) for name, column in job_columns]
     typed.append(("day", Date()))
     typed += [(f"u_{name}", BigInteger()) for name in USAGE_COUNTS]
+    dialect = postgresql.dialect()
     casts = ", ".join(f"CAST(:{name} AS {type_.compile(dialect=dialect)})" for name, type_ in typed)
-    binds = [bindparam(name, type_=type_) for name, type_ in typed if name != "output_message"]
-    # SQL NULL for no message, as a plain None would be (not JSON null).
-    binds.append(bindparam("output_message", type_=JSONB(none_as_null=True)))
+    binds = [bindparam(name, type_=type_) for name, type_ in typed]
     return text(f"SELECT finish_job({casts})").bindparams(*binds)
+
+
+def _as_parameter(column_type: Any) -> Any:
+    """A column's type as finish_job() takes it. Strings as plain VARCHAR, not VARCHAR(n): a
+    cast to VARCHAR(n) cuts a longer value short without a word, where the column refuses it
+    (as the update always did). JSONB with SQL NULL for no message (not JSON null)."""
+    if type(column_type) is String:
+        return String()
+    if isinstance(column_type, JSONB):
+        return JSONB(none_as_null=True)
+    return column_type
 
 
 _FINISH = _finish_call()

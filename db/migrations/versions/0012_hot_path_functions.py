@@ -36,7 +36,21 @@ FINISH_SIGNATURE = (
     " date, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint)"
 )
 
-CREATE_FINISH = """
+
+def _spend(ledger: str, owner: str) -> str:
+    """Add the job's tokens to its owner's row of today in `ledger` (the daily token quota
+    reads it), if the job has such an owner; `owner` is the ledger's key column, and the
+    function's variable v_<owner> holds it."""
+    return f"""\
+    IF v_{owner} IS NOT NULL THEN
+        INSERT INTO {ledger} AS t ({owner}, day, tokens, jobs)
+        VALUES (v_{owner}, p_day, v_spent, 1)
+        ON CONFLICT ({owner}, day) DO UPDATE SET
+            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
+    END IF;"""
+
+
+CREATE_FINISH = f"""
 CREATE FUNCTION finish_job(
     p_request_id uuid,
     p_worker character varying,
@@ -101,18 +115,8 @@ BEGIN
     -- first; seen on PostgreSQL 15 with triggers logging each insert): the key's, the
     -- owner's, then the model's day, which every finish of the model shares, held for the
     -- shortest time. Workers of both versions, during a rolling update, lock in one order.
-    IF v_api_key_id IS NOT NULL THEN
-        INSERT INTO api_key_token_usage AS t (api_key_id, day, tokens, jobs)
-        VALUES (v_api_key_id, p_day, v_spent, 1)
-        ON CONFLICT (api_key_id, day) DO UPDATE SET
-            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
-    END IF;
-    IF v_user_id IS NOT NULL THEN
-        INSERT INTO user_token_usage AS t (user_id, day, tokens, jobs)
-        VALUES (v_user_id, p_day, v_spent, 1)
-        ON CONFLICT (user_id, day) DO UPDATE SET
-            tokens = t.tokens + excluded.tokens, jobs = t.jobs + excluded.jobs;
-    END IF;
+{_spend("api_key_token_usage", "api_key_id")}
+{_spend("user_token_usage", "user_id")}
 
     INSERT INTO model_usage_stats AS u (
         model_name, day, requests, completed, errors, cancelled,
