@@ -132,6 +132,11 @@ class Knobs:
     # runs out (Ollama's default, 5 minutes); keep_alive 0 unloads it after the answer.
     load_delay_s: float = 0.0
     size_vram: int = 3340000000  # what a loaded model takes in GPU memory (/api/ps)
+    # An engine's odd answer, for the worker's side of it: these pieces of text instead of
+    # the prompt's own tokens (a NUL, say), and fields laid over the final chunk's (a
+    # done_reason no engine we know sends, a count out of PostgreSQL's range).
+    tokens: list[str] | None = None
+    final_fields: dict[str, Any] | None = None
 
 
 DEFAULT_KEEP_ALIVE_S = 300.0

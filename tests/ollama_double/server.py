@@ -351,7 +351,8 @@ class OllamaHandler(BaseHTTPRequestHandler):
             requested=requested,
             chat=chat,
             prompt=prompt,
-            tokens=tokens_for(prompt, limit if limit > 0 else state.knobs.default_tokens),
+            tokens=state.knobs.tokens
+            or tokens_for(prompt, limit if limit > 0 else state.knobs.default_tokens),
             done_reason="length" if limit > 0 else "stop",
             calls=self._tool_calls(body) if chat else [],
             started=started,
@@ -441,8 +442,9 @@ class OllamaHandler(BaseHTTPRequestHandler):
         call_id = "call_" + hashlib.sha256(name.encode()).hexdigest()[:8]
         return [{"id": call_id, "function": {"index": 0, "name": name, "arguments": arguments}}]
 
-    @staticmethod
-    def _metrics(answer: _Answer, count: int, eval_started: int | None = None) -> dict[str, Any]:
+    def _metrics(
+        self, answer: _Answer, count: int, eval_started: int | None = None
+    ) -> dict[str, Any]:
         now = time.monotonic_ns()
         loaded_at = answer.started + answer.load_ns
         eval_started = eval_started or loaded_at
@@ -454,6 +456,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
             "prompt_eval_duration": max(1, eval_started - loaded_at),
             "eval_count": count,
             "eval_duration": max(1, now - eval_started),
+            **(self.server.state.knobs.final_fields or {}),
         }
 
 

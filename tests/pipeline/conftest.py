@@ -94,6 +94,8 @@ class Double:
             missing_from_registry=[],
             stall_s=30.0,
             load_delay_s=0.0,
+            tokens=None,
+            final_fields=None,
             models=list(MODELS),
         )
 

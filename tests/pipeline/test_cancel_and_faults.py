@@ -170,3 +170,47 @@ def test_a_cancel_during_a_slow_first_token_ends_the_job(
     result = finished(api, user_headers, job["id"])
     assert result["status"] == "cancelled"
     assert len(result["output"] or "") < 20  # stopped at the first chunk, not at the end
+
+
+def test_a_nul_from_the_engine_reaches_readers_and_the_row_as_a_replacement_character(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    # PostgreSQL keeps no NUL in text; a model can emit one.
+    double.configure(tokens=["byte", "\x00", "fallback"])
+    job = submit(api, user_headers, kind="chat")
+    result = finished(api, user_headers, job["id"])
+    assert result["status"] == "completed", result
+    assert result["output"] == result["output_message"]["content"] == "byte\ufffdfallback"
+    assert tokens_seen(api, job["id"]) == "byte\ufffdfallback"
+
+
+def test_a_done_reason_longer_than_its_column_is_kept_cut_to_fit(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    said = "stopped_because_an_engine_we_do_not_know_said_so"
+    double.configure(final_fields={"done_reason": said})
+    job = submit(api, user_headers)
+    result = finished(api, user_headers, job["id"])
+    assert result["status"] == "completed", result
+    assert result["done_reason"] == said[:32]
+    assert result["attempt"] == 1
+    assert [e["done_reason"] for e in events_of(api, job["id"]) if e["type"] == "done"] == [
+        said[:32]
+    ]
+
+
+def test_an_answer_postgresql_refuses_fails_the_job_at_once_saying_so(
+    api: FlaskClient, user_headers: dict[str, str], worker: Worker, double: Double
+) -> None:
+    # An eval_count past the column's range: left running, the job would wait for the lease
+    # sweep and fail the same way on every attempt.
+    double.configure(final_fields={"eval_count": 2**40})
+    job = submit(api, user_headers)
+    result = finished(api, user_headers, job["id"])
+    assert (result["status"], result["error_code"], result["attempt"]) == (
+        "failed",
+        "unstorable_result",
+        1,
+    )
+    assert "out of range" in result["error"]
+    assert events_of(api, job["id"])[-1]["error_code"] == "unstorable_result"

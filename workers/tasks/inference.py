@@ -23,13 +23,14 @@ import random
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from celery import Task, shared_task
+from sqlalchemy import String
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.inference import AtRunningCap, ClaimedJob, FairShare, Outcome, claim, finish
-from db.models import RequestStatus
+from db.models import InferenceRequest, RequestStatus
 from db.recovery import hand_back
 from workers import metrics, routing, runtime
 from workers.dispatch import hand_to_node, republish
@@ -73,6 +74,17 @@ class HandBack(Exception):
 class EngineDown(Exception):
     """The engine does not answer: the job goes back to the queue, not to its end."""
 
+
+# A done_reason is the engine's word, kept as said up to its column's width: Ollama and the
+# OpenAI-compatible servers we know say stop, length, load or unload, and a longer word from
+# another engine must not make the result unstorable.
+DONE_REASON_WIDTH = cast(String, InferenceRequest.__table__.c.done_reason.type).length
+# PostgreSQL keeps no NUL in text, nor \u0000 in JSONB, and a model can emit one (a
+# tokenizer's byte fallback): readers and the stored result get U+FFFD instead, as a text
+# decoder shows a byte it cannot read.
+NUL, REPLACEMENT = "\x00", "\ufffd"
+# The error code of a job whose result PostgreSQL refused (see _store).
+UNSTORABLE = "unstorable_result"
 
 # Retrying the claim (PostgreSQL unreachable before it): the task's countdown, doubled per retry.
 CLAIM_RETRY_S, CLAIM_RETRY_MAX_S, CLAIM_RETRIES = 1.0, 60.0, 8
@@ -201,15 +213,15 @@ class JobRunner:
                     self.rt.engine_health.report_up()
                 self._check()
                 _accumulate(extras, chunk.message_extras)
-                if chunk.text:
+                if text := _without_nul(chunk.text):
                     first = self.first_token_at is None
                     if first:
                         self.first_token_at = datetime.now(UTC)
                         self.seconds_to_first_token = time.monotonic() - self.started_monotonic
                     if not self.pending:
                         pending_since = time.monotonic()
-                    self.parts.append(chunk.text)
-                    self.pending.append(chunk.text)
+                    self.parts.append(text)
+                    self.pending.append(text)
                     due = first or time.monotonic() - pending_since >= coalesce_s
                     if not chunk.done and due and self.events.ready():
                         self._publish_pending()
@@ -219,7 +231,7 @@ class JobRunner:
                     return Outcome(
                         RequestStatus.COMPLETED,
                         output="".join(self.parts),
-                        done_reason=chunk.done_reason,
+                        done_reason=chunk.done_reason and chunk.done_reason[:DONE_REASON_WIDTH],
                         metrics=chunk.metrics,
                         output_message=message,
                     )
@@ -272,10 +284,14 @@ class JobRunner:
         return events
 
 
+def _without_nul(text: str) -> str:
+    return text.replace(NUL, REPLACEMENT) if NUL in text else text
+
+
 def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
     """Chat extras arrive in pieces: thinking text is a delta, tool calls come one by one."""
     if "thinking" in delta:
-        extras["thinking"] = extras.get("thinking", "") + delta["thinking"]
+        extras["thinking"] = extras.get("thinking", "") + _without_nul(delta["thinking"] or "")
     if "tool_calls" in delta:
         extras.setdefault("tool_calls", []).extend(delta["tool_calls"])
     if "embeddings" in delta:  # an embedding job's one answer
@@ -374,8 +390,10 @@ def _execute(rt: Runtime, job: ClaimedJob, watch: JobWatch) -> None:
             error=f"internal error: {type(error).__name__}",
             error_code="internal_error",
         )
-    if not _store(rt, job, watch, outcome, runner.first_token_at):
+    stored = _store(rt, job, watch, outcome, runner.first_token_at)
+    if stored is None:
         return
+    outcome = stored
     # The rest of the text, `done`, the terminal status and the cancel flag's removal: one
     # round trip, once the result is stored (a reader told "completed" can read it).
     events.finish(runner.final_events(outcome), delete=[cancel_key(job.id)])
@@ -396,11 +414,15 @@ def _store(
     watch: JobWatch,
     outcome: Outcome,
     first_token_at: datetime | None,
-) -> bool:
-    """Write the outcome; True if this attempt's write won. While PostgreSQL is unreachable
-    the outcome is kept and written again, with backoff, for as long as the lease lasts: a
-    short outage never has the job generated twice. Past the lease the sweeper may have
-    given the job to another worker, and the fence in `finish` would refuse the write."""
+) -> Outcome | None:
+    """Write the outcome; what was stored if this attempt's write won, None if not. While
+    PostgreSQL is unreachable the outcome is kept and written again, with backoff, for as
+    long as the lease lasts: a short outage never has the job generated twice. Past the
+    lease the sweeper may have given the job to another worker, and the fence in `finish`
+    would refuse the write. An outcome PostgreSQL refuses for what it holds (a value out of
+    a column's range, a NUL in a tool call's arguments) ends the job as failed, saying so:
+    left running, it would wait for the lease sweep and fail the same way on every
+    attempt."""
     pause = STORE_RETRY_S
     while True:
         try:
@@ -418,7 +440,7 @@ def _store(
                     job.id,
                     job.attempt,
                 )
-            return stored
+            return outcome if stored else None
         except (OperationalError, InterfaceError) as error:
             left = watch.renewed_at + rt.settings.lease_ttl_s - time.monotonic()
             if left <= 0:
@@ -428,7 +450,7 @@ def _store(
                     job.id,
                     error.__class__.__name__,
                 )
-                return False
+                return None
             log.warning(
                 "request %s: storing its outcome failed (%s); trying again in %.1f s",
                 job.id,
@@ -437,6 +459,22 @@ def _store(
             )
             time.sleep(min(pause, left))
             pause = min(pause * 2, STORE_RETRY_MAX_S)
+        except Exception as error:  # DataError, or psycopg2's ValueError for a NUL
+            if outcome.error_code == UNSTORABLE:
+                raise  # even the bare failure was refused: a bug, for the lease sweep
+            log.exception("request %s: its outcome could not be stored", job.id)
+            outcome = Outcome(
+                RequestStatus.FAILED,
+                output="",
+                error=f"the engine's answer could not be stored: {_first_line(error)}",
+                error_code=UNSTORABLE,
+            )
+
+
+def _first_line(error: Exception) -> str:
+    """What PostgreSQL (or the driver) said, without SQLAlchemy's statement and parameters."""
+    cause = getattr(error, "orig", None) or error
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
 def _hand_back(
