@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from celery import Task, shared_task
 from sqlalchemy import String
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from db.inference import AtRunningCap, ClaimedJob, FairShare, Outcome, claim, finish
 from db.models import InferenceRequest, RequestStatus
@@ -459,7 +459,7 @@ def _store(
             )
             time.sleep(min(pause, left))
             pause = min(pause * 2, STORE_RETRY_MAX_S)
-        except Exception as error:  # DataError, or psycopg2's ValueError for a NUL
+        except (DataError, ValueError) as error:  # ValueError: psycopg2's, for a NUL
             if outcome.error_code == UNSTORABLE:
                 raise  # even the bare failure was refused: a bug, for the lease sweep
             log.exception("request %s: its outcome could not be stored", job.id)
