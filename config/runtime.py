@@ -144,7 +144,7 @@ class RuntimeConfig(BaseModel):
         return config.capped(settings)
 
     def capped(self, settings: Settings) -> RuntimeConfig:
-        # RabbitMQ's consumer_timeout and Celery's time limits are sized from the
+        # The broker's visibility timeout and Celery's time limits are sized from the
         # environment's MAX_GENERATION_S: the run-time value can lower it, not raise it.
         if self.max_generation_s > settings.max_generation_s:
             return self.model_copy(update={"max_generation_s": settings.max_generation_s})

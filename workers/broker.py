@@ -21,10 +21,7 @@ channel took its first message (kombu records each delivery through `conn_or_acq
 it never builds a pool again: a restore that cannot reach Redis raises a connection error,
 which Celery handles, and the message waits in the unacknowledged set for kombu's
 visibility timeout (the lease sweeper has the job anyway). tests/faults/test_broker_loss.py
-replays the sequence with kombu's transport and with this one. Our workers run without that
-emulation (workers/brokers.py), where the restore puts each held message back on its own
-and logs the ones it cannot (their jobs wait for our sweepers); the channel stays for its
-one publishing client and for a broker configured with the emulation.
+replays the sequence with kombu's transport and with this one.
 
 Used for `redis://` brokers only (workers/celery_app.py); `rediss://`, Sentinel and AMQP
 brokers keep kombu's own transports.

@@ -3,15 +3,8 @@ RabbitMQ (`CELERY_BROKER_URL=amqp://...`). Only the task queues move; Redis keep
 events, pub/sub, cancel flags, caches and rate limits either way (docs/deploy.md).
 
 Redis: kombu's Redis transport with our publishing client (workers/broker.py), ten
-priority steps per queue where step 0 is served first, and no acknowledgement emulation: a
-message a worker takes leaves Redis. kombu's emulation kept a copy of every delivered
-message in Redis (a MULTI/EXEC on receipt, another on the ack: two of a job's round trips,
-0.7 ms of the worker's CPU per job) to deliver it again after a visibility timeout, which
-our own recovery outruns: a job a dead worker was running is requeued by the lease sweep, a
-job whose message died with it, by the outbox sweep (LOST_DISPATCH_S, shorter than the
-timeout). A message a worker holds without running it (a countdown retry) goes back to its
-queue when the worker stops, from kombu's record of it in the worker's memory, as with the
-emulation (tests/pipeline/test_shutdown.py).
+priority steps per queue where step 0 is served first, and a visibility timeout longer than
+any generation, after which an unacknowledged message is delivered again.
 
 RabbitMQ: every queue is a durable classic queue with `x-max-priority` 9, where 9 is served
 first, and every declaration carries those arguments, whoever declares (the web when it
@@ -53,8 +46,9 @@ def broker_priority(api_priority: int, *, amqp: bool) -> int:
 
 def redelivery_timeout_s(settings: Settings) -> float:
     """How long a delivered job may stay unacknowledged before the broker may hand it to
-    another worker: longer than the longest generation allowed (celery#5935). RabbitMQ's
-    `consumer_timeout` must be at least this (the server's setting, docs/deploy.md)."""
+    another worker: longer than the longest generation allowed (celery#5935). Redis's
+    visibility timeout; RabbitMQ's `consumer_timeout` must be at least this (the server's
+    setting, docs/deploy.md)."""
     return settings.max_generation_s + 2 * settings.lease_ttl_s + 60
 
 
@@ -79,7 +73,7 @@ def celery_options(settings: Settings) -> dict[str, Any]:
             "workers.broker:Transport" if settings.broker_url.startswith("redis://") else None
         ),
         "broker_transport_options": {
-            "ack_emulation": False,  # see above; and no visibility timeout to outlive
+            "visibility_timeout": redelivery_timeout_s(settings),
             "priority_steps": PRIORITY_STEPS,
             # Keep kombu's default separator between a queue's name and its priority step:
             # ":" would clash with model tags ("model.llama3.2:latest"). Queues are served

@@ -54,15 +54,13 @@ def test_every_queue_is_declared_alike_on_rabbitmq() -> None:
     assert app.conf.worker_prefetch_multiplier == 1
 
 
-def test_redis_keeps_its_transport_and_priority_steps_without_ack_emulation() -> None:
+def test_redis_keeps_its_transport_priority_steps_and_visibility_timeout() -> None:
     settings = build_settings({"redis_url": "redis://127.0.0.1:6379/0"})
     app = create_celery_app(settings)
     assert app.conf.broker_transport == "workers.broker:Transport"
     options = app.conf.broker_transport_options
     assert options["priority_steps"] == list(range(10))
-    # Two round trips per job fewer; our sweepers recover what its timeout would have.
-    assert options["ack_emulation"] is False
-    assert "visibility_timeout" not in options
-    assert redelivery_timeout_s(settings) > settings.max_generation_s  # RabbitMQ's floor
+    assert options["visibility_timeout"] == redelivery_timeout_s(settings)
+    assert redelivery_timeout_s(settings) > settings.max_generation_s
     assert app.conf.task_queue_max_priority is None
     assert app.amqp.queues["default"].queue_arguments is None
