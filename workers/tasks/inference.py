@@ -285,7 +285,7 @@ class JobRunner:
 
 
 def _without_nul(text: str) -> str:
-    return text.replace(NUL, REPLACEMENT) if NUL in text else text
+    return text.replace(NUL, REPLACEMENT)
 
 
 def _accumulate(extras: dict[str, Any], delta: dict[str, Any]) -> None:
@@ -473,8 +473,8 @@ def _store(
 
 def _first_line(error: Exception) -> str:
     """What PostgreSQL (or the driver) said, without SQLAlchemy's statement and parameters."""
-    cause = getattr(error, "orig", None) or error
-    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    said = str(getattr(error, "orig", None) or error).strip()
+    return said.splitlines()[0] if said else type(error).__name__
 
 
 def _hand_back(
