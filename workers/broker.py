@@ -23,6 +23,19 @@ which Celery handles, and the message waits in the unacknowledged set for kombu'
 visibility timeout (the lease sweeper has the job anyway). tests/faults/test_broker_loss.py
 replays the sequence with kombu's transport and with this one.
 
+The channel also keeps kombu's acknowledgement emulation off the inference jobs. With
+`acks_late`, kombu records every message it delivers in Redis (a hash and a sorted set, one
+MULTI/EXEC) and removes the record on the ack (another), so that a message whose worker was
+killed is delivered again after the visibility timeout. An inference job needs no such
+record: its lease and the outbox sweep recover it sooner (`LOST_DISPATCH_S`, docs/pipeline.md),
+and the two round trips were a tenth of the worker's CPU per job (docs/benchmarks.md). Every
+other message (a model pull or delete on `node.<name>`, which no sweep covers; beat's
+sweeps) keeps its record, and the emulation's scan of old records goes on. Without a
+record, a held job still goes back to its queue when the channel closes (a stopping worker,
+a lost connection), from the copy in the worker's memory, at the front of its queue as a
+recorded one would; a restore stops at its first connection error, as the emulation's does,
+and leaves the rest to the sweeps.
+
 Used for `redis://` brokers only (workers/celery_app.py); `rediss://`, Sentinel and AMQP
 brokers keep kombu's own transports.
 """
@@ -33,11 +46,71 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kombu.transport import redis
+from kombu.transport import redis, virtual
 from kombu.utils.objects import cached_property
+
+from workers.dispatch import INFERENCE
+
+# Tasks whose messages kombu does not record on delivery: something else recovers them.
+SWEPT_TASKS = frozenset({INFERENCE})
+
+
+def _is_swept(message: Any) -> bool:
+    return message.headers.get("task") in SWEPT_TASKS
+
+
+class QoS(redis.QoS):  # type: ignore[misc]
+    """Kombu's Redis acknowledgement emulation for every message but the swept tasks'.
+
+    `_unrecorded` holds the delivery tags of the messages delivered without a record. The
+    consumer's thread adds to it; the job threads that acknowledge remove from it (a set's
+    add and discard are atomic in CPython, as kombu's own `_dirty` set relies on)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unrecorded: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if _is_swept(message):
+            self._unrecorded.add(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+        else:
+            super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if delivery_tag in self._unrecorded:
+            virtual.QoS.ack(self, delivery_tag)
+            self._unrecorded.discard(delivery_tag)
+        else:
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if delivery_tag in self._unrecorded:
+            # A requeue goes through Channel._restore, from the worker's copy.
+            virtual.QoS.reject(self, delivery_tag, requeue=requeue)
+            self._unrecorded.discard(delivery_tag)
+        else:
+            super().reject(delivery_tag, requeue=requeue)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """At the channel's close: every message delivered and not acknowledged goes back to
+        its queue, a recorded one from its record, the others from the worker's copy. The
+        first connection error ends it (and reaches Celery, which reconnects): the recorded
+        messages left wait for the visibility timeout, the others for the sweeps."""
+        self._flush()  # acknowledged since the last delivery: not to be restored
+        with self.channel.conn_or_acquire(client) as client:
+            for tag, message in list(self._delivered.items()):
+                if tag in self._unrecorded:
+                    self.channel._restore(message)
+                else:
+                    self.restore_by_tag(tag, client=client)
+        self._delivered.clear()
+        self._unrecorded.clear()
 
 
 class Channel(redis.Channel):  # type: ignore[misc]
+    QoS = QoS
+
     @cached_property
     def _publisher(self) -> Any:
         return self._create_client()
@@ -45,6 +118,19 @@ class Channel(redis.Channel):  # type: ignore[misc]
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         yield client or self._publisher
+
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        if message.delivery_tag not in self.qos._unrecorded:
+            super()._restore(message, leftmost)
+            return
+        # What kombu's restore of a recorded message does with the record, with the copy.
+        delivery = message.delivery_info
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            self._do_restore_message(
+                message._raw, delivery["exchange"], delivery["routing_key"], pipe, leftmost
+            )
+            pipe.execute()
 
 
 class Transport(redis.Transport):  # type: ignore[misc]

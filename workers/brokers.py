@@ -4,7 +4,8 @@ events, pub/sub, cancel flags, caches and rate limits either way (docs/deploy.md
 
 Redis: kombu's Redis transport with our publishing client (workers/broker.py), ten
 priority steps per queue where step 0 is served first, and a visibility timeout longer than
-any generation, after which an unacknowledged message is delivered again.
+any generation, after which an unacknowledged message is delivered again (every message but
+an inference job's, which the sweeps recover: workers/broker.py).
 
 RabbitMQ: every queue is a durable classic queue with `x-max-priority` 9, where 9 is served
 first, and every declaration carries those arguments, whoever declares (the web when it
