@@ -16,19 +16,20 @@ from `self.connection.client.hostname`, and so raises `AttributeError: 'NoneType
 no attribute 'hostname'`. Celery does not take that for a connection error: "Unrecoverable
 error", and the worker stops. The same read on a closed transport was kombu#582 (patched
 for the queue delete only) and kombu#970. It is still there in kombu 5.7.0, the newest
-release. Here the restore goes through the channel's one client instead, made when the
-channel took its first message (kombu records each delivery through `conn_or_acquire`), so
-it never builds a pool again: a restore that cannot reach Redis raises a connection error,
-which Celery handles, and the message waits in the unacknowledged set for kombu's
-visibility timeout (the lease sweeper has the job anyway). tests/faults/test_broker_loss.py
-replays the sequence with kombu's transport and with this one.
+release. Here the restore goes through the channel's one client instead, made as soon as
+the channel first talks to Redis (a consumer's queue declaration does), so it never builds
+a pool again: a restore that cannot reach Redis raises a connection error, which Celery
+handles; a recorded message waits in the unacknowledged set for kombu's visibility
+timeout, an inference job (below) for the sweeps. tests/faults/test_broker_loss.py replays
+the sequence with kombu's transport and with this one.
 
 The channel also keeps kombu's acknowledgement emulation off the inference jobs. With
 `acks_late`, kombu records every message it delivers in Redis (a hash and a sorted set, one
 MULTI/EXEC) and removes the record on the ack (another), so that a message whose worker was
 killed is delivered again after the visibility timeout. An inference job needs no such
-record: its lease and the outbox sweep recover it sooner (`LOST_DISPATCH_S`, docs/pipeline.md),
-and the two round trips were a tenth of the worker's CPU per job (docs/benchmarks.md). Every
+record: its lease recovers it once it runs, and the outbox sweep before that
+(`LOST_DISPATCH_S` after its last publish, docs/pipeline.md); the two round trips were a
+tenth of the worker's CPU per job (docs/benchmarks.md). Every
 other message (a model pull or delete on `node.<name>`, which no sweep covers; beat's
 sweeps) keeps its record, and the emulation's scan of old records goes on. Without a
 record, a held job still goes back to its queue when the channel closes (a stopping worker,
@@ -42,6 +43,7 @@ brokers keep kombu's own transports.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -120,17 +122,26 @@ class Channel(redis.Channel):  # type: ignore[misc]
         yield client or self._publisher
 
     def _restore(self, message: Any, leftmost: bool = False) -> None:
-        if message.delivery_tag not in self.qos._unrecorded:
+        if message.delivery_tag not in getattr(self.qos, "_unrecorded", ()):
+            # Recorded, or acknowledged meanwhile: kombu restores from the record, if any.
             super()._restore(message, leftmost)
             return
-        # What kombu's restore of a recorded message does with the record, with the copy.
+        # What kombu's restore of a recorded message does with the record, with a copy of
+        # the worker's (it marks the message redelivered; the running job holds this one).
         delivery = message.delivery_info
         with self.conn_or_acquire() as client:
             pipe = client.pipeline()
             self._do_restore_message(
-                message._raw, delivery["exchange"], delivery["routing_key"], pipe, leftmost
+                copy.deepcopy(message._raw),
+                delivery["exchange"],
+                delivery["routing_key"],
+                pipe,
+                leftmost,
             )
-            pipe.execute()
+            # A job that ended while the channel closed is not put back. (One that ends
+            # between this and the push still is: its claim refuses the duplicate.)
+            if message.delivery_tag not in self.qos._dirty:
+                pipe.execute()
 
 
 class Transport(redis.Transport):  # type: ignore[misc]

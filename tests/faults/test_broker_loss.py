@@ -133,8 +133,10 @@ def test_our_transport_closes_and_keeps_the_unacknowledged_message(broker: Broke
 
     _lose_the_connection_as_celery_does(connection)  # no AttributeError
     broker.start()
-    # The job's message is still held as unacknowledged, where kombu's visibility timeout
-    # restores it; a late ack (the job finished meanwhile) goes through the same client.
+    # The message (no task of ours: recorded, as a model pull is) is still held as
+    # unacknowledged, where kombu's visibility timeout restores it; a late ack (the job
+    # finished meanwhile) goes through the same client. An inference job's message has no
+    # record (tests/workers/test_broker_records.py).
     assert broker.cli("hlen", "unacked") == "1"
     message.ack()
     assert broker.cli("hlen", "unacked") == "0"

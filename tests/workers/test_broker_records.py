@@ -105,10 +105,12 @@ def test_a_closing_channel_puts_back_what_it_held_recorded_or_not(
 ) -> None:
     publish(broker)
     connection = Connection(broker.url, transport=TRANSPORT)
-    deliver_both(connection)
+    held = deliver_both(connection)
 
     connection.close()  # a stopping worker, or Celery's restart of its consumer
 
+    # The copy put back is marked redelivered; the one a running job holds is untouched.
+    assert "redelivered" not in held[INFERENCE].headers
     assert waiting(broker, JOBS) == 1
     assert waiting(broker, PULLS) == 1
     assert cli(broker, "hlen", "unacked") == 0
