@@ -29,13 +29,13 @@ MULTI/EXEC) and removes the record on the ack (another), so that a message whose
 killed is delivered again after the visibility timeout. An inference job needs no such
 record: its lease recovers it once it runs, and the outbox sweep before that
 (`LOST_DISPATCH_S` after its last publish, docs/pipeline.md); the two round trips were a
-tenth of the worker's CPU per job (docs/benchmarks.md). Every
-other message (a model pull or delete on `node.<name>`, which no sweep covers; beat's
-sweeps) keeps its record, and the emulation's scan of old records goes on. Without a
-record, a held job still goes back to its queue when the channel closes (a stopping worker,
-a lost connection), from the copy in the worker's memory, at the front of its queue as a
-recorded one would; a restore stops at its first connection error, as the emulation's does,
-and leaves the rest to the sweeps.
+tenth of the worker's CPU per job (docs/benchmarks.md). Every other message (a model pull
+or delete on `node.<name>`, which no sweep covers; beat's sweeps) keeps its record, and the
+emulation's scan of old records goes on. Without a record, a held job still goes back to
+its queue when the channel closes (a stopping worker; after a lost connection, if Redis
+answers by then), from a copy of the worker's message, where a recorded one would go; a
+restore stops at its first connection error, as the emulation's does, and leaves the rest
+to the sweeps (tests/workers/test_broker_records.py).
 
 Used for `redis://` brokers only (workers/celery_app.py); `rediss://`, Sentinel and AMQP
 brokers keep kombu's own transports.
