@@ -74,9 +74,8 @@ def records(broker: ThrowawayRedis) -> list[str]:
 
 def waiting(broker: ThrowawayRedis, queue: Queue) -> int:
     """Messages in a queue, all priority steps together."""
-    keys = cli(broker, "keys", f"{queue.name}*")
-    assert isinstance(keys, list)
-    return sum(int(cli(broker, "llen", key)) for key in keys)  # type: ignore[call-overload]
+    with broker.client() as client:
+        return sum(client.llen(key) for key in client.keys(f"{queue.name}*"))
 
 
 def test_only_the_pull_is_recorded_while_held_and_each_ack_clears_its_own(
