@@ -137,7 +137,13 @@ def main(argv: list[str] | None = None) -> None:
             database,
             worker_redis(settings.cache_url, settings.redis_timeout_s),
         ),
-        engine=make_engine(engine_kind, engine_url, settings, capabilities=args.capabilities),
+        engine=make_engine(
+            engine_kind,
+            engine_url,
+            settings,
+            capabilities=args.capabilities,
+            connections=args.slots + 2,  # the slots' streams, a pull and a probe
+        ),
         worker_name=celery_hostname,
         node_name=name,
         engine_url=engine_url,

@@ -9,11 +9,17 @@ from workers.engines.base import Engine
 
 
 def make_engine(
-    kind: str, url: str, settings: Settings, *, capabilities: Sequence[str] = ()
+    kind: str,
+    url: str,
+    settings: Settings,
+    *,
+    capabilities: Sequence[str] = (),
+    connections: int = 20,
 ) -> Engine:
     """The client for an engine of `kind` ("ollama" or "openai") at `url`. `capabilities`:
     what an OpenAI-compatible server's models can do, as the operator says (its protocol
-    says nothing); Ollama reports its own."""
+    says nothing); Ollama reports its own. `connections`: how many an Ollama client keeps
+    open (one per slot that streams at once)."""
     if kind == "openai":
         from workers.engines.openai import OpenAIEngine
 
@@ -31,4 +37,5 @@ def make_engine(
         url,
         stall_timeout_s=settings.engine_stall_timeout_s,
         listing_timeout_s=settings.engine_probe_timeout_s,
+        connections=connections,
     )

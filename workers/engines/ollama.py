@@ -22,6 +22,7 @@ from pydantic import ConfigDict
 
 from db.fleet import canonical_model_name
 from workers.engines.base import Chunk, EngineError, EngineModel, LoadedModel, answered_once
+from workers.engines.transport import Urllib3Transport
 
 METRICS = (
     "total_duration",
@@ -75,13 +76,18 @@ class OllamaEngine:
         stall_timeout_s: float,
         connect_timeout_s: float = 5.0,
         listing_timeout_s: float = 5.0,
+        connections: int = 20,
     ) -> None:
         self.url = url
+        # Generations (and pulls) read their streams through urllib3: httpx's own transport
+        # cost three times the CPU per streamed line (workers/engines/transport.py). A
+        # connection kept per slot.
         self.client = _Client(
             host=url,
             timeout=httpx.Timeout(
                 connect=connect_timeout_s, read=stall_timeout_s, write=30.0, pool=connect_timeout_s
             ),
+            transport=Urllib3Transport(pool_size=connections),
         )
         # Listings answer at once, or the engine is busy or hung: the heartbeat that asks
         # must not wait as long as a generation may be silent.

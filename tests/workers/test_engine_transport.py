@@ -1,0 +1,194 @@
+"""The Ollama engine's transport (workers/engines/transport.py): the official client reads
+the same answers over urllib3 as over httpx's own transport, keeps one connection per
+stream, hangs up on a stream it leaves, and reports every fault as httpx's transport did."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import ollama
+import pytest
+
+from tests.ollama_double.server import OllamaDouble
+from workers.engines.base import EngineError
+from workers.engines.ollama import OllamaEngine
+from workers.engines.transport import Urllib3Transport
+
+MODEL = "llama3.2:latest"
+ACCEPTED: list[int] = []  # one per connection the double accepted
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[OllamaDouble]:
+    double = OllamaDouble(("127.0.0.1", 0), [MODEL])
+    accept = double.get_request
+
+    def counted() -> tuple[socket.socket, object]:
+        ACCEPTED.append(1)
+        return accept()
+
+    double.get_request = counted  # type: ignore[method-assign]
+    thread = threading.Thread(target=double.serve_forever, daemon=True)
+    thread.start()
+    yield double
+    double.shutdown()
+
+
+@pytest.fixture
+def base(server: OllamaDouble) -> str:
+    server.state.configure(
+        {
+            "fault": None,
+            "token_delay_s": 0.0,
+            "default_tokens": 8,
+            "tool_arguments": None,
+            "stall_s": 30.0,
+        }
+    )
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _read(engine: OllamaEngine, kind: str, body: dict[str, object]) -> list[tuple[str, bool]]:
+    return [(chunk.text, chunk.done) for chunk in engine.stream(kind, {"model": MODEL, **body})]
+
+
+def _read_into(got: list[str], engine: OllamaEngine, body: dict[str, object]) -> None:
+    """A generation's text into `got`, chunk by chunk, until it ends or fails."""
+    for chunk in engine.stream("generate", {"model": MODEL, **body}):
+        got.append(chunk.text)
+
+
+def test_answers_read_the_same_as_through_httpxs_own_transport(base: str) -> None:
+    engine = OllamaEngine(base, stall_timeout_s=5)
+    official = ollama.Client(host=base)
+    said = [{"role": "user", "content": "the same either way"}]
+
+    chat = list(engine.stream("chat", {"model": MODEL, "messages": said}))
+    expected = list(official.chat(model=MODEL, messages=said, stream=True))
+    assert [c.text for c in chat] == [p.message.content for p in expected]
+    assert chat[-1].done
+    assert chat[-1].done_reason == expected[-1].done_reason == "stop"
+    assert chat[-1].metrics["eval_count"] == expected[-1].eval_count
+
+    generated = "".join(text for text, _ in _read(engine, "generate", {"prompt": "once more"}))
+    assert generated == official.generate(model=MODEL, prompt="once more").response
+    assert engine.version() == "0.13.0"
+    [vectors] = engine.stream("embed", {"model": MODEL, "input": ["a cat"]})
+    assert vectors.message_extras["embeddings"] == official.embed(MODEL, ["a cat"]).embeddings
+
+
+def test_a_tool_call_keeps_the_id_and_index_the_engine_sent(
+    server: OllamaDouble, base: str
+) -> None:
+    server.state.configure({"tool_arguments": {"city": "Oslo"}})
+    engine = OllamaEngine(base, stall_timeout_s=5)
+    said = [{"role": "user", "content": "weather?"}]
+    chunks = list(engine.stream("chat", {"model": MODEL, "messages": said, "tools": [WEATHER]}))
+    [call] = [c for chunk in chunks for c in chunk.message_extras.get("tool_calls", [])]
+    assert call["function"]["name"] == "get_weather"
+    assert call["function"]["arguments"] == {"city": "Oslo"}
+    assert "index" in call["function"]
+    assert call.get("id")
+
+
+def test_streams_one_after_another_share_one_connection(base: str) -> None:
+    engine = OllamaEngine(base, stall_timeout_s=5)
+    assert isinstance(engine.client._client._transport, Urllib3Transport)
+    before = len(ACCEPTED)
+    for n in range(3):
+        assert _read(engine, "generate", {"prompt": f"job {n}"})[-1][1] is True
+    assert len(ACCEPTED) - before == 1
+
+
+def test_a_stream_left_early_hangs_up_on_the_engine_and_its_connection_is_not_reused(
+    server: OllamaDouble, base: str
+) -> None:
+    server.state.configure({"token_delay_s": 0.05, "default_tokens": 100})
+    engine = OllamaEngine(base, stall_timeout_s=5)
+    before = len(ACCEPTED)
+    stream = engine.stream("generate", {"model": MODEL, "prompt": "leave early"})
+    next(stream)
+    stream.close()
+    noticed = threading.Event()
+    for _ in range(100):  # the double notices on its next write
+        if "leave early" in server.state.stats()["disconnects"]:
+            break
+        noticed.wait(0.05)
+    assert "leave early" in server.state.stats()["disconnects"]
+
+    server.state.configure({"token_delay_s": 0.0, "default_tokens": 3})
+    after = "".join(text for text, _ in _read(engine, "generate", {"prompt": "after"}))
+    assert after == ollama.Client(host=base).generate(model=MODEL, prompt="after").response
+    assert len(ACCEPTED) - before == 3  # the unread one was closed, not pooled
+
+
+def test_a_silent_stream_is_a_stall(server: OllamaDouble, base: str) -> None:
+    server.state.configure({"fault": "stall", "fault_after_tokens": 2, "stall_s": 3.0})
+    engine = OllamaEngine(base, stall_timeout_s=0.3)
+    got: list[str] = []
+    with pytest.raises(EngineError) as raised:
+        _read_into(got, engine, {"prompt": "go quiet"})
+    assert (raised.value.code, raised.value.retryable) == ("engine_stalled", True)
+    assert len(got) == 2
+
+
+def test_an_engine_error_before_and_during_the_stream_keeps_its_status(
+    server: OllamaDouble, base: str
+) -> None:
+    engine = OllamaEngine(base, stall_timeout_s=5)
+    server.state.configure({"fault": "503"})
+    with pytest.raises(EngineError) as before:
+        _read(engine, "generate", {"prompt": "busy"})
+    assert (before.value.code, before.value.retryable) == ("engine_503", True)
+
+    server.state.configure({"fault": "midstream_error", "fault_after_tokens": 2})
+    with pytest.raises(EngineError) as during:
+        _read(engine, "generate", {"prompt": "broken"})
+    assert (during.value.code, during.value.retryable) == ("engine_stream_error", True)
+
+
+def test_an_engine_that_does_not_listen_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    engine = OllamaEngine(f"http://127.0.0.1:{port}", stall_timeout_s=5)
+    with pytest.raises(EngineError) as raised:
+        _read(engine, "generate", {"prompt": "anyone?"})
+    assert (raised.value.code, raised.value.retryable) == ("engine_unreachable", True)
+    assert engine.version() is None
+
+
+def test_a_stream_cut_short_is_a_fault_worth_another_try() -> None:
+    """An engine that dies mid-answer: the body ends without its last chunk."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_then_die() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            line = b'{"model":"llama3.2:latest","response":"half","done":false}\n'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(line), line)
+            )
+
+    thread = threading.Thread(target=answer_then_die, daemon=True)
+    thread.start()
+    engine = OllamaEngine(f"http://127.0.0.1:{listener.getsockname()[1]}", stall_timeout_s=5)
+    got: list[str] = []
+    with pytest.raises(EngineError) as raised:
+        _read_into(got, engine, {"prompt": "die"})
+    thread.join(5)
+    listener.close()
+    assert got == ["half"]
+    assert (raised.value.code, raised.value.retryable) == ("engine_unreachable", True)

@@ -1,0 +1,115 @@
+"""An httpx transport over urllib3, for the engine's generation streams.
+
+The official `ollama` client speaks httpx, and httpx's own transport (httpcore, parsing HTTP
+in pure Python with h11) costs about 100 µs of CPU for every piece of a stream: a 20-token
+job's 21 lines took 2.1 ms of the worker's CPU in reading alone, before any JSON. urllib3
+reads a chunked body through the standard library's buffered socket file, and takes a
+third of that (docs/benchmarks.md, "The engine's stream over urllib3"). The client, its
+requests and its parsing stay the official client's; only the bytes on the wire come and go
+through urllib3 (httpx's documented extension point, `httpx.Client(transport=...)`).
+
+What httpx's transport guaranteed and callers rely on is kept:
+- httpx's exceptions: a connection refused is `httpx.ConnectError`, no connection in time
+  `httpx.ConnectTimeout`, a silent stream `httpx.ReadTimeout`, a stream cut short
+  `httpx.RemoteProtocolError` (workers/engines/ollama.py turns them into engine faults).
+- httpx's timeouts: the request's connect and read timeouts, the read one per socket read,
+  as httpcore applies it (a stall timeout, not a deadline).
+- Closing a response before its end closes its connection: Ollama stops generating when
+  its client goes away, and a connection with unread data must not be used again.
+- No retry, no redirect: a POST is sent once; the job runner decides what to try again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+READ_SIZE = 64 * 1024  # the most one read of a body that is not chunked returns
+
+
+@contextmanager
+def _translated(request: httpx.Request) -> Iterator[None]:
+    """urllib3's exceptions as the httpx ones httpx's own transport raises."""
+    try:
+        yield
+    except NewConnectionError as error:  # a subclass of ConnectTimeoutError, for history
+        raise httpx.ConnectError(str(error), request=request) from error
+    except ConnectTimeoutError as error:
+        raise httpx.ConnectTimeout(str(error), request=request) from error
+    except ReadTimeoutError as error:
+        raise httpx.ReadTimeout(str(error), request=request) from error
+    except ProtocolError as error:
+        raise httpx.RemoteProtocolError(str(error), request=request) from error
+    except (Urllib3Error, OSError) as error:
+        raise httpx.ReadError(str(error), request=request) from error
+
+
+class _Body(httpx.SyncByteStream):
+    """A response body read as it arrives, each chunk as the engine sent it."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, request: httpx.Request) -> None:
+        self._response, self._request = response, request
+        self._complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        response = self._response
+        with _translated(self._request):
+            if response.chunked:
+                yield from response.read_chunked(decode_content=False)
+            else:
+                while data := response.read1(READ_SIZE, decode_content=False):
+                    yield data
+        self._complete = True
+
+    def close(self) -> None:
+        if not self._complete:
+            # Left before its end: the rest of the answer would still arrive on this
+            # connection, so it is closed, not pooled, and the engine stops generating.
+            # (urllib3 closes it too once its reader is finalised; this does not wait.)
+            self._response.close()
+        self._response.release_conn()
+
+
+class Urllib3Transport(httpx.BaseTransport):
+    """Plain HTTP/1.1 over urllib3's connection pools: `pool_size` connections kept per
+    engine (more are opened when needed, and closed after use)."""
+
+    def __init__(self, *, pool_size: int) -> None:
+        self._pools = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        timeout = urllib3.Timeout(connect=timeouts.get("connect"), read=timeouts.get("read"))
+        with _translated(request):
+            response = self._pools.urlopen(
+                request.method,
+                str(request.url),
+                body=request.read() or None,
+                headers=urllib3.HTTPHeaderDict(request.headers.multi_items()),
+                redirect=False,
+                retries=False,
+                timeout=timeout,
+                preload_content=False,
+                decode_content=False,
+            )
+        reason = (response.reason or "").encode()
+        return httpx.Response(
+            response.status,
+            headers=list(response.headers.items()),
+            stream=_Body(response, request),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+    def close(self) -> None:
+        self._pools.clear()
