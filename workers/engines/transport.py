@@ -1,12 +1,13 @@
 """An httpx transport over urllib3, for the engine's generation streams.
 
 The official `ollama` client speaks httpx, and httpx's own transport (httpcore, parsing HTTP
-in pure Python with h11) costs about 100 µs of CPU for every piece of a stream: a 20-token
-job's 21 lines took 2.1 ms of the worker's CPU in reading alone, before any JSON. urllib3
-reads a chunked body through the standard library's buffered socket file, and takes a
-third of that (docs/benchmarks.md, "The engine's stream over urllib3"). The client, its
-requests and its parsing stay the official client's; only the bytes on the wire come and go
-through urllib3 (httpx's documented extension point, `httpx.Client(transport=...)`).
+in pure Python with h11) is most of what reading a stream costs the worker. urllib3 reads a
+chunked body through the standard library's buffered socket file instead: one 20-token job
+read through the client took 3.4 ms of CPU over httpx's transport and 2.8 over this one, the
+bare chunked read alone 1.2 (`python -m bench.engine_client`; docs/benchmarks.md, "The
+engine's stream over urllib3"). The client, its requests and its parsing stay the official
+client's; only the bytes on the wire go through urllib3, by httpx's documented extension
+point (`httpx.Client(transport=...)`).
 
 What httpx's transport guaranteed and callers rely on is kept:
 - httpx's exceptions: a connection refused is `httpx.ConnectError`, no connection in time
