@@ -4,17 +4,20 @@ stream, hangs up on a stream it leaves, and reports every fault as httpx's trans
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
+import httpx
 import ollama
 import pytest
 
 from tests.ollama_double.server import OllamaDouble
 from workers.engines.base import EngineError
 from workers.engines.ollama import OllamaEngine
-from workers.engines.transport import Urllib3Transport
+from workers.engines.transport import Urllib3Transport, environment_proxy
 
 MODEL = "llama3.2:latest"
 ACCEPTED: list[int] = []  # one per connection the double accepted
@@ -132,6 +135,26 @@ def test_a_stream_left_early_hangs_up_on_the_engine_and_its_connection_is_not_re
     assert len(ACCEPTED) - before == 3  # the unread one was closed, not pooled
 
 
+def test_a_response_closed_while_its_reader_lives_hangs_up_at_once(
+    server: OllamaDouble, base: str
+) -> None:
+    """The close itself hangs up: here nothing finalises the reader (which would also close
+    the socket), as when a job's runner leaves its stream for a cancel."""
+    server.state.configure({"token_delay_s": 0.05, "default_tokens": 100})
+    client = httpx.Client(base_url=base, transport=Urllib3Transport(pool_size=2))
+    body = {"model": MODEL, "prompt": "closed, reader kept", "stream": True}
+    with client.stream("POST", "/api/generate", json=body) as response:
+        reader = response.iter_raw()
+        next(reader)
+    noticed = threading.Event()
+    for _ in range(100):
+        if "closed, reader kept" in server.state.stats()["disconnects"]:
+            break
+        noticed.wait(0.05)
+    assert "closed, reader kept" in server.state.stats()["disconnects"]
+    assert reader is not None  # alive until here
+
+
 def test_a_silent_stream_is_a_stall(server: OllamaDouble, base: str) -> None:
     server.state.configure({"fault": "stall", "fault_after_tokens": 2, "stall_s": 3.0})
     engine = OllamaEngine(base, stall_timeout_s=0.3)
@@ -192,3 +215,97 @@ def test_a_stream_cut_short_is_a_fault_worth_another_try() -> None:
     listener.close()
     assert got == ["half"]
     assert (raised.value.code, raised.value.retryable) == ("engine_unreachable", True)
+
+
+def _one_connection_server(
+    serve: Callable[[socket.socket], None], receive_buffer: int | None = None
+) -> tuple[str, threading.Thread, socket.socket]:
+    """A server for one connection, answered by `serve`; its receive buffer fixed (and
+    small) when `receive_buffer` is given, so that a client's send has to wait for it."""
+    listener = socket.socket()
+    if receive_buffer is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def accept_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            serve(conn)
+
+    thread = threading.Thread(target=accept_once, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread, listener
+
+
+def test_a_request_body_the_engine_stops_taking_is_a_stall() -> None:
+    """An engine that takes the connection and then reads nothing: the body's send times out
+    as a write (a stall, tried again), not as a lost connection (an engine down)."""
+    gone = threading.Event()
+    base, thread, listener = _one_connection_server(lambda conn: gone.wait(10), 64 * 1024)
+    engine = OllamaEngine(base, stall_timeout_s=5, connect_timeout_s=0.5)
+    try:
+        with pytest.raises(EngineError) as raised:
+            _read(engine, "generate", {"prompt": "x" * (32 * 1024 * 1024)})
+    finally:
+        gone.set()
+        thread.join(5)
+        listener.close()
+    assert (raised.value.code, raised.value.retryable) == ("engine_stalled", True)
+
+
+def test_a_large_body_an_engine_reads_slowly_goes_out_whole() -> None:
+    """Each block of the body has the timeout, not the whole body: 12 MiB taken at about
+    6 MB/s, well past the half-second timeout in all, reaches the engine whole."""
+    received: list[int] = []
+
+    def read_slowly_then_answer(conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(65536)
+        head, body = head.split(b"\r\n\r\n", 1)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        size = len(body)
+        while size < length:
+            size += len(conn.recv(64 * 1024))
+            time.sleep(0.01)
+        received.append(size)
+        answer = json.dumps({"model": MODEL, "response": "ok", "done": True}).encode() + b"\n"
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+        )
+
+    base, thread, listener = _one_connection_server(read_slowly_then_answer, 64 * 1024)
+    engine = OllamaEngine(base, stall_timeout_s=5, connect_timeout_s=0.5)
+    prompt = "x" * (12 * 1024 * 1024)
+    try:
+        got = _read(engine, "generate", {"prompt": prompt})
+    finally:
+        thread.join(10)
+        listener.close()
+    assert got == [("ok", True)]
+    assert received[0] > len(prompt)
+
+
+def test_an_engine_behind_an_environment_proxy_keeps_httpxs_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx applies HTTP_PROXY and NO_PROXY only with its own transport."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    url = "http://127.0.0.1:11434"
+    assert not environment_proxy(url)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    assert environment_proxy(url)
+    proxied = OllamaEngine(url, stall_timeout_s=5)
+    assert not isinstance(proxied.client._client._transport, Urllib3Transport)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert not environment_proxy(url)
+    assert isinstance(
+        OllamaEngine(url, stall_timeout_s=5).client._client._transport, Urllib3Transport
+    )

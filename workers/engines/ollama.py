@@ -22,7 +22,7 @@ from pydantic import ConfigDict
 
 from db.fleet import canonical_model_name
 from workers.engines.base import Chunk, EngineError, EngineModel, LoadedModel, answered_once
-from workers.engines.transport import Urllib3Transport
+from workers.engines.transport import Urllib3Transport, environment_proxy
 
 METRICS = (
     "total_duration",
@@ -87,7 +87,7 @@ class OllamaEngine:
             timeout=httpx.Timeout(
                 connect=connect_timeout_s, read=stall_timeout_s, write=30.0, pool=connect_timeout_s
             ),
-            transport=Urllib3Transport(pool_size=connections),
+            transport=None if environment_proxy(url) else Urllib3Transport(pool_size=connections),
         )
         # Listings answer at once, or the engine is busy or hung: the heartbeat that asks
         # must not wait as long as a generation may be silent.

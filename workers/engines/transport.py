@@ -9,19 +9,30 @@ engine's stream over urllib3"). The client, its requests and its parsing stay th
 client's; only the bytes on the wire go through urllib3, by httpx's documented extension
 point (`httpx.Client(transport=...)`).
 
-What httpx's transport guaranteed and callers rely on is kept:
-- httpx's exceptions: a connection refused is `httpx.ConnectError`, no connection in time
-  `httpx.ConnectTimeout`, a silent stream `httpx.ReadTimeout`, a stream cut short
-  `httpx.RemoteProtocolError` (workers/engines/ollama.py turns them into engine faults).
-- httpx's timeouts: the request's connect and read timeouts, the read one per socket read,
-  as httpcore applies it (a stall timeout, not a deadline).
+What httpx's transport did and callers rely on is kept:
+- The faults the job runner tells apart (workers/engines/ollama.py): a connection refused or
+  failing TLS is `httpx.ConnectError`, no connection in time `httpx.ConnectTimeout`, a
+  request body the engine stops taking `httpx.WriteTimeout`, a silent answer
+  `httpx.ReadTimeout`; a connection reset or an answer cut short is
+  `httpx.RemoteProtocolError` (httpx said `ReadError` for some of these: both are the same
+  engine fault). One difference: a TLS handshake that stalls (an `https://` engine) is a
+  `ReadTimeout` here, as urllib3 reports it, where httpx said `ConnectTimeout`.
+- Timeouts per socket operation, not deadlines: the read timeout for each read of the
+  answer, the connect timeout for the connection and for each 16 KiB block of the request
+  body (httpx's write timeout is not used: urllib3 sends with the connect one).
 - Closing a response before its end closes its connection: Ollama stops generating when
   its client goes away, and a connection with unread data must not be used again.
 - No retry, no redirect: a POST is sent once; the job runner decides what to try again.
+- httpx's certificates (certifi, or SSL_CERT_FILE) for an `https://` engine.
+- Proxies from the environment: httpx ignores them once given a transport, so an engine
+  that the environment sends through a proxy keeps httpx's own transport
+  (`environment_proxy`).
 """
 
 from __future__ import annotations
 
+import io
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +44,7 @@ from urllib3.exceptions import (
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
+    SSLError,
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -50,7 +62,11 @@ def _translated(request: httpx.Request) -> Iterator[None]:
         raise httpx.ConnectTimeout(str(error), request=request) from error
     except ReadTimeoutError as error:
         raise httpx.ReadTimeout(str(error), request=request) from error
+    except SSLError as error:
+        raise httpx.ConnectError(str(error), request=request) from error
     except ProtocolError as error:
+        if isinstance(error.args[-1], TimeoutError):  # only sending times out this way
+            raise httpx.WriteTimeout(str(error), request=request) from error
         raise httpx.RemoteProtocolError(str(error), request=request) from error
     except (Urllib3Error, OSError) as error:
         raise httpx.ReadError(str(error), request=request) from error
@@ -87,16 +103,24 @@ class Urllib3Transport(httpx.BaseTransport):
     engine (more are opened when needed, and closed after use)."""
 
     def __init__(self, *, pool_size: int) -> None:
-        self._pools = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
+        self._pools = urllib3.PoolManager(
+            maxsize=pool_size,
+            block=False,
+            retries=False,
+            ssl_context=httpx.create_ssl_context(),  # the trust store httpx's clients use
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         timeout = urllib3.Timeout(connect=timeouts.get("connect"), read=timeouts.get("read"))
+        content = request.read()
         with _translated(request):
             response = self._pools.urlopen(
                 request.method,
                 str(request.url),
-                body=request.read() or None,
+                # As a file, the body goes out a block at a time, each within the timeout;
+                # as bytes it would be one send that must end within it (images are large).
+                body=io.BytesIO(content) if content else None,
                 headers=urllib3.HTTPHeaderDict(request.headers.multi_items()),
                 redirect=False,
                 retries=False,
@@ -114,3 +138,13 @@ class Urllib3Transport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pools.clear()
+
+
+def environment_proxy(url: str) -> bool:
+    """Whether the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, less NO_PROXY) sends
+    requests for `url` through a proxy, as httpx's own transport would."""
+    target = httpx.URL(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(target.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(target.host)
