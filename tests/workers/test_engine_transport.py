@@ -21,14 +21,6 @@ from workers.engines.transport import Urllib3Transport, environment_proxy
 
 MODEL = "llama3.2:latest"
 ACCEPTED: list[int] = []  # one per connection the double accepted
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +63,15 @@ def _read_into(got: list[str], engine: OllamaEngine, body: dict[str, object]) ->
         got.append(chunk.text)
 
 
+def _wait_for_hang_up(server: OllamaDouble, prompt: str) -> None:
+    """Up to 5 s for the double to notice that the client of `prompt` hung up (it notices
+    on its next write)."""
+    for _ in range(100):
+        if prompt in server.state.stats()["disconnects"]:
+            return
+        time.sleep(0.05)
+
+
 def test_answers_read_the_same_as_through_httpxs_own_transport(base: str) -> None:
     engine = OllamaEngine(base, stall_timeout_s=5)
     official = ollama.Client(host=base)
@@ -88,20 +89,6 @@ def test_answers_read_the_same_as_through_httpxs_own_transport(base: str) -> Non
     assert engine.version() == "0.13.0"
     [vectors] = engine.stream("embed", {"model": MODEL, "input": ["a cat"]})
     assert vectors.message_extras["embeddings"] == official.embed(MODEL, ["a cat"]).embeddings
-
-
-def test_a_tool_call_keeps_the_id_and_index_the_engine_sent(
-    server: OllamaDouble, base: str
-) -> None:
-    server.state.configure({"tool_arguments": {"city": "Oslo"}})
-    engine = OllamaEngine(base, stall_timeout_s=5)
-    said = [{"role": "user", "content": "weather?"}]
-    chunks = list(engine.stream("chat", {"model": MODEL, "messages": said, "tools": [WEATHER]}))
-    [call] = [c for chunk in chunks for c in chunk.message_extras.get("tool_calls", [])]
-    assert call["function"]["name"] == "get_weather"
-    assert call["function"]["arguments"] == {"city": "Oslo"}
-    assert "index" in call["function"]
-    assert call.get("id")
 
 
 def test_streams_one_after_another_share_one_connection(base: str) -> None:
@@ -122,11 +109,7 @@ def test_a_stream_left_early_hangs_up_on_the_engine_and_its_connection_is_not_re
     stream = engine.stream("generate", {"model": MODEL, "prompt": "leave early"})
     next(stream)
     stream.close()
-    noticed = threading.Event()
-    for _ in range(100):  # the double notices on its next write
-        if "leave early" in server.state.stats()["disconnects"]:
-            break
-        noticed.wait(0.05)
+    _wait_for_hang_up(server, "leave early")
     assert "leave early" in server.state.stats()["disconnects"]
 
     server.state.configure({"token_delay_s": 0.0, "default_tokens": 3})
@@ -146,11 +129,7 @@ def test_a_response_closed_while_its_reader_lives_hangs_up_at_once(
     with client.stream("POST", "/api/generate", json=body) as response:
         reader = response.iter_raw()
         next(reader)
-    noticed = threading.Event()
-    for _ in range(100):
-        if "closed, reader kept" in server.state.stats()["disconnects"]:
-            break
-        noticed.wait(0.05)
+    _wait_for_hang_up(server, "closed, reader kept")
     assert "closed, reader kept" in server.state.stats()["disconnects"]
     assert reader is not None  # alive until here
 

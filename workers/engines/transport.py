@@ -106,7 +106,7 @@ class Urllib3Transport(httpx.BaseTransport):
         self._pools = urllib3.PoolManager(
             maxsize=pool_size,
             block=False,
-            retries=False,
+            retries=False,  # a POST is sent once: the job runner decides what to try again
             ssl_context=httpx.create_ssl_context(),  # the trust store httpx's clients use
         )
 
@@ -123,7 +123,6 @@ class Urllib3Transport(httpx.BaseTransport):
                 body=io.BytesIO(content) if content else None,
                 headers=urllib3.HTTPHeaderDict(request.headers.multi_items()),
                 redirect=False,
-                retries=False,
                 timeout=timeout,
                 preload_content=False,
                 decode_content=False,
