@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,21 @@ class EventLog:
         also_status = "1" if event_type == "status" else "0"
         check = "1" if once and mark else "0"
         return keys, [body, self.ttl_s, self.max_events, also_status, mark, check]
+
+    def ends(self, request_id: uuid.UUID | str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The first and the last stored event, in one command (XINFO STREAM reads both
+        ends of the stream, whatever its length); None when the request has no stored
+        events (they expired, or none was ever published)."""
+        try:
+            info: Any = self.redis.xinfo_stream(STREAM_KEY.format(request_id))
+        except ResponseError as error:
+            if "no such key" in str(error):
+                return None
+            raise
+        first, last = info["first-entry"], info["last-entry"]
+        if first is None or last is None:  # every entry trimmed (a stream is never empty)
+            return None
+        return json.loads(first[1][b"event"]), json.loads(last[1][b"event"])
 
     def replay(self, request_id: uuid.UUID | str, after: int = 0) -> list[dict[str, Any]]:
         """Stored events with seq > after, in order."""

@@ -142,6 +142,7 @@ def test_a_running_request_whose_terminal_event_never_comes_is_closed_from_the_d
     assert received.close_code == NORMAL
 
 
+@pytest.mark.parametrize("owner_from", ["events", "database"])
 def test_each_caller_is_answered_as_the_authorization_matrix_says(
     api: FlaskClient,
     user_headers: dict[str, str],
@@ -149,9 +150,14 @@ def test_each_caller_is_answered_as_the_authorization_matrix_says(
     operator_headers: dict[str, str],
     admin_headers: dict[str, str],
     relay_server: LiveServer,
+    owner_from: str,
 ) -> None:
+    """The handshake learns the job's owner from its stored events while they hold the
+    first one, and from the database once they are gone: the answers are the same."""
     job = submit(api, user_headers, options={"num_predict": 3})
     finished(api, user_headers, job["id"])
+    if owner_from == "database":
+        api.application.extensions["events"].redis.delete(f"omx:req:{job['id']}:events")
     tokens = {
         "anonymous": None,
         "owner": token_of(user_headers),
@@ -163,13 +169,41 @@ def test_each_caller_is_answered_as_the_authorization_matrix_says(
     for caller, expected in SOCKETS[("GET", "/ws/inference/<uuid:request_id>")].items():
         received = read_until_closed(connect(relay_server.url, job["links"]["ws"], tokens[caller]))
         if expected == "ok":
-            assert received.of_type("status")[-1]["status"] == "completed", caller
+            if owner_from == "events":
+                assert received.of_type("status")[-1]["status"] == "completed", caller
+            else:
+                assert received.frames[-1]["request"]["status"] == "completed", caller
             assert received.close_code == NORMAL, caller
         else:  # an error frame with the REST API's code, then 1008; never data
             assert [(f["type"], f["code"]) for f in received.frames] == [
                 ("error", refusals[expected])
             ], caller
             assert received.close_code == POLICY_VIOLATION, caller
+
+
+def test_a_stream_that_starts_with_text_is_authorized_by_the_database(
+    api: FlaskClient,
+    user_headers: dict[str, str],
+    other_headers: dict[str, str],
+    relay_server: LiveServer,
+) -> None:
+    """Status events name the owner; a stream whose first stored event is text (its status
+    events trimmed, or their publishes failed) cannot say whose job this is, and the
+    handshake asks the database."""
+    job = submit(api, user_headers, options={"num_predict": 3})
+    finished(api, user_headers, job["id"])
+    redis = api.application.extensions["events"].redis
+    assert redis.xdel(f"omx:req:{job['id']}:events", "1-1", "2-1") == 2  # queued, running
+
+    other = read_until_closed(
+        connect(relay_server.url, job["links"]["ws"], token_of(other_headers))
+    )
+    owner = read_until_closed(connect(relay_server.url, job["links"]["ws"], token_of(user_headers)))
+
+    assert [(f["type"], f["code"]) for f in other.frames] == [("error", "not_found")]
+    assert owner.seqs[0] == 3
+    assert owner.of_type("status")[-1]["status"] == "completed"
+    assert owner.close_code == NORMAL
 
 
 def test_a_bad_or_expired_token_is_refused(

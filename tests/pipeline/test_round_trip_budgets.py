@@ -198,12 +198,13 @@ def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_comma
     assert finished(api, headers, request_id)["status"] == "completed"
 
 
-def test_a_follower_costs_a_statement_to_admit_and_one_for_its_last_frame(
+def test_a_follower_is_admitted_from_the_events_and_its_last_frame_costs_a_statement(
     api: FlaskClient, user_headers: dict[str, str], worker: Worker
 ) -> None:
     """/ws/inference/<id> checks that the caller may follow the request, and whether it has
-    finished, with two columns read in autocommit; its last frame, the request as stored,
-    is one statement in autocommit too (the events between are Redis's).
+    finished: from the request's stored events (one XINFO STREAM, no SQL) while they hold
+    the first one, from two columns read in autocommit once they are gone. Its last frame,
+    the request as stored, is one statement in autocommit (the events between are Redis's).
     tests/pipeline/test_relay_streams.py has who may follow whose request."""
     app: Flask = api.application  # type: ignore[assignment]
     engine = app.extensions["db"].engine
@@ -213,14 +214,19 @@ def test_a_follower_costs_a_statement_to_admit_and_one_for_its_last_frame(
     with app.test_request_context(headers=user_headers):
         followed_request_finished(request_id)  # the caller remembered from here on
 
-    with app.test_request_context(headers=user_headers), counting(engine) as admitting:
+    with app.test_request_context(headers=user_headers), counting(engine) as from_events:
+        assert followed_request_finished(request_id) is True
+    app.extensions["events"].redis.delete(f"omx:req:{request_id}:events")  # EVENT_TTL_S passed
+    with app.test_request_context(headers=user_headers), counting(engine) as from_database:
         assert followed_request_finished(request_id) is True
     with app.app_context(), counting(engine) as ending:
         state = final_state(request_id)
 
+    assert from_events.statements == []
+    assert from_events.redis_commands == ["XINFO STREAM"]
     assert state is not None
     assert state["status"] == "completed"
-    for counts in (admitting, ending):
+    for counts in (from_database, ending):
         assert counts.statements == ["SELECT"]
         assert counts.in_transaction == 0
         assert counts.connections == 0

@@ -431,3 +431,19 @@ def test_a_resumed_reader_pages_as_before(
     cursor = EventCursor(events, request_id, after=2)
     assert [_seqs(page) for page in cursor.catch_up()] == [[3, 4], [5, 6], [7]]
     assert cursor.last_seq == 7
+
+
+def test_ends_reads_the_first_and_the_last_stored_event(events: EventLog) -> None:
+    """What a follower's handshake reads instead of the database (web/inference/service.py)."""
+    request_id = uuid.uuid4()
+    assert events.ends(request_id) is None  # no events (never published, or expired)
+
+    events.publish(request_id, "status", status="queued", user_id="owner")
+    _publish(events, request_id, 3)
+    events.publish(request_id, "status", status="completed", user_id="owner")
+
+    ends = events.ends(request_id)
+    assert ends is not None
+    first, last = ends
+    assert (first["seq"], first["status"], first["user_id"]) == (1, "queued", "owner")
+    assert (last["seq"], last["status"]) == (5, "completed")

@@ -211,18 +211,46 @@ def visible_request(request_id: uuid.UUID) -> InferenceRequest:
 
 def followed_request_finished(request_id: uuid.UUID) -> bool:
     """For a socket's handshake: 404 as `visible_request` answers it, else whether the
-    request has finished. Two columns in one statement sent in autocommit: one round trip,
-    where loading the row in the request's unit of work costs four (BEGIN, the audit
-    context, the SELECT, COMMIT)."""
+    request has finished.
+
+    The request's own events answer both in one Redis command when the first one stored is
+    a status event (accept()'s "queued", unless its publish failed): every status event
+    names the owner, and a terminal status is published only once the row has ended.
+    Otherwise (the events expired, or were trimmed down to text; Redis is away) the
+    database does, with two columns read in autocommit: one round trip. A worker that died
+    between saving its result and announcing it leaves the events saying "not finished";
+    the stream then ends from the database after a few quiet periods (web/realtime/
+    streams.py), as it does for a socket that was already open."""
     principal = authenticated()
-    end_unit_of_work()  # a caller read from the database: one pooled connection at a time
-    with get_db().one_statement() as session:
-        found = standing(session=session, request_id=request_id)
-    if found is None or (
-        found.owner != principal.user_id and not principal.can(Permission.INFERENCE_READ_ALL)
+    known = _standing_from_events(request_id)
+    if known is None:
+        end_unit_of_work()  # a caller read from the database: one pooled connection at a time
+        with get_db().one_statement() as session:
+            found = standing(session=session, request_id=request_id)
+        if found is not None:
+            known = (found.owner, found.status in TERMINAL_STATUSES)
+    if known is None or (
+        known[0] != principal.user_id and not principal.can(Permission.INFERENCE_READ_ALL)
     ):
         raise NotFound("No such request.")
-    return found.status in TERMINAL_STATUSES
+    return known[1]
+
+
+def _standing_from_events(request_id: uuid.UUID) -> tuple[uuid.UUID | None, bool] | None:
+    """(owner, finished) from the request's stored events, or None when they cannot tell."""
+    try:
+        ends = _events().ends(request_id)
+    except RedisError as error:
+        log.warning("request %s: events unreadable, asking the database: %s", request_id, error)
+        return None
+    if ends is None:
+        return None
+    first, last = ends
+    owner = first.get("user_id")
+    if first.get("type") != "status" or not isinstance(owner, str):
+        return None
+    finished = last.get("type") == "status" and last.get("status") in TERMINAL_STATUSES
+    return uuid.UUID(owner), finished
 
 
 def final_state(request_id: uuid.UUID) -> dict[str, Any] | None:
