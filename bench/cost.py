@@ -66,6 +66,7 @@ from bench.meter import (
     read_procs,
 )
 from bench.services import measured_postgres, unpersisted_redis
+from bench.speed_probe import REFERENCE_MS, SpeedProbe
 from bench.stack import RESULTS, ROOT, Stack, percentile, progress
 from tests.support.throwaway import ThrowawayPostgres, ThrowawayRedis
 from tests.support.ws import Received, connect, next_frame
@@ -343,6 +344,7 @@ class Session:
     auth: dict[str, str]
     others: Others
     idle: dict[str, Any]
+    probe: SpeedProbe
 
 
 def idle_background(meter: Meter, seconds: float) -> dict[str, Any]:
@@ -379,22 +381,30 @@ def batch(s: Session, path: str, callers: int, jobs: int, plan: Plan) -> dict[st
     s.others.take()
     sql_before = s.meter.sql()
     before = s.meter.read()
+    since = time.time()
     outcomes, wall = run_jobs(lambda: route.through(s.stack.base, s.auth), callers, jobs)
     time.sleep(DRAIN_S)
     after = s.meter.read()
+    probe_ms = s.probe.mean_ms(since, time.time())
     ended = time.monotonic()
     load_after = load_average()
     neighbours = s.others.take()
     time.sleep(plan.settle_s)
     sql_after = s.meter.sql()
     settled = time.monotonic() - ended
-    return summarize(
+    summary = summarize(
         path, callers, outcomes, direct, wall, before, after, (sql_before, sql_after, settled), s
-    ) | {
+    )
+    total = summary["ollamamax_ms_per_job"]
+    return summary | {
         "machine_during": {
             "load_1m": f"{load_before} -> {load_after}",
             "busiest_others": neighbours["busiest"],
-        }
+            "speed_probe_ms": probe_ms,
+        },
+        # The same CPU as if the host had run at the probe's reference speed throughout:
+        # for comparing runs (bench/speed_probe.py). The goals are judged on the raw figure.
+        "ollamamax_ms_per_job_at_reference": total * REFERENCE_MS / probe_ms if probe_ms else None,
     }
 
 
@@ -536,6 +546,7 @@ def measure(plan: Plan) -> dict[str, Any]:
     batches: list[dict[str, Any]] = []
     sources: dict[str, Any] = {}
     others = Others(interval_s=2.0)
+    probe = SpeedProbe()
     with measured_postgres() as pg, unpersisted_redis() as redis:
         progress(f"cost: own PostgreSQL on :{pg.port} ({pg.folder}), redis on :{redis.port}")
         admin = psycopg2.connect(pg.dsn("postgres"))
@@ -570,7 +581,7 @@ def measure(plan: Plan) -> dict[str, Any]:
             time.sleep(plan.settle_s)
             progress(f"cost: the idle stack's background over {plan.idle_s:g} s")
             idle = idle_background(meter, plan.idle_s)
-            session = Session(stack, meter, auth, others, idle)
+            session = Session(stack, meter, auth, others, idle, probe)
             evicted = meter.evicted()
             # Rounds go over every path in turn, so a busy spell of the machine's is shared.
             for n, path in ((n, path) for n in range(plan.rounds) for path in plan.paths):
@@ -591,6 +602,7 @@ def measure(plan: Plan) -> dict[str, Any]:
                 meter.close()
             stack.stop()
             others.stop()
+            probe.stop()
         meta = {
             "postgres": server_version(pg),
             "redis": redis_version(),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from bench.speed_probe import REFERENCE_MS
 from bench.stack import RESULTS
 
 LABELS = ("before", "after")
@@ -32,6 +33,18 @@ def socket_resumes(b: dict[str, Any]) -> float | str:
     return cast(float | str, b.get("socket_resumes", "-"))
 
 
+def at_reference(b: dict[str, Any]) -> float:
+    """OllamaMax's CPU per job at the speed probe's reference speed (bench/speed_probe.py);
+    NaN ("n/a") for a run from before the probe."""
+    value = b.get("ollamamax_ms_per_job_at_reference")
+    return math.nan if value is None else float(value)
+
+
+def probe_ms(b: dict[str, Any]) -> float:
+    value = b["machine_during"].get("speed_probe_ms")
+    return math.nan if value is None else float(value)
+
+
 ROWS: list[tuple[str, Figure | None, int]] = [
     ("jobs measured", lambda b: b["jobs"], -1),
     ("errors", lambda b: b["errors"], -1),
@@ -45,6 +58,7 @@ ROWS: list[tuple[str, Figure | None, int]] = [
     ("PostgreSQL (whole cluster)", lambda b: b["cpu_ms_per_job"]["postgres"], 2),
     ("redis-server", lambda b: b["cpu_ms_per_job"]["redis-server"], 2),
     ("**OllamaMax total**", lambda b: b["ollamamax_ms_per_job"], 1),
+    (f"OllamaMax total at reference speed (probe {REFERENCE_MS:g} ms)", at_reference, 1),
     ("apart: the double", lambda b: b["apart_ms_per_job"]["double"], 2),
     ("apart: load generator", lambda b: b["apart_ms_per_job"]["load generator"], 2),
     ("**time to first token, ms**", None, 0),
@@ -68,6 +82,7 @@ ROWS: list[tuple[str, Figure | None, int]] = [
     ("load average, 1 min", lambda b: b["machine_during"]["load_1m"], 0),
     ("others' CPU, % of the machine", lambda b: b["machine"]["others_share"] * 100, 0),
     ("CPU stolen by the hypervisor, core-s", lambda b: b["machine"]["steal_core_s"], 1),
+    ("speed probe, ms per fixed work (higher: slower host)", probe_ms, 1),
 ]
 
 
@@ -315,8 +330,9 @@ def repeats(folder: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "## Repeat runs",
         "",
-        "OllamaMax total CPU ms per job (others' CPU, % of the machine) in each kept run, the"
-        " reported one first: the spread is the noise a difference must exceed.",
+        "OllamaMax total CPU ms per job (others' CPU, % of the machine; the total at the"
+        " speed probe's reference speed, where measured) in each kept run, the reported one"
+        " first: the spread is the noise a difference must exceed.",
         "",
         "| run | " + " | ".join(title(runs, key) for key in keys) + " |",
         "|---|" + "---:|" * len(keys),
@@ -325,15 +341,15 @@ def repeats(folder: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
         cells = []
         for key in keys:
             hits = [b for b in run["batches"] if (b["path"], b["callers"]) == key]
-            cells.append(
-                "; ".join(
-                    f"{b['ollamamax_ms_per_job']:.1f} ({b['machine']['others_share'] * 100:.0f})"
-                    for b in hits
-                )
-                or "n/a"
-            )
+            cells.append("; ".join(_repeat_cell(b) for b in hits) or "n/a")
         lines.append(f"| {name} ({run['meta']['started']}) | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _repeat_cell(b: dict[str, Any]) -> str:
+    text = f"{b['ollamamax_ms_per_job']:.1f} ({b['machine']['others_share'] * 100:.0f}"
+    adjusted = at_reference(b)
+    return text + (")" if math.isnan(adjusted) else f"; {adjusted:.1f})")
 
 
 def write(folder: Path, label: str | None = None) -> Path:
