@@ -167,7 +167,7 @@ class EventLog:
                 return None
             raise
         first, last = info["first-entry"], info["last-entry"]
-        if first is None or last is None:  # every entry trimmed (a stream is never empty)
+        if first is None or last is None:  # its entries were all deleted
             return None
         return json.loads(first[1][b"event"]), json.loads(last[1][b"event"])
 
