@@ -36,6 +36,7 @@ from redis import Redis
 from sqlalchemy import create_engine, text
 
 from bench.meter import machine_cpu, read_procs, tree_cpu
+from bench.speed_probe import REFERENCE_MS, SpeedProbe
 from bench.stack import RESULTS, Stack, post_json, progress, summary
 from workers.events import EventLog
 
@@ -110,20 +111,22 @@ class CpuRoots:
 
 
 def charged(
-    roots: CpuRoots, seconds: float, load: Callable[[], dict[str, float]]
+    roots: CpuRoots, probe: SpeedProbe, seconds: float, load: Callable[[], dict[str, float]]
 ) -> dict[str, Any]:
     """Run `load` for `seconds`; add its CPU ms per request by process (`cpu_ms`) to what it
-    returns. wrk reports a rate, so the count of requests is its rate times `seconds`."""
-    before = roots.read()
+    returns, and how fast the host ran meanwhile (`speed_probe_ms`, bench/speed_probe.py).
+    wrk reports a rate, so the count of requests is its rate times `seconds`."""
+    before, since = roots.read(), time.time()
     result = load()
     after = roots.read()
     count = result["rps"] * seconds
     result["cpu_ms"] = {k: (after[k] - before[k]) * 1000 / count for k in after}
+    result["speed_probe_ms"] = probe.mean_ms(since, time.time())
     return result
 
 
 def submission(
-    stack: Stack, token: str, api_key: str, seconds: int, connections: int
+    stack: Stack, token: str, api_key: str, seconds: int, connections: int, probe: SpeedProbe
 ) -> dict[str, Any]:
     """The framework's floor (GET /health), then submissions with a JWT and with an API key;
     each with the CPU a request cost the web process, PostgreSQL, Redis and the machine."""
@@ -143,12 +146,12 @@ def submission(
     url = f"{stack.base}/api/v1/inference/generate"
     load = {
         "health": charged(
-            roots, seconds, lambda: wrk(f"{stack.base}/health", seconds, connections, plain)
+            roots, probe, seconds, lambda: wrk(f"{stack.base}/health", seconds, connections, plain)
         )
     }
     for name, script in scripts.items():
         load[name] = charged(
-            roots, seconds, lambda script=script: wrk(url, seconds, connections, script)
+            roots, probe, seconds, lambda script=script: wrk(url, seconds, connections, script)
         )
     return load
 
@@ -269,7 +272,11 @@ def measure(
         # (a) runs before any worker exists: it measures the web process alone, and the
         # jobs it queues are on a model the streams in (b) do not use.
         progress(f"pipeline (a): wrk, {connections} connections, {seconds} s per endpoint")
-        load = submission(stack, token, stack.api_key(token), seconds, connections)
+        probe = SpeedProbe()
+        try:
+            load = submission(stack, token, stack.api_key(token), seconds, connections, probe)
+        finally:
+            probe.stop()
         stack.start_worker()
         progress(f"pipeline (b): {jobs} jobs over {streams} streams, engine alone first")
         direct = engine_ttft(stack, 50)
@@ -314,10 +321,11 @@ def main() -> None:
 def _cpu_row(label: str, load: dict[str, Any]) -> str:
     cpu = load.get("cpu_ms")
     if cpu is None:  # a result written before CPU was measured
-        return f"| {label} | | | | |"
+        return f"| {label} | | | | | |"
+    probe_ms = load.get("speed_probe_ms")
     return (
         f"| {label} | {cpu['web']:.2f} | {cpu['postgres']:.2f} | {cpu['redis']:.2f}"
-        f" | {cpu['machine']:.2f} |"
+        f" | {cpu['machine']:.2f} | {f'{probe_ms:.1f}' if probe_ms else ''} |"
     )
 
 
@@ -327,7 +335,14 @@ def _ceiling(load: dict[str, Any]) -> str:
         return ""
     cores = os.cpu_count() or 1
     rate = 1000 * cores / cpu["machine"]
-    return f"At {cores} cores, the machine's CPU per submission allows {rate:.0f} submissions/s."
+    text = f"At {cores} cores, the machine's CPU per submission allows {rate:.0f} submissions/s."
+    probe_ms = load.get("speed_probe_ms")
+    if probe_ms:  # the host ran the probe's work in probe_ms, not REFERENCE_MS
+        text += (
+            f" The speed probe took {probe_ms:.1f} ms meanwhile; at its reference speed"
+            f" ({REFERENCE_MS:g} ms) the same work would allow {rate * probe_ms / REFERENCE_MS:.0f}/s."
+        )
+    return text
 
 
 def render(result: dict[str, Any]) -> str:
@@ -355,10 +370,11 @@ on {os.cpu_count()} cores; web = gunicorn, 2 gevent workers; 1 worker with {a["s
 
 Submission reaches {s["rps"] / h["rps"]:.0%} of the floor's throughput. Goal: >= 1000/s, p95 < 50 ms.
 
-CPU ms per request while each ran (wrk itself is in the machine's figure):
+CPU ms per request while each ran (wrk itself is in the machine's figure), and the speed
+probe's time for its fixed work meanwhile (bench/speed_probe.py; higher: a slower host):
 
-| | web | PostgreSQL | Redis | whole machine |
-|---|---:|---:|---:|---:|
+| | web | PostgreSQL | Redis | whole machine | speed probe ms |
+|---|---:|---:|---:|---:|---:|
 {_cpu_row("GET /health", h)}
 {_cpu_row("POST, JWT", s)}
 {_cpu_row("POST, API key", k)}
