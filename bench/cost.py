@@ -543,10 +543,18 @@ def build_stack(pg: ThrowawayPostgres, redis: ThrowawayRedis, plan: Plan) -> Sta
 
 def measure(plan: Plan) -> dict[str, Any]:
     started = time.time()
-    batches: list[dict[str, Any]] = []
-    sources: dict[str, Any] = {}
     others = Others(interval_s=2.0)
     probe = SpeedProbe()
+    try:
+        return _measure(plan, started, others, probe)
+    finally:
+        probe.stop()
+        others.stop()
+
+
+def _measure(plan: Plan, started: float, others: Others, probe: SpeedProbe) -> dict[str, Any]:
+    batches: list[dict[str, Any]] = []
+    sources: dict[str, Any] = {}
     with measured_postgres() as pg, unpersisted_redis() as redis:
         progress(f"cost: own PostgreSQL on :{pg.port} ({pg.folder}), redis on :{redis.port}")
         admin = psycopg2.connect(pg.dsn("postgres"))
@@ -601,8 +609,6 @@ def measure(plan: Plan) -> dict[str, Any]:
             if meter is not None:
                 meter.close()
             stack.stop()
-            others.stop()
-            probe.stop()
         meta = {
             "postgres": server_version(pg),
             "redis": redis_version(),

@@ -116,9 +116,11 @@ def charged(
     """Run `load` for `seconds`; add its CPU ms per request by process (`cpu_ms`) to what it
     returns, and how fast the host ran meanwhile (`speed_probe_ms`, bench/speed_probe.py).
     wrk reports a rate, so the count of requests is its rate times `seconds`."""
-    before, since = roots.read(), time.time()
+    before, probe_before, since = roots.read(), probe.cpu_s(), time.time()
     result = load()
     after = roots.read()
+    # The probe's own CPU (about 5 % of a core) is not the load's.
+    after["machine"] -= probe.cpu_s() - probe_before
     count = result["rps"] * seconds
     result["cpu_ms"] = {k: (after[k] - before[k]) * 1000 / count for k in after}
     result["speed_probe_ms"] = probe.mean_ms(since, time.time())

@@ -2,10 +2,14 @@
 
 On a shared virtual machine the same work costs a varying amount of CPU time: a busy
 neighbour on the same physical core (or a throttled one) makes every instruction slower,
-and /proc charges the slower run to our processes as CPU seconds. Here a fixed piece of
-pure-Python work took 19 to 43 ms from one second to the next with nothing of ours running,
-and one build's CPU per job moved by a quarter between back-to-back runs. Steal time does
-not show it: the guest is not descheduled, only slowed.
+and /proc charges the slower run to our processes as CPU seconds. Here the probe's own work
+took 4.0 to 8.8 ms over ten idle seconds with nothing of ours running (a piece five times
+as large, 19 to 43 ms), and one build's CPU per job moved by a quarter between back-to-back
+runs. Steal time does not show it: the guest is not descheduled, only slowed.
+
+What it assumes: that the stack slows as a dict-and-string loop does. PostgreSQL, Redis and
+the kernel's share are scaled by the same factor, and contention from the benchmark's own
+load slows the probe too; the adjusted figure compares runs, it is not a measurement.
 
 The probe is a process of its own that times that fixed work (CPU time of its thread,
 `time.thread_time`) every PERIOD_S and reports each sample. A batch's mean sample says how
@@ -17,6 +21,7 @@ hours (docs/benchmarks.md, "The speed probe"). The probe costs about 5 % of one 
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +56,7 @@ class SpeedProbe:
     """The probe process and its samples; `mean_ms(since, until)` for a window."""
 
     def __init__(self) -> None:
+        """Starts the probe process: call `stop()` in a `finally`."""
         self.samples: list[tuple[float, float]] = []
         self.lock = threading.Lock()
         self.process = subprocess.Popen(
@@ -74,9 +80,22 @@ class SpeedProbe:
             window = [took for at, took in self.samples if since <= at <= until]
         return statistics.fmean(window) if window else None
 
+    def cpu_s(self) -> float:
+        """The probe process's own CPU seconds so far (to leave out of a machine's total)."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            raw = stat.read()
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(5)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 if __name__ == "__main__":

@@ -91,9 +91,12 @@ def test_a_finished_request_answers_at_once(
     assert replayed.of_type("status")[-1]["status"] == "completed"
     assert replayed.text == stored["output"]
 
-    # Nothing left after the last seq: the request's final state, then a normal close.
+    # Nothing left after the last seq: the request's final state at once (no quiet
+    # heartbeat before it: the handshake knew the request had ended), then a normal close.
     after = f"{job['links']['ws']}?after={replayed.seqs[-1]}"
-    final = read_until_closed(connect(relay_server.url, after, token_of(user_headers)))
+    final = read_until_closed(
+        connect(relay_server.url, after, token_of(user_headers)), skip_heartbeats=False
+    )
     assert [f["type"] for f in final.frames] == ["final"]
     assert final.frames[0]["request"]["output"] == stored["output"]
     assert final.frames[0]["request"]["status"] == "completed"

@@ -217,14 +217,17 @@ def followed_request_finished(request_id: uuid.UUID) -> bool:
     a status event (accept()'s "queued", unless its publish failed): every status event
     names the owner, and a terminal status is published only once the row has ended.
     Otherwise (the events expired, or were trimmed down to text; Redis is away) the
-    database does, with two columns read in autocommit: one round trip. A worker that died
-    between saving its result and announcing it leaves the events saying "not finished";
-    the stream then ends from the database after a few quiet periods (web/realtime/
-    streams.py), as it does for a socket that was already open."""
+    database does, with two columns read in autocommit: one round trip. Events that lack a
+    job's end (its worker died between saving the result and announcing it; Redis lost the
+    announcement) say "not finished": the stream then ends from the database after a few
+    quiet heartbeats (web/realtime/streams.py), as a socket already open did all along,
+    where the database would have answered at once."""
     principal = authenticated()
+    # A caller read from the database holds a pooled connection: not across a Redis call,
+    # and never two at once.
+    end_unit_of_work()
     known = _standing_from_events(request_id)
     if known is None:
-        end_unit_of_work()  # a caller read from the database: one pooled connection at a time
         with get_db().one_statement() as session:
             found = standing(session=session, request_id=request_id)
         if found is not None:
