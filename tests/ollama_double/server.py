@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -468,3 +471,12 @@ class OllamaDouble(ThreadingHTTPServer):
         super().__init__(address, OllamaHandler)
         self.state = State()
         self.state.configure({"models": models})
+
+    @contextmanager
+    def serving(self) -> Iterator[OllamaDouble]:
+        """Serve from a background thread for the block (a test's in-process double)."""
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        try:
+            yield self
+        finally:
+            self.shutdown()

@@ -33,10 +33,8 @@ def server() -> Iterator[OllamaDouble]:
         return accept()
 
     double.get_request = counted  # type: ignore[method-assign]
-    thread = threading.Thread(target=double.serve_forever, daemon=True)
-    thread.start()
-    yield double
-    double.shutdown()
+    with double.serving():
+        yield double
 
 
 @pytest.fixture

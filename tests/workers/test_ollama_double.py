@@ -18,10 +18,8 @@ from tests.ollama_double.server import OllamaDouble
 @pytest.fixture(scope="module")
 def server() -> Iterator[OllamaDouble]:
     double = OllamaDouble(("127.0.0.1", 0), ["llama3.2", "qwen3:8b"])
-    thread = threading.Thread(target=double.serve_forever, daemon=True)
-    thread.start()
-    yield double
-    double.shutdown()
+    with double.serving():
+        yield double
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ door agree. Against the Ollama double, in process."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,10 +29,8 @@ ASK = [{"role": "user", "content": "weather in Tokyo?"}]
 @pytest.fixture(scope="module")
 def server() -> Iterator[OllamaDouble]:
     double = OllamaDouble(("127.0.0.1", 0), ["llama3.2"])
-    thread = threading.Thread(target=double.serve_forever, daemon=True)
-    thread.start()
-    yield double
-    double.shutdown()
+    with double.serving():
+        yield double
 
 
 @pytest.fixture
