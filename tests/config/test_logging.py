@@ -33,12 +33,24 @@ ANSI = re.compile(r"\033\[[0-9;]*m")
         ('{"api_key": "omx_live_123"}', "omx_live_123"),
         ("connect postgresql://app:s3cret@db:5432/x", "s3cret"),
         ("token: abc.def.ghi", "abc.def.ghi"),
+        # Any case: the words mask_text looks for first are matched lower-cased.
+        ("BASIC dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("PASSWD=hunter2", "hunter2"),
+        ("Api-Key: omx_live_456", "omx_live_456"),
+        ("SECRET=shh", "shh"),
+        ("AUTHORIZATION=xyz", "xyz"),
+        ("REDIS://:pw9@cache:6379/0", "pw9"),
     ],
 )
 def test_mask_text_hides_secrets_in_free_text(text: str, secret: str) -> None:
     masked = mask_text(text)
     assert secret not in masked
     assert "***" in masked
+
+
+def test_text_without_a_secret_word_is_left_as_it_is() -> None:
+    line = "POST /api/v1/inference/generate 202 from 10.0.0.7"
+    assert mask_text(line) is line
 
 
 def test_mask_value_walks_structures() -> None:
