@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Endpoint -> the settings field holding its stricter limit (keyed by IP: no user yet).
 STRICT_LIMITS = {"auth.login": "ratelimit_login", "auth.register": "ratelimit_register"}
+STRICT_LIMITS_BLUEPRINT = "auth"  # the blueprint of every endpoint above
 EXEMPT_ENDPOINTS = ("health.liveness", "health.readiness")
 
 
@@ -92,8 +93,8 @@ def init_rate_limits(app: Flask, settings: Settings, storage: Redis) -> Limiter:
     if settings.ratelimit_enabled:
         budget = Budget(storage, prefix="omx:budget")
         app.before_request(lambda: _spend_budget(budget))
-        # Registered before flask-limiter's own hook, so it runs after it (Flask runs these
-        # in reverse) and leaves the headers of a strict limit as they are.
+        # Runs after flask-limiter's own hook (a blueprint's after_request hooks run before
+        # the app's) and leaves the headers of a strict limit as they are.
         app.after_request(_describe_budget)
     app.config.update(
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
@@ -103,13 +104,42 @@ def init_rate_limits(app: Flask, settings: Settings, storage: Redis) -> Limiter:
         # With Redis gone, keep limiting per process rather than not at all.
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
     )
+    app_hooks = _app_hooks(app)
     limiter = Limiter(key_func=caller_key, app=app, on_breach=_log_breach)
+    assert all(endpoint.startswith(f"{STRICT_LIMITS_BLUEPRINT}.") for endpoint in STRICT_LIMITS)
+    _scope_new_hooks(app, app_hooks, STRICT_LIMITS_BLUEPRINT)
     for endpoint, setting in STRICT_LIMITS.items():
         # The decorator's wrapper does the checking, so the view must be replaced by it.
         view = app.view_functions[endpoint]
         limited = limiter.limit(configured_limit(setting), key_func=ip_key)(view)
         app.view_functions[endpoint] = limited  # type: ignore[assignment]
-    for endpoint in EXEMPT_ENDPOINTS:
-        limiter.exempt(app.view_functions[endpoint])
     app.extensions["ratelimit_limiter"] = limiter
     return limiter
+
+
+Hooks = dict[str | None, list[Callable[..., object]]]  # by blueprint; None: every request
+
+
+def _hook_registries(app: Flask) -> tuple[Hooks, Hooks, Hooks]:
+    hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    return hooks  # type: ignore[return-value]
+
+
+def _app_hooks(app: Flask) -> list[list[Callable[..., object]]]:
+    return [list(registry.get(None, ())) for registry in _hook_registries(app)]
+
+
+def _scope_new_hooks(app: Flask, before: list[list[Callable[..., object]]], blueprint: str) -> None:
+    """Move the app-wide request hooks added since `before` (flask-limiter's: check, headers,
+    context reset) to `blueprint`'s requests, which alone carry its limits.
+
+    flask-limiter hooks every request, to find the limits that apply to it; ours are only on
+    login and registration (the budget is web/security/budget.py's). On every other request
+    its hooks found nothing, at about 50 µs of the web's CPU each (two requests per REST job).
+    Flask runs a blueprint's hooks in the same places as the app's: its before_request after
+    the app's, its after_request and teardown before the app's, so the order around the
+    budget's hooks is unchanged for login and registration."""
+    for registry, earlier in zip(_hook_registries(app), before, strict=True):
+        added = [hook for hook in registry.get(None, []) if hook not in earlier]
+        registry[None] = [hook for hook in registry.get(None, []) if hook in earlier]
+        registry.setdefault(blueprint, []).extend(added)

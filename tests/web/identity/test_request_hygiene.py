@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flask import Flask
+import pytest
+from flask import Flask, request
 from flask.testing import FlaskClient
+from flask_limiter import Limiter
 
 from tests.support.identity import auth_headers, bearer, error_code, login, make_user
 
@@ -45,8 +47,35 @@ def test_limits_are_per_user_when_authenticated(app_factory: Callable[..., Flask
 def test_login_has_its_own_stricter_limit_by_ip(app_factory: Callable[..., Flask]) -> None:
     client = app_factory(ratelimit_login="2/minute").test_client()
     body = {"username": "nobody", "password": "whatever-it-is"}
-    statuses = [client.post("/api/v1/auth/login", json=body).status_code for _ in range(3)]
-    assert statuses == [401, 401, 429]
+    answers = [client.post("/api/v1/auth/login", json=body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [401, 401, 429]
+    # The strict limit's headers, not the caller's budget's (the budget allows 10000).
+    assert [a.headers["X-RateLimit-Limit"] for a in answers] == ["2", "2", "2"]
+    assert answers[1].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_flask_limiter_sees_only_the_requests_it_limits(
+    app_factory: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its hooks run for login and registration alone: elsewhere they found no limit to
+    apply, at a cost on every request (web/security/ratelimit.py)."""
+    looked_up: list[str | None] = []
+    identify = Limiter.identify_request
+
+    def counted(self: Limiter) -> str:
+        looked_up.append(request.endpoint)
+        return identify(self)
+
+    monkeypatch.setattr(Limiter, "identify_request", counted)
+    client = app_factory().test_client()
+    headers = auth_headers(client, make_user())
+    looked_up.clear()
+
+    assert client.get(PROFILE, headers=headers).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert looked_up == []
+    client.post("/api/v1/auth/login", json={"username": "nobody", "password": "whatever-it-is"})
+    assert set(looked_up) == {"auth.login"}
 
 
 def test_cors_is_off_unless_origins_are_configured(client: FlaskClient) -> None:
