@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import InferenceRequest, RequestStatus
+from db.session import Executor, core_connection
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Inserted:
 
 def insert_if_servable(
     *,
-    session: Session,
+    session: Executor,
     new: NewRequest,
     stale_after: timedelta,
     queue_while_unavailable: bool,
@@ -126,7 +127,7 @@ def insert_if_servable(
         "queue_anyway": queue_while_unavailable,
         **{f"q_{name}": getattr(admission, name) for name, _ in _ADMISSION_LIMITS},
     }
-    row = session.connection().execute(_ADMIT, params).first()
+    row = core_connection(session).execute(_ADMIT, params).first()
     return Inserted(row[0], row[1]) if row else None
 
 
@@ -221,12 +222,12 @@ class Standing:
     status: str
 
 
-def standing(*, session: Session, request_id: uuid.UUID) -> Standing | None:
+def standing(*, session: Executor, request_id: uuid.UUID) -> Standing | None:
     """Whose request this is and where it stands, two columns rather than the row: what a
     follower's handshake needs (the owner never changes). A call of request_standing()
     (migration 0012): planned once per connection, where the lookup itself was planned at
     every handshake for six times what it took to run."""
-    row = session.execute(_STANDING, {"request_id": request_id}).one_or_none()
+    row = core_connection(session).execute(_STANDING, {"request_id": request_id}).one_or_none()
     return None if row is None else Standing(owner=row[0], status=row[1])
 
 
@@ -261,7 +262,7 @@ class FairShare:
 
 def claim(
     *,
-    session: Session,
+    session: Executor,
     request_id: uuid.UUID,
     worker_name: str,
     node_id: uuid.UUID | None,
@@ -294,7 +295,7 @@ def claim(
         "node": node_id,
         "lease": lease,
     }
-    connection = session.connection()
+    connection = core_connection(session)
     if fair is not None:
         return _fair_claim(connection, params, fair)
     row = connection.execute(_claim_statement(capped=False), params).first()
@@ -478,7 +479,7 @@ METRIC_COLUMNS = (
 
 def finish(
     *,
-    session: Session,
+    session: Executor,
     job: ClaimedJob,
     worker_name: str,
     outcome: Outcome,
@@ -504,7 +505,7 @@ def finish(
         "day": utcnow().date(),
         **{f"u_{name}": value for name, value in _usage_counts(job, outcome).items()},
     }
-    return bool(session.connection().execute(_FINISH, params).scalar())
+    return bool(core_connection(session).execute(_FINISH, params).scalar())
 
 
 USAGE_COUNTS = (

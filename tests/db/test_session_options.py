@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
 
 from config.settings import Settings
-from db.session import build_engine
+from db.session import Database, build_engine
 
 # The test database must exist (and be migrated) even when this module runs alone.
 pytestmark = pytest.mark.usefixtures("database")
@@ -80,5 +81,34 @@ def test_a_request_after_a_quiet_spell_reopens_at_most_the_connection_it_takes(
         with engine.connect() as connection:
             connection.scalar(text("SELECT 1"))
         assert len(opened) == 3
+    finally:
+        engine.dispose()
+
+
+def test_one_call_sends_each_statement_as_its_own_transaction_and_hands_back_none_open(
+    settings_overrides: dict[str, Any],
+) -> None:
+    """`Database.one_call`: a Core connection in autocommit (two statements there would be
+    two transactions), which goes back to the pool as it came, autocommit off, whether the
+    block ended or raised."""
+    engine = _engine(settings_overrides)
+    database = Database(engine, sessionmaker(engine))
+    try:
+        with database.one_call() as connection:
+            first = connection.scalar(text("SELECT txid_current()"))
+            second = connection.scalar(text("SELECT txid_current()"))
+        assert first != second
+
+        def fails_inside() -> None:
+            with database.one_call() as connection:
+                connection.scalar(text("SELECT 1"))
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            fails_inside()
+        with engine.connect() as connection:  # the pool's one connection, as it came
+            assert connection.connection.dbapi_connection.autocommit is False
+            first = connection.scalar(text("SELECT txid_current()"))
+            assert connection.scalar(text("SELECT txid_current()")) == first
     finally:
         engine.dispose()

@@ -6,9 +6,9 @@ admit() sent in autocommit, with a waiting-jobs quota or without, and three comm
 budget script, the "queued" event, the broker's LPUSH); a job costs its worker two
 transactions of one statement each, in autocommit (the fair claim, a running-jobs quota or
 not; finish with the usage upserts), and one Redis round trip per event batch; no pool ping
-or new connection on the way. A change that adds a round trip fails
-here, with the count. docs/benchmarks.md has what the same path costs in CPU
-(`python -m bench.cost`).
+or new connection on the way, and no ORM session around those calls. A change that adds a
+round trip fails here, with the count. docs/benchmarks.md has what the same path costs in
+CPU (`python -m bench.cost`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 from redis.connection import Connection, PythonRespSerializer
 from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session
 
 from config.settings import build_settings
 from db.models import WebhookDelivery
@@ -59,6 +60,9 @@ class Counts:
     # round trips more), rather than in autocommit.
     in_transaction: int = 0
     transactions: int = 0
+    # ORM sessions that began a transaction: a call of a database function needs none
+    # (`Database.one_call`, a Core connection: the session's bookkeeping costs CPU).
+    orm_sessions: int = 0
     connections: int = 0
     closed: int = 0
     redis_commands: list[str] = field(default_factory=list)
@@ -86,6 +90,11 @@ def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterato
         with lock:
             counts.connections += 1
 
+    def session_began(session: Session, *_: Any) -> None:
+        if session.bind is engine:
+            with lock:
+                counts.orm_sessions += 1
+
     def closed(*_: Any) -> None:
         with lock:
             counts.closed += 1
@@ -99,12 +108,14 @@ def counting(engine: Engine, *, redis_client_name: str | None = None) -> Iterato
     ]
     for name, listener in listeners:
         event.listen(engine.pool if name in POOL_EVENTS else engine, name, listener)
+    event.listen(Session, "after_begin", session_began)
     try:
         with _counting_redis(counts, lock, redis_client_name):
             yield counts
     finally:
         for name, listener in listeners:
             event.remove(engine.pool if name in POOL_EVENTS else engine, name, listener)
+        event.remove(Session, "after_begin", session_began)
 
 
 @contextmanager
@@ -193,6 +204,7 @@ def test_an_accepted_submission_costs_one_short_transaction_and_four_redis_comma
     assert len(counts.statements) <= 3, counts.statements
     assert counts.statements == ["SELECT"]  # SELECT * FROM admit(...)
     assert counts.in_transaction == 0  # autocommit: no BEGIN or COMMIT on the wire
+    assert counts.orm_sessions == 0
     assert counts.connections == 0
     assert len(counts.redis_commands) <= 4, counts.redis_commands
     assert finished(api, headers, request_id)["status"] == "completed"
@@ -230,6 +242,7 @@ def test_a_follower_is_admitted_from_the_events_and_its_last_frame_costs_a_state
         assert counts.statements == ["SELECT"]
         assert counts.in_transaction == 0
         assert counts.connections == 0
+    assert from_database.orm_sessions == 0
 
 
 def test_twenty_callers_churn_no_connection_and_ping_none(
@@ -330,6 +343,7 @@ def test_a_job_costs_its_worker_two_transactions_and_a_round_trip_per_event_batc
     assert counts.transactions == 2, counts.statements  # claim; finish with usage
     assert counts.statements == [*claim, "SELECT"], counts.statements  # ..., finish_job(...)
     assert counts.in_transaction == 0  # both in autocommit: one round trip each
+    assert counts.orm_sessions == 0
     assert counts.connections == 0
     with committed.unit_of_work() as session:
         deliveries = session.scalar(

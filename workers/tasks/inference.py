@@ -22,6 +22,7 @@ import logging
 import random
 import time
 import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from db.inference import AtRunningCap, ClaimedJob, FairShare, Outcome, claim, finish
 from db.models import InferenceRequest, RequestStatus
 from db.recovery import hand_back
+from db.session import Executor
 from workers import metrics, routing, runtime
 from workers.dispatch import hand_to_node, republish
 from workers.engines.base import EngineError
@@ -328,7 +330,9 @@ def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
     fair = _fair_share(rt)
     # The fair claim is one statement (a call of fair_claim()): sent in autocommit, it is
     # one round trip; the exact claim of a capped job takes a lock first, in a transaction.
-    unit = rt.database.one_statement() if fair else rt.database.unit_of_work()
+    unit: AbstractContextManager[Executor] = (
+        rt.database.one_call() if fair else rt.database.unit_of_work()
+    )
     with unit as session:
         return claim(
             session=session,
@@ -426,7 +430,7 @@ def _store(
     pause = STORE_RETRY_S
     while True:
         try:
-            with rt.database.one_statement() as session:  # one round trip, no BEGIN/COMMIT
+            with rt.database.one_call() as session:  # one round trip, no BEGIN/COMMIT
                 stored = finish(
                     session=session,
                     job=job,
