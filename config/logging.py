@@ -49,9 +49,11 @@ _SECRET_TEXT_PATTERNS = (
     ),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1" + MASK + "@"),
 )
-# Each pattern above needs one of these words (lower-cased; "key" stands for the spellings of
-# "api key"). Most text holds none (paths, statuses, addresses, ids), and looking for them
-# costs a tenth of running the patterns: the access line's masking was most of its cost.
+# In ASCII text, each pattern above needs one of these words (lower-cased; "key" stands for
+# the spellings of "api key"). Most text holds none (paths, statuses, addresses, ids), and
+# looking for them costs a tenth of running the patterns: the access line's masking was most
+# of its cost. Not in other text: the patterns' (?i) matches long s (U+017F) for "s" and
+# dotless i (U+0131) for "i", which lower() leaves as they are.
 _SECRET_TEXT_WORDS = ("bearer", "basic", "pass", "secret", "token", "key", "authorization", "://")
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -62,16 +64,26 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 }
 
 
-@functools.lru_cache(maxsize=1024)
+_CACHED_KEY_LENGTH = 64  # longer names are checked every time: a logged payload's keys
+
+
 def is_secret_key(key: str) -> bool:
+    if len(key) <= _CACHED_KEY_LENGTH:
+        return _is_secret_name(key)
+    return _is_secret_name.__wrapped__(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_name(key: str) -> bool:
     """Cached: the names are the code's own `extra=` keys and its payloads' fields, few."""
     return bool(SECRET_KEY_PATTERN.search(key.lower().replace("-", "_")))
 
 
 def mask_text(text: str) -> str:
-    lowered = text.lower()
-    if not any(word in lowered for word in _SECRET_TEXT_WORDS):
-        return text
+    if text.isascii():
+        lowered = text.lower()
+        if not any(word in lowered for word in _SECRET_TEXT_WORDS):
+            return text
     for pattern, replacement in _SECRET_TEXT_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -7,9 +7,11 @@ import io
 import json
 import logging
 import re
+from typing import Any
 
 import pytest
 
+import config.logging as log_config
 from config.logging import (
     PER_TASK_LOGGERS,
     ConsoleFormatter,
@@ -40,6 +42,13 @@ ANSI = re.compile(r"\033\[[0-9;]*m")
         ("SECRET=shh", "shh"),
         ("AUTHORIZATION=xyz", "xyz"),
         ("REDIS://:pw9@cache:6379/0", "pw9"),
+        # The patterns' (?i) matches long s (U+017F) for "s", dotless i (U+0131) and dotted
+        # capital I (U+0130) for "i"; lower() does not turn them into those letters.
+        ("ba\u017fic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("\u017fecret=shh", "shh"),
+        ("pa\u017fsword=hunter2", "hunter2"),
+        ("author\u0130zation=xyz", "xyz"),
+        ("author\u0131zation=xyz", "xyz"),
     ],
 )
 def test_mask_text_hides_secrets_in_free_text(text: str, secret: str) -> None:
@@ -48,9 +57,18 @@ def test_mask_text_hides_secrets_in_free_text(text: str, secret: str) -> None:
     assert "***" in masked
 
 
-def test_text_without_a_secret_word_is_left_as_it_is() -> None:
+def test_ascii_text_without_a_secret_word_skips_the_patterns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Unreachable:
+        def __iter__(self) -> Any:
+            raise AssertionError("the patterns ran")
+
+    monkeypatch.setattr(log_config, "_SECRET_TEXT_PATTERNS", Unreachable())
     line = "POST /api/v1/inference/generate 202 from 10.0.0.7"
     assert mask_text(line) is line
+    with pytest.raises(AssertionError, match="the patterns ran"):
+        mask_text("GET /api/v1/users/me?token=x")
 
 
 def test_mask_value_walks_structures() -> None:
