@@ -65,8 +65,8 @@ def settings_overrides() -> dict[str, Any]:
         "redis_url": _test_redis_url(),
         "log_format": "json",
         "bcrypt_rounds": 4,  # the policy is tested; the cost of 12 rounds is not
-        # Limits stay on so every request passes through the limiter; tests of the limits
-        # themselves build an app with small ones.
+        # Limits stay on so every request spends from its caller's budget; tests of the
+        # limits themselves build an app with small ones.
         "ratelimit_default": "10000/minute",
         "ratelimit_login": "10000/minute",
         "ratelimit_register": "10000/minute",

@@ -106,7 +106,6 @@ def init_rate_limits(app: Flask, settings: Settings, storage: Redis) -> Limiter:
     )
     app_hooks = _app_hooks(app)
     limiter = Limiter(key_func=caller_key, app=app, on_breach=_log_breach)
-    assert all(endpoint.startswith(f"{STRICT_LIMITS_BLUEPRINT}.") for endpoint in STRICT_LIMITS)
     _scope_new_hooks(app, app_hooks, STRICT_LIMITS_BLUEPRINT)
     for endpoint, setting in STRICT_LIMITS.items():
         # The decorator's wrapper does the checking, so the view must be replaced by it.
@@ -134,12 +133,21 @@ def _scope_new_hooks(app: Flask, before: list[list[Callable[..., object]]], blue
     context reset) to `blueprint`'s requests, which alone carry its limits.
 
     flask-limiter hooks every request, to find the limits that apply to it; ours are only on
-    login and registration (the budget is web/security/budget.py's). On every other request
-    its hooks found nothing, at about 50 µs of the web's CPU each (two requests per REST job).
+    login and registration (the budget is web/security/budget.py's), and it is given no
+    default, application or meta limits. On every other request its hooks found nothing, at
+    about 50 µs of the web's CPU each (two requests per REST job; bench/per_call.py).
     Flask runs a blueprint's hooks in the same places as the app's: its before_request after
     the app's, its after_request and teardown before the app's, so the order around the
-    budget's hooks is unchanged for login and registration."""
+    budget's hooks is unchanged for login and registration.
+
+    Raises if the strict limits' views are not all `blueprint`'s, or if flask-limiter did not
+    add one hook of each kind (a release that hooks itself otherwise must be looked at)."""
+    outside = [name for name in STRICT_LIMITS if not name.startswith(f"{blueprint}.")]
+    if outside:
+        raise RuntimeError(f"flask-limiter's hooks would not run for {outside}")
     for registry, earlier in zip(_hook_registries(app), before, strict=True):
         added = [hook for hook in registry.get(None, []) if hook not in earlier]
+        if len(added) != 1:
+            raise RuntimeError(f"flask-limiter added {len(added)} hooks of a kind, not one")
         registry[None] = [hook for hook in registry.get(None, []) if hook in earlier]
         registry.setdefault(blueprint, []).extend(added)

@@ -57,8 +57,9 @@ def test_login_has_its_own_stricter_limit_by_ip(app_factory: Callable[..., Flask
 def test_flask_limiter_sees_only_the_requests_it_limits(
     app_factory: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its hooks run for login and registration alone: elsewhere they found no limit to
-    apply, at a cost on every request (web/security/ratelimit.py)."""
+    """Its hooks run for the auth blueprint's routes alone (login and registration carry
+    its limits): elsewhere they found no limit to apply, at a cost on every request
+    (web/security/ratelimit.py)."""
     looked_up: list[str | None] = []
     identify = Limiter.identify_request
 
