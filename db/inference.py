@@ -97,7 +97,7 @@ class Inserted:
 
 def insert_if_servable(
     *,
-    session: Executor,
+    executor: Executor,
     new: NewRequest,
     stale_after: timedelta,
     queue_while_unavailable: bool,
@@ -114,7 +114,7 @@ def insert_if_servable(
     before the count (which then sees every job committed before the lock): two web
     processes admitting the same user's jobs take turns, so the limit holds exactly. The
     daily tokens are read without it: a running job spends them after it was admitted. One
-    statement either way, so the caller may send it in autocommit (`one_statement`).
+    statement either way, so the caller may send it in autocommit (`Database.one_call`).
 
     `dispatched_at` is set now: the caller publishes right after the commit, and clears it
     with `undo_dispatch` if that publish fails, so the outbox sweeper takes over. Marking in
@@ -127,7 +127,7 @@ def insert_if_servable(
         "queue_anyway": queue_while_unavailable,
         **{f"q_{name}": getattr(admission, name) for name, _ in _ADMISSION_LIMITS},
     }
-    row = core_connection(session).execute(_ADMIT, params).first()
+    row = core_connection(executor).execute(_ADMIT, params).first()
     return Inserted(row[0], row[1]) if row else None
 
 
@@ -222,12 +222,12 @@ class Standing:
     status: str
 
 
-def standing(*, session: Executor, request_id: uuid.UUID) -> Standing | None:
+def standing(*, executor: Executor, request_id: uuid.UUID) -> Standing | None:
     """Whose request this is and where it stands, two columns rather than the row: what a
     follower's handshake needs (the owner never changes). A call of request_standing()
     (migration 0012): planned once per connection, where the lookup itself was planned at
     every handshake for six times what it took to run."""
-    row = core_connection(session).execute(_STANDING, {"request_id": request_id}).one_or_none()
+    row = core_connection(executor).execute(_STANDING, {"request_id": request_id}).one_or_none()
     return None if row is None else Standing(owner=row[0], status=row[1])
 
 
@@ -262,7 +262,7 @@ class FairShare:
 
 def claim(
     *,
-    session: Executor,
+    executor: Executor,
     request_id: uuid.UUID,
     worker_name: str,
     node_id: uuid.UUID | None,
@@ -276,11 +276,12 @@ def claim(
     claimed in one statement. A capped one is claimed under the lock on its owner's claims,
     by a statement that counts what the owner (and its key) runs: two workers claiming the
     same user's jobs take turns, so the cap holds exactly. Three statements, one
-    transaction.
+    transaction: `executor` must be a unit of work's session (TypeError otherwise).
 
     With `fair`, the message is a wake-up token for its model: the job claimed is the
     fair-first waiting job of `request_id`'s model, which may be another one. The
-    `fair_claim` function (migration 0008) picks it and claims it in one round trip,
+    `fair_claim` function (migration 0008) picks it and claims it in one round trip (on a
+    session or a connection in autocommit, `Database.one_call`),
     capped or not: for a capped pick it takes the owner's lock, then counts in a snapshot
     taken after it. When nothing may be picked (every waiting job's owner is at a cap, or
     being claimed by another worker), AtRunningCap if a job still waits, so the message is
@@ -295,9 +296,13 @@ def claim(
         "node": node_id,
         "lease": lease,
     }
-    connection = core_connection(session)
     if fair is not None:
-        return _fair_claim(connection, params, fair)
+        return _fair_claim(core_connection(executor), params, fair)
+    if not isinstance(executor, Session):
+        # Three statements that must share a transaction: a unit of work's session, never a
+        # connection in autocommit (`Database.one_call`), where the cap would not hold.
+        raise TypeError("the exact claim needs a unit of work's session")
+    connection = executor.connection()
     row = connection.execute(_claim_statement(capped=False), params).first()
     if row is None:
         if connection.execute(_lock_capped_statement(), params).first() is None:
@@ -479,7 +484,7 @@ METRIC_COLUMNS = (
 
 def finish(
     *,
-    session: Executor,
+    executor: Executor,
     job: ClaimedJob,
     worker_name: str,
     outcome: Outcome,
@@ -505,7 +510,7 @@ def finish(
         "day": utcnow().date(),
         **{f"u_{name}": value for name, value in _usage_counts(job, outcome).items()},
     }
-    return bool(core_connection(session).execute(_FINISH, params).scalar())
+    return bool(core_connection(executor).execute(_FINISH, params).scalar())
 
 
 USAGE_COUNTS = (

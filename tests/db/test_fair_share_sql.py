@@ -54,7 +54,7 @@ def _started(user: User, count: int, *, ago_s: float = 30.0, status: str = "comp
 
 def _claim(session: Session, message: InferenceRequest, fair: FairShare | None = FAIR) -> Any:
     return claim(
-        session=session,
+        executor=session,
         request_id=message.id,
         worker_name="w",
         node_id=None,

@@ -67,7 +67,7 @@ def _usage(session: Session) -> list[dict[str, Any]]:
 
 def _claim(session: Session, request_id: uuid.UUID, worker: str) -> ClaimedJob:
     job = claim(
-        session=session, request_id=request_id, worker_name=worker, node_id=None, lease=LEASE
+        executor=session, request_id=request_id, worker_name=worker, node_id=None, lease=LEASE
     )
     assert job is not None
     return job
@@ -107,7 +107,7 @@ def _everything_the_stale_attempt_does_is_refused(
     """finish, renew and hand back for `stale` are all refused, and the row and the day's
     usage are exactly as they were."""
     before, usage_before = _row(session, stale.id), _usage(session)
-    assert not finish(session=session, job=stale, worker_name=worker, outcome=LATE)
+    assert not finish(executor=session, job=stale, worker_name=worker, outcome=LATE)
     assert _renew(session, worker, (stale.id, stale.attempt)) == {}
     assert hand_back(session=session, job=stale, worker_name=worker) is None
     assert _row(session, stale.id) == before
@@ -128,7 +128,7 @@ def test_a_swept_attempt_is_fenced_off_and_the_live_attempt_wins(
 
     # The live attempt still holds the job: its renewal and its finish go through.
     assert _renew(db_session, again_by, (live.id, 2)) == {live.id: False}
-    assert finish(session=db_session, job=live, worker_name=again_by, outcome=LIVE)
+    assert finish(executor=db_session, job=live, worker_name=again_by, outcome=LIVE)
     done = _row(db_session, live.id)
     assert (done["status"], done["attempt"], done["worker_name"]) == ("completed", 2, again_by)
     assert (done["output"], done["eval_count"]) == (LIVE.output, 9)
@@ -161,12 +161,12 @@ def test_attempt_one_is_fenced_off_from_attempt_three(db_session: Session) -> No
 
     before = _row(db_session, first.id)
     for stale in (first, second):
-        assert not finish(session=db_session, job=stale, worker_name=A, outcome=LATE)
+        assert not finish(executor=db_session, job=stale, worker_name=A, outcome=LATE)
         assert hand_back(session=db_session, job=stale, worker_name=A) is None
     assert _renew(db_session, A, (first.id, 1), (first.id, 2)) == {}
     assert _row(db_session, first.id) == before
     assert _usage(db_session) == []
-    assert finish(session=db_session, job=third, worker_name=A, outcome=LIVE)
+    assert finish(executor=db_session, job=third, worker_name=A, outcome=LIVE)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,7 @@ def test_a_cancel_does_not_fence_the_running_attempt_but_its_end_does(
     assert cancel(session=db_session, request_id=job.id) == "running"
     assert _renew(db_session, A, (mine.id, 1)) == {mine.id: True}
     stopped = Outcome(status=RequestStatus.CANCELLED, output="half", done_reason="cancelled")
-    assert finish(session=db_session, job=mine, worker_name=A, outcome=stopped)
+    assert finish(executor=db_session, job=mine, worker_name=A, outcome=stopped)
     assert _row(db_session, job.id)["status"] == "cancelled"
     _everything_the_stale_attempt_does_is_refused(db_session, mine)
 
@@ -214,14 +214,14 @@ def test_a_second_finish_of_the_same_attempt_changes_nothing(db_session: Session
     column for column, and is counted once."""
     job = InferenceRequestFactory(model_name=MODEL)
     mine = _claim(db_session, job.id, A)
-    assert finish(session=db_session, job=mine, worker_name=A, outcome=LIVE)
+    assert finish(executor=db_session, job=mine, worker_name=A, outcome=LIVE)
     first, usage = _row(db_session, job.id), _usage(db_session)
 
     failed = Outcome(
         status=RequestStatus.FAILED, output="", error="boom", error_code="engine_error"
     )
     for outcome in (LIVE, failed):
-        assert not finish(session=db_session, job=mine, worker_name=A, outcome=outcome)
+        assert not finish(executor=db_session, job=mine, worker_name=A, outcome=outcome)
     assert _row(db_session, job.id) == first
     assert _usage(db_session) == usage
 
@@ -236,4 +236,4 @@ def test_a_handed_back_attempt_is_fenced_off_from_the_next_claim(db_session: Ses
     second = _claim(db_session, job.id, A)
     assert second.attempt == 2
     _everything_the_stale_attempt_does_is_refused(db_session, first)
-    assert finish(session=db_session, job=second, worker_name=A, outcome=LIVE)
+    assert finish(executor=db_session, job=second, worker_name=A, outcome=LIVE)

@@ -105,7 +105,7 @@ def _insert(
     session: Session, new: NewRequest, *, queue_while_unavailable: bool = False
 ) -> Inserted | None:
     return insert_if_servable(
-        session=session,
+        executor=session,
         new=new,
         stale_after=STALE_AFTER,
         queue_while_unavailable=queue_while_unavailable,
@@ -265,7 +265,7 @@ def test_a_claim_returns_what_the_worker_needs_and_marks_the_row(db_session: Ses
     now = _now(db_session)
 
     claimed = claim(
-        session=db_session, request_id=job.id, worker_name="w1", node_id=node.id, lease=LEASE
+        executor=db_session, request_id=job.id, worker_name="w1", node_id=node.id, lease=LEASE
     )
 
     row = _row(db_session, job.id)
@@ -289,8 +289,23 @@ def test_a_claim_returns_what_the_worker_needs_and_marks_the_row(db_session: Ses
 def test_a_claim_keeps_the_time_it_was_dispatched(db_session: Session) -> None:
     earlier = utcnow() - timedelta(minutes=3)
     job = InferenceRequestFactory(dispatched_at=earlier)
-    assert claim(session=db_session, request_id=job.id, worker_name="w", node_id=None, lease=LEASE)
+    assert claim(executor=db_session, request_id=job.id, worker_name="w", node_id=None, lease=LEASE)
     assert _row(db_session, job.id).dispatched_at == earlier
+
+
+def test_the_exact_claim_needs_a_unit_of_works_session(db_session: Session) -> None:
+    """Its lock and capped claim must share a transaction: a bare connection (one in
+    autocommit from `Database.one_call`) is refused before any statement is sent."""
+    job = InferenceRequestFactory()
+    with pytest.raises(TypeError):
+        claim(
+            executor=db_session.connection(),
+            request_id=job.id,
+            worker_name="w",
+            node_id=None,
+            lease=LEASE,
+        )
+    assert _row(db_session, job.id).status == RequestStatus.QUEUED
 
 
 def test_a_claim_refuses_a_cancelled_an_ended_or_another_job(db_session: Session) -> None:
@@ -299,7 +314,9 @@ def test_a_claim_refuses_a_cancelled_an_ended_or_another_job(db_session: Session
     other = InferenceRequestFactory()
     for job in (asked, ended):
         assert (
-            claim(session=db_session, request_id=job.id, worker_name="w", node_id=None, lease=LEASE)
+            claim(
+                executor=db_session, request_id=job.id, worker_name="w", node_id=None, lease=LEASE
+            )
             is None
         )
     assert _row(db_session, asked.id).status == RequestStatus.QUEUED
@@ -413,7 +430,7 @@ def test_finish_writes_the_result_once_and_counts_it_once(db_session: Session) -
     )
 
     assert finish(
-        session=db_session, job=job, worker_name="w", outcome=outcome, first_token_at=first_token
+        executor=db_session, job=job, worker_name="w", outcome=outcome, first_token_at=first_token
     )
 
     done = _row(db_session, row.id)
@@ -437,14 +454,14 @@ def test_finish_writes_the_result_once_and_counts_it_once(db_session: Session) -
     assert updated_at.updated_at == _now(db_session)
 
     # The same job again (a duplicate task, a late retry): not ours any more, not counted.
-    assert not finish(session=db_session, job=job, worker_name="w", outcome=outcome)
+    assert not finish(executor=db_session, job=job, worker_name="w", outcome=outcome)
     assert _usage(db_session, "finish:latest")["requests"] == 1  # type: ignore[index]
 
 
 def test_a_failure_and_a_cancel_add_to_the_days_row(db_session: Session) -> None:
     failed, cancelled = _running(model_name="sum:latest"), _running(model_name="sum:latest")
     assert finish(
-        session=db_session,
+        executor=db_session,
         job=_claimed(failed),
         worker_name="w",
         outcome=Outcome(
@@ -456,7 +473,7 @@ def test_a_failure_and_a_cancel_add_to_the_days_row(db_session: Session) -> None
         ),
     )
     assert finish(
-        session=db_session,
+        executor=db_session,
         job=_claimed(cancelled),
         worker_name="w",
         outcome=Outcome(status=RequestStatus.CANCELLED, output="half", metrics=None),
@@ -498,7 +515,7 @@ def test_a_job_no_longer_ours_is_neither_written_nor_counted(
         setattr(row, name, value)
     db_session.flush()
     outcome = Outcome(status=RequestStatus.COMPLETED, output="late", metrics=METRICS)
-    assert not finish(session=db_session, job=job, worker_name="w", outcome=outcome)
+    assert not finish(executor=db_session, job=job, worker_name="w", outcome=outcome)
     assert _row(db_session, row.id).output == "partial"
     assert _usage(db_session, "lost:latest") is None
 
@@ -507,7 +524,7 @@ def test_a_result_without_a_message_stores_sql_null(db_session: Session) -> None
     """Not JSON `null`: `output_message IS NULL` is how SQL finds results without one."""
     row = _running()
     outcome = Outcome(status=RequestStatus.COMPLETED, output="done")
-    assert finish(session=db_session, job=_claimed(row), worker_name="w", outcome=outcome)
+    assert finish(executor=db_session, job=_claimed(row), worker_name="w", outcome=outcome)
     is_null = db_session.scalar(
         select(InferenceRequest.output_message.is_(None)).where(InferenceRequest.id == row.id)
     )
@@ -520,14 +537,14 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut_short(db_session: Se
     row = _running()
     outcome = Outcome(status=RequestStatus.COMPLETED, output="done", done_reason="x" * 40)
     with pytest.raises(DataError, match="too long"), db_session.begin_nested():
-        finish(session=db_session, job=_claimed(row), worker_name="w", outcome=outcome)
+        finish(executor=db_session, job=_claimed(row), worker_name="w", outcome=outcome)
     assert _row(db_session, row.id).status == RequestStatus.RUNNING
 
 
 def test_finish_touches_only_its_own_job(db_session: Session) -> None:
     mine, neighbour = _running(), _running()
     outcome = Outcome(status=RequestStatus.COMPLETED, output="done")
-    assert finish(session=db_session, job=_claimed(mine), worker_name="w", outcome=outcome)
+    assert finish(executor=db_session, job=_claimed(mine), worker_name="w", outcome=outcome)
     assert _row(db_session, neighbour.id).status == RequestStatus.RUNNING
 
 

@@ -63,7 +63,7 @@ def _new(user_id: uuid.UUID, **fields: Any) -> NewRequest:
 
 def _admit(session: Any, new: NewRequest, **limits: Any) -> Any:
     return insert_if_servable(
-        session=session,
+        executor=session,
         new=new,
         stale_after=timedelta(seconds=30),
         queue_while_unavailable=True,
@@ -190,7 +190,7 @@ def _claim(
     session: Any, job_id: uuid.UUID, worker: str = "w@test", fair: FairShare | None = None
 ) -> Any:
     return claim(
-        session=session,
+        executor=session,
         request_id=job_id,
         worker_name=worker,
         node_id=None,
@@ -243,7 +243,7 @@ def test_a_held_job_is_claimed_once_a_running_one_ends(committed: Database, user
         outcome = Outcome(
             RequestStatus.COMPLETED, "ok", metrics={"prompt_eval_count": 3, "eval_count": 4}
         )
-        assert finish(session=session, job=job, worker_name="w@test", outcome=outcome)
+        assert finish(executor=session, job=job, worker_name="w@test", outcome=outcome)
     with committed.unit_of_work() as session:
         assert _claim(session, two) is not None
         spent = session.get(UserTokenUsage, (user.id, utcnow().date()))
@@ -269,7 +269,7 @@ def test_a_keys_running_cap_counts_the_keys_jobs_only(committed: Database, user:
         outcome = Outcome(
             RequestStatus.COMPLETED, "ok", metrics={"prompt_eval_count": 2, "eval_count": 2}
         )
-        assert finish(session=session, job=job, worker_name="w@test", outcome=outcome)
+        assert finish(executor=session, job=job, worker_name="w@test", outcome=outcome)
         assert (
             session.scalar(
                 select(ApiKeyTokenUsage.tokens).where(ApiKeyTokenUsage.api_key_id == key.id)

@@ -28,14 +28,14 @@ def _running(**fields: object) -> InferenceRequest:
 def test_a_claim_takes_a_queued_job_once(db_session: Session) -> None:
     job = InferenceRequestFactory()
     first = claim(
-        session=db_session,
+        executor=db_session,
         request_id=job.id,
         worker_name="a",
         node_id=None,
         lease=timedelta(seconds=30),
     )
     second = claim(
-        session=db_session,
+        executor=db_session,
         request_id=job.id,
         worker_name="b",
         node_id=None,
@@ -69,7 +69,7 @@ def test_a_cancel_asked_before_the_worker_died_is_honoured(db_session: Session) 
     assert (job.status, job.output) == ("cancelled", "partial")
     assert (
         claim(
-            session=db_session,
+            executor=db_session,
             request_id=job.id,
             worker_name="x",
             node_id=None,

@@ -134,9 +134,9 @@ def accept(kind: RequestKind, body: Submission, source: str = "api") -> Accepted
     for _ in range(2):
         # The insert is one statement (a call of admit()), the whole transaction: sent in
         # autocommit, one round trip instead of three (BEGIN, the call, COMMIT).
-        with database.one_call() as session:
+        with database.one_call() as connection:
             inserted = insert_if_servable(
-                session=session,
+                executor=connection,
                 new=new,
                 stale_after=stale_after,
                 queue_while_unavailable=config.queue_while_unavailable,
@@ -228,8 +228,8 @@ def followed_request_finished(request_id: uuid.UUID) -> bool:
     end_unit_of_work()
     known = _standing_from_events(request_id)
     if known is None:
-        with get_db().one_call() as session:
-            found = standing(session=session, request_id=request_id)
+        with get_db().one_call() as connection:
+            found = standing(executor=connection, request_id=request_id)
         if found is not None:
             known = (found.owner, found.status in TERMINAL_STATUSES)
     if known is None or (

@@ -333,9 +333,9 @@ def _claim(rt: Runtime, job_id: uuid.UUID) -> ClaimedJob | None:
     unit: AbstractContextManager[Executor] = (
         rt.database.one_call() if fair else rt.database.unit_of_work()
     )
-    with unit as session:
+    with unit as executor:
         return claim(
-            session=session,
+            executor=executor,
             request_id=job_id,
             worker_name=rt.worker_name,
             node_id=rt.node_id,
@@ -430,9 +430,9 @@ def _store(
     pause = STORE_RETRY_S
     while True:
         try:
-            with rt.database.one_call() as session:  # one round trip, no BEGIN/COMMIT
+            with rt.database.one_call() as connection:  # one round trip, no BEGIN/COMMIT
                 stored = finish(
-                    session=session,
+                    executor=connection,
                     job=job,
                     worker_name=rt.worker_name,
                     outcome=outcome,
