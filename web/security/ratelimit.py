@@ -106,7 +106,8 @@ def init_rate_limits(app: Flask, settings: Settings, storage: Redis) -> Limiter:
     )
     app_hooks = _app_hooks(app)
     limiter = Limiter(key_func=caller_key, app=app, on_breach=_log_breach)
-    _scope_new_hooks(app, app_hooks, STRICT_LIMITS_BLUEPRINT)
+    if settings.ratelimit_enabled:  # disabled, flask-limiter hooks nothing
+        _scope_new_hooks(app, app_hooks, STRICT_LIMITS_BLUEPRINT)
     for endpoint, setting in STRICT_LIMITS.items():
         # The decorator's wrapper does the checking, so the view must be replaced by it.
         view = app.view_functions[endpoint]

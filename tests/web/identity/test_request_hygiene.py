@@ -79,6 +79,14 @@ def test_flask_limiter_sees_only_the_requests_it_limits(
     assert set(looked_up) == {"auth.login"}
 
 
+def test_with_rate_limits_off_nothing_is_counted(app_factory: Callable[..., Flask]) -> None:
+    client = app_factory(ratelimit_enabled=False, ratelimit_login="1/minute").test_client()
+    body = {"username": "nobody", "password": "whatever-it-is"}
+    answers = [client.post("/api/v1/auth/login", json=body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [401, 401, 401]
+    assert "X-RateLimit-Limit" not in answers[-1].headers
+
+
 def test_cors_is_off_unless_origins_are_configured(client: FlaskClient) -> None:
     response = client.options(
         PROFILE, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
