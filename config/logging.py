@@ -68,15 +68,15 @@ _CACHED_KEY_LENGTH = 64  # longer names are checked every time: a logged payload
 
 
 def is_secret_key(key: str) -> bool:
-    if len(key) <= _CACHED_KEY_LENGTH:
-        return _is_secret_name(key)
-    return _is_secret_name.__wrapped__(key)
+    return _is_secret_name(key) if len(key) <= _CACHED_KEY_LENGTH else _names_secret(key)
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_secret_name(key: str) -> bool:
-    """Cached: the names are the code's own `extra=` keys and its payloads' fields, few."""
+def _names_secret(key: str) -> bool:
     return bool(SECRET_KEY_PATTERN.search(key.lower().replace("-", "_")))
+
+
+# Cached: the names are the code's own `extra=` keys and its payloads' fields, few.
+_is_secret_name = functools.lru_cache(maxsize=1024)(_names_secret)
 
 
 def mask_text(text: str) -> str:

@@ -137,14 +137,8 @@ class Database:
             if not self.autocommit:
                 yield session
                 return
-            raw = session.connection().connection.dbapi_connection
-            assert raw is not None
-            raw.autocommit = True
-            try:
+            with _in_autocommit(session.connection()):
                 yield session
-            finally:
-                if not raw.closed:
-                    raw.autocommit = False
 
     @contextmanager
     def one_call(self) -> Iterator[Connection]:
@@ -158,19 +152,26 @@ class Database:
             with self.one_statement() as session:
                 yield session.connection()
             return
-        with self.engine.connect() as connection:
-            raw = connection.connection.dbapi_connection
-            assert raw is not None
-            raw.autocommit = True
-            try:
-                yield connection
-                connection.commit()  # nothing on the wire in autocommit; ends SQLAlchemy's
-            finally:
-                if not raw.closed:
-                    raw.autocommit = False
+        with self.engine.connect() as connection, _in_autocommit(connection):
+            yield connection
+            connection.commit()  # nothing on the wire in autocommit; ends SQLAlchemy's
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _in_autocommit(connection: Connection) -> Iterator[None]:
+    """psycopg2's `autocommit` on for the block, and off again before the pooled connection
+    goes back unless it died meanwhile (why not SQLAlchemy's level: `Database.one_statement`)."""
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    raw.autocommit = True
+    try:
+        yield
+    finally:
+        if not raw.closed:
+            raw.autocommit = False
 
 
 @contextmanager
